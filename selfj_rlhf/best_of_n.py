@@ -1,0 +1,166 @@
+"""Best-of-n with the SELF-J judge: sample n responses per prompt, score them, keep the best.
+
+Sharded across processes with accelerate; each prompt's n samples come from one ``generate`` call
+seeded from (seed, prompt id) and are scored together, so the result does not depend on the number
+of processes. Finished prompts are appended to per-process shards and skipped on resume; the final
+``candidates.jsonl`` and ``model_outputs.json`` (AlpacaEval format) are written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .io import ShardWriter, atomic_write_json, atomic_write_jsonl, read_shards
+from .errors import ConfigError
+from .models import DEFAULT_POLICY
+from .prompts import load_prompts
+
+RESULT_FIELDS = ("policy", "judge", "judge_template", "dataset", "dataset_split", "n", "max_new_tokens",
+                 "temperature", "top_p", "seed", "use_reference", "max_judge_length", "dtype")
+
+
+@dataclass
+class BestOfNConfig:
+    """Best-of-n generation and SELF-J reranking."""
+
+    policy: str = field(default=DEFAULT_POLICY, metadata={"help": "Policy: hub id, local directory or embedded alias."})
+    judge: str | None = field(default=None, metadata={
+        "help": "Judge spec, judge directory or shipped alias. Default: the shipped judge of an embedded policy, "
+                "else the policy judging itself."})
+    judge_template: str | None = field(default=None, metadata={"help": "Judge template preset (default: the judge's)."})
+    dataset: str | None = field(default=None, metadata={
+        "help": "Hub dataset id or local JSON/JSONL/parquet with an `instruction` field (AlpacaEval format works). "
+                "Default: the bundled prompt set."})
+    dataset_split: str = field(default="train", metadata={"help": "Split of a hub dataset."})
+    instruction_field: str = field(default="instruction", metadata={"help": "Column holding the instruction."})
+    n: int = field(default=4, metadata={"help": "Candidates per prompt."})
+    max_prompts: int | None = field(default=None, metadata={"help": "Use only the first N prompts."})
+    max_new_tokens: int = field(default=256, metadata={"help": "Generation length cap per candidate."})
+    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature (0 = greedy)."})
+    top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling threshold."})
+    seed: int = field(default=42, metadata={"help": "Run seed; each prompt is seeded from (seed, prompt id)."})
+    use_reference: bool = field(default=False, metadata={
+        "help": "Judge with the with-reference template using the dataset's `reference` column."})
+    judge_batch_size: int = field(default=8, metadata={"help": "Judge batch size."})
+    max_judge_length: int = field(default=2048, metadata={"help": "Longest judge prompt in tokens."})
+    dtype: str = field(default="auto", metadata={"help": "auto (bf16 on GPU, fp32 on CPU), float32, bfloat16."})
+    generator: str | None = field(default=None, metadata={
+        "help": "Name written to AlpacaEval's `generator` field (default: derived from policy and n)."})
+    output_dir: str = field(default="runs/best_of_n", metadata={"help": "Where outputs and shards go."})
+
+    def __post_init__(self):
+        if self.n < 1:
+            raise ConfigError(f"n must be >= 1, got {self.n}")
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ConfigError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
+
+    def resolved_judge(self) -> str:
+        from .shipped import default_judge_for
+
+        return self.judge or default_judge_for(self.policy)
+
+    def generator_name(self) -> str:
+        return self.generator or f"{Path(self.policy).name}-selfj-best-of-{self.n}"
+
+
+def _check_run_config(out: Path, cfg: BestOfNConfig) -> None:
+    """Refuse to resume into an output dir produced with settings that change results."""
+    current = {k: v for k, v in asdict(cfg).items() if k in RESULT_FIELDS} | {"judge": cfg.resolved_judge()}
+    path = out / "run_config.json"
+    if path.is_file():
+        previous = json.loads(path.read_text())
+        changed = {k: (previous.get(k), v) for k, v in current.items() if previous.get(k) != v}
+        if changed:
+            raise ConfigError(f"{out} holds a run made with other settings {changed}; use a new --output_dir")
+    else:
+        atomic_write_json(path, current)
+
+
+def run_best_of_n(cfg: BestOfNConfig, accelerator=None) -> dict | None:
+    """Run (or resume) best-of-n; returns the summary on the main process, None elsewhere."""
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+
+    from .generation import generate_candidates
+    from .judge import SelfJudge
+    from .models import load_causal_lm, validate_model_spec
+    from .shipped import resolve_judge_dir
+
+    accelerator = accelerator or Accelerator()
+    out = Path(cfg.output_dir)
+    prompts = load_prompts(cfg.dataset, split=cfg.dataset_split, instruction_field=cfg.instruction_field,
+                           max_prompts=cfg.max_prompts)
+    if cfg.use_reference and any(p.reference is None for p in prompts):
+        missing = next(p.id for p in prompts if p.reference is None)
+        raise ConfigError(f"use_reference is set but prompt '{missing}' has no 'reference' field")
+    judge_spec = cfg.resolved_judge()
+    validate_model_spec(cfg.policy)
+    if resolve_judge_dir(judge_spec) is None:
+        validate_model_spec(judge_spec)
+    shard_dir = out / "shards"
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        _check_run_config(out, cfg)
+    accelerator.wait_for_everyone()
+
+    done = read_shards(shard_dir)
+    todo = [p for p in prompts if p.id not in done]
+    start = time.perf_counter()
+    with accelerator.split_between_processes(todo) as mine:
+        if mine:
+            with accelerator.main_process_first():  # the first load converts/caches the embedded GGUF
+                policy, tokenizer = load_causal_lm(cfg.policy, dtype=cfg.dtype, device=str(accelerator.device))
+                if judge_spec == cfg.policy:
+                    judge = SelfJudge(policy, tokenizer, cfg.judge_template or "selfj-chat", cfg.max_judge_length,
+                                      base_model=cfg.policy)
+                else:
+                    judge = SelfJudge.from_pretrained(judge_spec, template=cfg.judge_template, dtype=cfg.dtype,
+                                                      device=str(accelerator.device), max_length=cfg.max_judge_length)
+            with ShardWriter(shard_dir / f"part-{accelerator.process_index:03d}.jsonl") as writer:
+                bar = tqdm(mine, desc=f"best-of-{cfg.n} [rank {accelerator.process_index}]", unit="prompt",
+                           position=accelerator.process_index)
+                for prompt in bar:
+                    candidates = generate_candidates(policy, tokenizer, prompt.instruction, n=cfg.n, seed=cfg.seed,
+                                                     prompt_id=prompt.id, max_new_tokens=cfg.max_new_tokens,
+                                                     temperature=cfg.temperature, top_p=cfg.top_p)
+                    refs = [prompt.reference] * cfg.n if cfg.use_reference else None
+                    details = judge.score_details([prompt.instruction] * cfg.n, [c["text"] for c in candidates], refs,
+                                                  batch_size=cfg.judge_batch_size)
+                    for candidate, detail in zip(candidates, details):
+                        candidate.update(score=detail.score, probs=detail.probs, digit_mass=detail.digit_mass,
+                                         truncated=detail.truncated)
+                    chosen = max(range(cfg.n), key=lambda i: (candidates[i]["score"], -i))  # first best on ties
+                    row = {"id": prompt.id, "instruction": prompt.instruction, "dataset": prompt.dataset,
+                           "candidates": candidates, "chosen": chosen, "chosen_score": candidates[chosen]["score"]}
+                    if prompt.reference is not None:
+                        row["reference"] = prompt.reference
+                    if prompt.meta:
+                        row["meta"] = prompt.meta
+                    writer.write(row)
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        return None
+    rows = read_shards(shard_dir)
+    missing = [p.id for p in prompts if p.id not in rows]
+    if missing:
+        raise RuntimeError(f"{len(missing)} prompts have no result after the run (first: {missing[0]})")
+    ordered = [rows[p.id] for p in prompts]
+    atomic_write_jsonl(out / "candidates.jsonl", ordered)
+    generator = cfg.generator_name()
+    atomic_write_json(out / "model_outputs.json", [
+        {"instruction": r["instruction"], "output": r["candidates"][r["chosen"]]["text"], "generator": generator,
+         "dataset": r["dataset"]} for r in ordered])
+    summary = {"prompts": len(ordered), "resumed_prompts": len(done), "n": cfg.n, "policy": cfg.policy,
+               "judge": judge_spec, "num_processes": accelerator.num_processes,
+               "mean_chosen_score": sum(r["chosen_score"] for r in ordered) / len(ordered),
+               "mean_candidate_score": sum(c["score"] for r in ordered for c in r["candidates"]) / (len(ordered) * cfg.n),
+               "wall_s_this_run": round(time.perf_counter() - start, 2)}
+    atomic_write_json(out / "summary.json", summary)
+    return summary

@@ -1,0 +1,33 @@
+"""Shared plumbing of the thin ``recipes/*.py`` launchers."""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+from .errors import SelfJError
+
+
+def make_trl_parser(*config_classes):
+    """A TrlParser over the recipe's config dataclasses (``--config recipe.yaml`` plus flags; unknown
+    YAML keys are rejected)."""
+    from trl import TrlParser
+
+    return TrlParser(config_classes)
+
+
+def run_cli(main: Callable[[], None]) -> None:
+    """Run a recipe's ``main``; user errors end as one ``error: ...`` line and exit code 2.
+
+    Under ``accelerate launch --cpu --num_processes N`` this first fans out into N worker processes.
+    """
+    from .launch import spawn_cpu_workers_if_requested
+
+    code = spawn_cpu_workers_if_requested()
+    if code is not None:
+        sys.exit(code)
+    try:
+        main()
+    except SelfJError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,186 @@
+"""Records on disk: validated JSON/JSONL reading, atomic writes and resumable append-only shards.
+
+Every stage of selfj-rlhf hands its output to the next as a file. The helpers here make those files
+safe to produce from long, killable jobs:
+
+* ``read_records`` loads JSON / JSONL / parquet rows and reports bad input as ``file:line: field``.
+* ``atomic_write_text`` / ``atomic_write_json`` write to a temporary sibling and ``os.replace`` it, so a
+  reader never sees half a file.
+* ``ShardWriter`` appends one finished row per line (flushed and fsynced), and ``read_shards`` reads
+  every shard back, ignoring a torn last line left by a kill. Resuming = skip the ids already there.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from .errors import RecordError
+
+
+def _iter_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
+    with open(path, "rb") as fh:
+        for line_no, raw in enumerate(fh, start=1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise RecordError(path, line_no, None, f"invalid UTF-8 ({err.reason} at byte {err.start})") from None
+            if not text.strip():
+                continue
+            try:
+                row = json.loads(text)
+            except json.JSONDecodeError as err:
+                raise RecordError(path, line_no, None, f"malformed JSON ({err.msg}, column {err.colno})") from None
+            if not isinstance(row, dict):
+                raise RecordError(path, line_no, None, f"expected a JSON object, got {type(row).__name__}")
+            yield line_no, row
+
+
+def _iter_json(path: Path) -> Iterator[tuple[int, dict]]:
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise RecordError(path, None, None, f"invalid UTF-8 ({err.reason} at byte {err.start})") from None
+    except json.JSONDecodeError as err:
+        raise RecordError(path, err.lineno, None, f"malformed JSON ({err.msg}, column {err.colno})") from None
+    if isinstance(data, dict):  # {"data": [...]} or a column-oriented dict are common; accept a list under one key
+        lists = [v for v in data.values() if isinstance(v, list)]
+        if len(lists) != 1:
+            raise RecordError(path, None, None, "expected a JSON list of objects (or an object holding one list)")
+        data = lists[0]
+    if not isinstance(data, list):
+        raise RecordError(path, None, None, f"expected a JSON list of objects, got {type(data).__name__}")
+    for index, row in enumerate(data):
+        if not isinstance(row, dict):
+            # JSON lists have no line numbers per item; report the item index as the "line" (1-based).
+            raise RecordError(path, index + 1, None, f"item {index} is {type(row).__name__}, expected an object")
+        yield index + 1, row
+
+
+def iter_records(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+    """Yield ``(line_or_item_number, row)`` from a .jsonl, .json or .parquet file."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecordError(path, None, None, "file not found")
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        yield from _iter_jsonl(path)
+    elif suffix == ".json":
+        yield from _iter_json(path)
+    elif suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        for index, row in enumerate(pq.read_table(path).to_pylist()):
+            yield index + 1, row
+    else:
+        raise RecordError(path, None, None, f"unsupported file type '{suffix}' (use .jsonl, .json or .parquet)")
+
+
+def require_str(row: dict, field: str, path, line, *, allow_empty: bool = False, optional: bool = False) -> str | None:
+    """Return ``row[field]`` as a string, or raise a ``RecordError`` that names the row and field."""
+    if field not in row or row[field] is None:
+        if optional:
+            return None
+        raise RecordError(path, line, field, "missing")
+    value = row[field]
+    if not isinstance(value, str):
+        raise RecordError(path, line, field, f"expected a string, got {type(value).__name__}")
+    if not allow_empty and not value.strip():
+        raise RecordError(path, line, field, "empty string")
+    return value
+
+
+def require_finite(value: Any, path, line, field: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise RecordError(path, line, field, f"expected a number, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise RecordError(path, line, field, f"expected a finite number, got {value}")
+    return float(value)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers see either the old file or the whole new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = 2) -> None:
+    atomic_write_text(path, json.dumps(obj, ensure_ascii=False, indent=indent, allow_nan=False) + "\n")
+
+
+def atomic_write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n" for r in rows))
+
+
+class ShardWriter:
+    """Append-only JSONL shard for one process; one complete row per line, durable after ``write``.
+
+    A kill can leave a torn last line; opening the shard again truncates it first, so the rows that
+    follow never get glued onto a fragment.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _truncate_torn_tail(self.path)
+        self._fh = open(self.path, "a", encoding="utf-8")
+
+    def write(self, row: dict) -> None:
+        self._fh.write(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n")
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _truncate_torn_tail(path: Path) -> None:
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        keep = data.rfind(b"\n") + 1
+        with open(path, "r+b") as fh:
+            fh.truncate(keep)
+
+
+def read_shards(directory: str | os.PathLike, pattern: str = "*.jsonl", key: str = "id") -> dict[str, dict]:
+    """Read every finished row from the shards in ``directory``: ``{row[key]: row}``.
+
+    A torn trailing line (no newline: the writer was killed mid-row) is ignored; the first copy of a
+    duplicated id wins, so a row is never counted twice.
+    """
+    rows: dict[str, dict] = {}
+    directory = Path(directory)
+    if not directory.is_dir():
+        return rows
+    for shard in sorted(directory.glob(pattern)):
+        data = shard.read_bytes()
+        complete = data[: data.rfind(b"\n") + 1]
+        for line_no, raw in enumerate(complete.splitlines(), start=1):
+            try:
+                row = json.loads(raw)
+            except json.JSONDecodeError as err:
+                raise RecordError(shard, line_no, None, f"corrupt shard row ({err.msg})") from None
+            rows.setdefault(str(row[key]), row)
+    return rows

@@ -1,0 +1,285 @@
+"""``SelfJudge``: a causal LM used as a 0-9 judge, scored in one forward pass per item.
+
+The judge prompt ends where the rating begins. The score is the expectation of the digit under the
+softmax restricted to the ten digit tokens at that position (the released SELF-J method), so it is a
+smooth value in [0, 9] and costs one forward pass with logits kept for the last position only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from .errors import DigitTokenError
+from .models import DEFAULT_POLICY, load_causal_lm
+from .templates import DEFAULT_TEMPLATE, JudgeTemplate, get_template, render_judge_prompt
+
+logger = logging.getLogger(__name__)
+
+JUDGE_CONFIG_NAME = "selfj_config.json"
+DIGITS = tuple(str(d) for d in range(10))
+
+
+def digit_token_ids(tokenizer) -> list[int]:
+    """Token ids of "0".."9", looked up from the tokenizer and checked to be single tokens.
+
+    Byte-level BPE tokenizers encode a bare digit as one token. SentencePiece tokenizers prepend a
+    word-boundary piece when encoding, so for those the digit's own vocabulary entry is used, provided
+    it exists and decodes back to the digit.
+    """
+    ids = []
+    for digit in DIGITS:
+        encoded = tokenizer.encode(digit, add_special_tokens=False)
+        if len(encoded) == 1:
+            ids.append(encoded[0])
+            continue
+        token_id = tokenizer.convert_tokens_to_ids(digit)
+        if token_id is None or token_id == tokenizer.unk_token_id or tokenizer.decode([token_id]).strip() != digit:
+            raise DigitTokenError(
+                f"tokenizer {type(tokenizer).__name__} has no single token for the digit '{digit}' "
+                f"(it encodes as {encoded}); SELF-J scoring reads the digits 0-9 as single next tokens"
+            )
+        ids.append(token_id)
+    if len(set(ids)) != 10:
+        raise DigitTokenError(f"digit tokens are not distinct: {ids}")
+    return ids
+
+
+@dataclass
+class ScoreDetails:
+    """One judged item.
+
+    Attributes:
+        score: expected digit under the softmax restricted to the ten digit tokens, in [0, 9].
+        probs: that 10-way distribution (index = digit).
+        digit_mass: probability the full vocabulary puts on the ten digits (format adherence).
+        argmax: most likely digit.
+        truncated: whether the response was cut to fit ``max_length``.
+    """
+
+    score: float
+    probs: list[float]
+    digit_mass: float
+    argmax: int
+    truncated: bool = False
+
+
+@dataclass
+class EncodedItem:
+    input_ids: list[int]
+    truncated: bool
+
+
+class SelfJudge:
+    """Score responses with a causal LM as its own judge.
+
+    Args:
+        model: a causal LM (optionally a peft model) in eval mode.
+        tokenizer: its tokenizer.
+        template: a ``JudgeTemplate`` or preset name (``selfj-chat``, ``selfj-original``).
+        max_length: longest judge prompt in tokens; longer responses are truncated (their head kept).
+        base_model: the spec the model was loaded from, recorded when the judge is saved.
+    """
+
+    def __init__(self, model, tokenizer, template: str | JudgeTemplate = DEFAULT_TEMPLATE, max_length: int = 2048,
+                 base_model: str | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.template = get_template(template)
+        self.max_length = max_length
+        self.base_model = base_model
+        self.digit_ids = digit_token_ids(tokenizer)
+        self._digit_index = torch.tensor(self.digit_ids, dtype=torch.long)
+        self._digit_values = torch.arange(10, dtype=torch.float32)
+        self._prefix_cache: dict[tuple[str, str | None], tuple[list[int], list[int]]] = {}
+        self.truncation_count = 0
+        self.scored_tokens = 0
+
+    # ------------------------------------------------------------------ loading / saving
+    @classmethod
+    def from_pretrained(cls, spec_or_dir: str = DEFAULT_POLICY, *, template: str | None = None, dtype: str = "auto",
+                        device: str | None = None, max_length: int | None = None,
+                        trust_remote_code: bool = False) -> "SelfJudge":
+        """Load a zero-shot judge from a model spec, or a trained judge from a judge directory.
+
+        A judge directory holds ``selfj_config.json`` (base model, template, digit ids) and either a
+        peft adapter (loaded on top of the base) or a full/merged checkpoint.
+        """
+        from .shipped import resolve_judge_dir
+
+        judge_dir = resolve_judge_dir(spec_or_dir)
+        if judge_dir is None:
+            model, tokenizer = load_causal_lm(spec_or_dir, dtype=dtype, device=device,
+                                              trust_remote_code=trust_remote_code)
+            return cls(model, tokenizer, template or DEFAULT_TEMPLATE, max_length or 2048, base_model=spec_or_dir)
+        config = json.loads((judge_dir / JUDGE_CONFIG_NAME).read_text())
+        if (judge_dir / "adapter_config.json").is_file():
+            from peft import PeftModel
+
+            base, tokenizer = load_causal_lm(config["base_model"], dtype=dtype, device=device,
+                                             trust_remote_code=trust_remote_code)
+            model = PeftModel.from_pretrained(base, str(judge_dir)).eval()
+        else:
+            model, tokenizer = load_causal_lm(str(judge_dir), dtype=dtype, device=device,
+                                              trust_remote_code=trust_remote_code)
+        judge = cls(model, tokenizer, template or config["template"], max_length or config.get("max_length", 2048),
+                    base_model=config["base_model"])
+        if judge.digit_ids != config["digit_token_ids"]:
+            raise DigitTokenError(
+                f"{judge_dir / JUDGE_CONFIG_NAME}: field 'digit_token_ids' {config['digit_token_ids']} does not match "
+                f"the tokenizer's digits {judge.digit_ids}"
+            )
+        return judge
+
+    def judge_config(self) -> dict:
+        return {"format_version": 1, "base_model": self.base_model, "template": self.template.name,
+                "digit_token_ids": self.digit_ids, "max_length": self.max_length}
+
+    def save_pretrained(self, directory: str | Path, *, merge_adapter: bool = False, extra: dict | None = None) -> None:
+        """Save the adapter (or the merged / full model) plus ``selfj_config.json``."""
+        from .io import atomic_write_json
+
+        directory = Path(directory)
+        model = self.model
+        if merge_adapter and hasattr(model, "merge_and_unload"):
+            model = model.merge_and_unload()
+        model.save_pretrained(directory, safe_serialization=True)
+        if not (directory / "adapter_config.json").is_file():
+            self.tokenizer.save_pretrained(directory)
+        atomic_write_json(directory / JUDGE_CONFIG_NAME, {**self.judge_config(), **(extra or {})})
+
+    # ------------------------------------------------------------------ encoding
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def _prefix_suffix_ids(self, instruction: str, reference: str | None) -> tuple[list[int], list[int]]:
+        key = (instruction, reference)
+        cached = self._prefix_cache.get(key)
+        if cached is None:
+            prefix, suffix = render_judge_prompt(self.template, instruction, reference, self.tokenizer)
+            # raw wrappers get the tokenizer's BOS; chat templates already spell out their special tokens
+            cached = (self.tokenizer.encode(prefix, add_special_tokens=self.template.wrapper != "chat"),
+                      self.tokenizer.encode(suffix, add_special_tokens=False))
+            if len(self._prefix_cache) > 4096:
+                self._prefix_cache.clear()
+            self._prefix_cache[key] = cached
+        return cached
+
+    def encode(self, instruction: str, response: str, reference: str | None = None) -> EncodedItem:
+        """Token ids of the judge prompt; only the response is truncated to respect ``max_length``."""
+        for name, value in (("instruction", instruction), ("response", response)):
+            if not isinstance(value, str):
+                raise TypeError(f"{name} must be a string, got {type(value).__name__}")
+        if reference is not None and not isinstance(reference, str):
+            raise TypeError(f"reference must be a string or None, got {type(reference).__name__}")
+        prefix_ids, suffix_ids = self._prefix_suffix_ids(instruction, reference)
+        response_ids = self.tokenizer.encode(response, add_special_tokens=False)
+        budget = max(0, self.max_length - len(prefix_ids) - len(suffix_ids))
+        truncated = len(response_ids) > budget
+        if truncated:
+            response_ids = response_ids[:budget]
+        return EncodedItem(prefix_ids + response_ids + suffix_ids, truncated)
+
+    # ------------------------------------------------------------------ scoring
+    def _collate(self, items: Sequence[list[int]]) -> dict[str, torch.Tensor]:
+        """Left-pad; positions count real tokens only, so padding does not shift the scores."""
+        width = max(len(ids) for ids in items)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        input_ids = torch.full((len(items), width), pad, dtype=torch.long)
+        attention_mask = torch.zeros((len(items), width), dtype=torch.long)
+        for row, ids in enumerate(items):
+            input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
+            attention_mask[row, width - len(ids):] = 1
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        device = self.device
+        return {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device),
+                "position_ids": position_ids.to(device)}
+
+    def digit_logits(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward one padded batch; return (digit logits [B, 10], log-mass on digits [B])."""
+        logits = self.model(**batch, logits_to_keep=1, use_cache=False).logits[:, -1, :].float()
+        digit = logits[:, self._digit_index.to(logits.device)]
+        log_mass = torch.logsumexp(digit, dim=-1) - torch.logsumexp(logits, dim=-1)
+        return digit, log_mass
+
+    def score_details(self, instructions: Sequence[str], responses: Sequence[str],
+                      references: Sequence[str | None] | None = None, batch_size: int = 8,
+                      progress: bool = False) -> list[ScoreDetails]:
+        """Score each (instruction, response[, reference]) and return the full ``ScoreDetails``."""
+        if len(instructions) != len(responses):
+            raise ValueError(f"{len(instructions)} instructions but {len(responses)} responses")
+        if references is not None and len(references) != len(responses):
+            raise ValueError(f"{len(references)} references but {len(responses)} responses")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        refs = references if references is not None else [None] * len(responses)
+        encoded = [self.encode(i, r, ref) for i, r, ref in zip(instructions, responses, refs)]
+        truncated = sum(e.truncated for e in encoded)
+        if truncated:
+            self.truncation_count += truncated
+            logger.warning("%d of %d responses truncated to fit max_length=%d", truncated, len(encoded),
+                           self.max_length)
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids), reverse=True)
+        results: list[ScoreDetails | None] = [None] * len(encoded)
+        batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+        if progress:
+            from tqdm.auto import tqdm
+
+            batches = tqdm(batches, desc="judge", unit="batch")
+        with torch.inference_mode():
+            for indices in batches:
+                batch = self._collate([encoded[i].input_ids for i in indices])
+                self.scored_tokens += int(batch["attention_mask"].sum())
+                digit, log_mass = self.digit_logits(batch)
+                probs = torch.softmax(digit, dim=-1).cpu()
+                scores = probs @ self._digit_values
+                for row, index in enumerate(indices):
+                    results[index] = ScoreDetails(score=float(scores[row]), probs=probs[row].tolist(),
+                                                  digit_mass=float(log_mass[row].exp()),
+                                                  argmax=int(probs[row].argmax()), truncated=encoded[index].truncated)
+        return results  # type: ignore[return-value]
+
+    def score(self, instructions: Sequence[str], responses: Sequence[str],
+              references: Sequence[str | None] | None = None, batch_size: int = 8) -> list[float]:
+        """Expected 0-9 rating of each response."""
+        return [d.score for d in self.score_details(instructions, responses, references, batch_size)]
+
+    # ------------------------------------------------------------------ TRL judge protocol
+    def _group_scores(self, prompts: Sequence[str], completions: Sequence[Sequence[str]]) -> list[list[float]]:
+        if len(prompts) != len(completions):
+            raise ValueError(f"{len(prompts)} prompts but {len(completions)} completion lists")
+        flat_i = [p for p, cs in zip(prompts, completions) for _ in cs]
+        flat_r = [c for cs in completions for c in cs]
+        flat = self.score(flat_i, flat_r)
+        out, start = [], 0
+        for cs in completions:
+            out.append(flat[start:start + len(cs)])
+            start += len(cs)
+        return out
+
+    def judge(self, prompts: Sequence[str], completions: Sequence[Sequence[str]], shuffle_order: bool = True) -> list[int]:
+        """Pairwise judge protocol (TRL ``BasePairwiseJudge.judge``): index of the preferred completion.
+
+        Pointwise scores have no position bias, so ``shuffle_order`` only decides how exact ties are broken
+        (at random when True, first index when False).
+        """
+        return [ranking[0] for ranking in self.rank(prompts, completions, shuffle_order)]
+
+    def rank(self, prompts: Sequence[str], completions: Sequence[Sequence[str]], shuffle_order: bool = True) -> list[list[int]]:
+        """Rank judge protocol (TRL ``BaseRankJudge.judge``): completion indices, best first."""
+        rankings = []
+        for scores in self._group_scores(prompts, completions):
+            tiebreak = random.sample(range(len(scores)), len(scores)) if shuffle_order else list(range(len(scores)))
+            rankings.append(sorted(range(len(scores)), key=lambda i: (-scores[i], tiebreak[i])))
+        return rankings
+
+
+def details_to_dict(details: ScoreDetails) -> dict:
+    return asdict(details)

@@ -1,0 +1,59 @@
+"""Integration tests on the real embedded SmolLM2-135M-Instruct (converted once, then cached)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def embedded_judge():
+    from selfj_rlhf import SelfJudge
+
+    return SelfJudge.from_pretrained("smollm2-135m-instruct", device="cpu")
+
+
+def test_embedded_judge_scores(embedded_judge):
+    details = embedded_judge.score_details(["What is 2+2?", "Name a colour."], ["4", "Blue."])
+    assert all(0 <= d.score <= 9 and 0 < d.digit_mass <= 1 for d in details)
+    assert embedded_judge.digit_ids == [embedded_judge.tokenizer.convert_tokens_to_ids(str(d)) for d in range(10)]
+
+
+def launch(num_processes: int, out: Path) -> subprocess.CompletedProcess:
+    accelerate = Path(sys.executable).with_name("accelerate")
+    cmd = [str(accelerate), "launch", "--cpu", "--num_processes", str(num_processes), "recipes/best_of_n.py",
+           "--policy", "smollm2-135m-instruct", "--n", "2", "--max_prompts", "4", "--max_new_tokens", "16",
+           "--output_dir", str(out)]
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+def test_best_of_n_recipe_is_independent_of_process_count(tmp_path):
+    runs = {}
+    for procs in (2, 1):
+        result = launch(procs, tmp_path / f"p{procs}")
+        assert result.returncode == 0, result.stderr[-3000:]
+        summary = json.loads((tmp_path / f"p{procs}" / "summary.json").read_text())
+        assert summary["num_processes"] == procs
+        runs[procs] = [json.loads(line) for line in (tmp_path / f"p{procs}" / "candidates.jsonl").read_text().splitlines()]
+    assert len(runs[2]) == 4 and all(len(r["candidates"]) == 2 for r in runs[2])
+    for row in runs[2]:
+        scores = [c["score"] for c in row["candidates"]]
+        assert all(0 <= s <= 9 for s in scores) and row["chosen"] == scores.index(max(scores))
+    chosen = {procs: [r["candidates"][r["chosen"]]["text"] for r in rows] for procs, rows in runs.items()}
+    assert chosen[2] == chosen[1]
+
+
+def test_unknown_alias_cli_error(tmp_path):
+    accelerate = Path(sys.executable).with_name("accelerate")
+    result = subprocess.run([str(accelerate), "launch", "--cpu", "recipes/best_of_n.py", "--policy", "smollm-9000",
+                             "--output_dir", str(tmp_path / "o")], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert "error: unknown model 'smollm-9000'" in result.stderr
+    assert "Traceback" not in result.stderr

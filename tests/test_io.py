@@ -1,0 +1,66 @@
+import json
+
+import pytest
+
+from selfj_rlhf.errors import RecordError
+from selfj_rlhf.io import ShardWriter, atomic_write_json, read_shards
+from selfj_rlhf.prompts import load_prompts
+
+
+def write(path, text):
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return str(path)
+
+
+@pytest.mark.parametrize("content,message", [
+    ('{"instruction": "a"}\n{"input": "b"}\n', r"data.jsonl:2: field 'instruction': missing"),
+    ('{"instruction": "a"}\n{"instruction": 3}\n', r"data.jsonl:2: field 'instruction': expected a string, got int"),
+    ('{"instruction": "a"}\n{"instruction": "a"\n', r"data.jsonl:2: malformed JSON"),
+    ('{"instruction": "  "}\n', r"data.jsonl:1: field 'instruction': empty string"),
+    ('["not", "an", "object"]\n', r"data.jsonl:1: expected a JSON object, got list"),
+    ('{"id": "x", "instruction": "a"}\n{"id": "x", "instruction": "b"}\n', r"data.jsonl:2: field 'id': duplicate id 'x'"),
+    ("\n\n", r"dataset is empty"),
+    (b'{"instruction": "\xff"}\n', r"data.jsonl:1: invalid UTF-8"),
+])
+def test_bad_prompt_files_name_line_and_field(tmp_path, content, message):
+    with pytest.raises(RecordError, match=message):
+        load_prompts(write(tmp_path / "data.jsonl", content))
+
+
+def test_json_list_alpacaeval_format(tmp_path):
+    rows = [{"instruction": "Hi", "output": "x", "generator": "g", "dataset": "helpful_base"},
+            {"instruction": "Bye", "input": "ctx", "dataset": "oasst"}]
+    prompts = load_prompts(write(tmp_path / "outputs.json", json.dumps(rows)))
+    assert [p.instruction for p in prompts] == ["Hi", "Bye\n\nctx"]
+    assert [p.dataset for p in prompts] == ["helpful_base", "oasst"]
+    assert [p.id for p in prompts] == ["outputs:1", "outputs:2"]
+    with pytest.raises(RecordError, match=r"outputs.json:2: field 'instruction': missing"):
+        load_prompts(write(tmp_path / "outputs.json", json.dumps([{"instruction": "a"}, {"output": "b"}])))
+
+
+def test_bundled_prompts():
+    prompts = load_prompts()
+    assert 40 <= len(prompts) <= 100
+    assert {p.meta["category"] for p in prompts} == {"common", "coding", "academic"}
+    assert len(load_prompts(max_prompts=8)) == 8
+
+
+def test_shard_writer_recovers_from_torn_line(tmp_path):
+    shard = tmp_path / "part-000.jsonl"
+    with ShardWriter(shard) as writer:
+        writer.write({"id": "a", "v": 1})
+    with open(shard, "ab") as fh:  # a kill in the middle of a row
+        fh.write(b'{"id": "b", "v"')
+    assert set(read_shards(tmp_path)) == {"a"}
+    with ShardWriter(shard) as writer:
+        writer.write({"id": "b", "v": 2})
+    assert read_shards(tmp_path) == {"a": {"id": "a", "v": 1}, "b": {"id": "b", "v": 2}}
+
+
+def test_atomic_write_leaves_no_temp_on_failure(tmp_path):
+    target = tmp_path / "out.json"
+    atomic_write_json(target, {"ok": 1})
+    with pytest.raises(ValueError):
+        atomic_write_json(target, {"bad": float("nan")})
+    assert json.loads(target.read_text()) == {"ok": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]

@@ -1,0 +1,122 @@
+import math
+
+import pytest
+import torch
+
+from selfj_rlhf import SelfJudge
+from selfj_rlhf.errors import DigitTokenError
+from selfj_rlhf.judge import digit_token_ids
+
+ITEMS = [
+    ("What is 2+2?", "4"),
+    ("Write a haiku about rain.", "Rain on the tin roof\nsoft drums counting out the night\nsleep comes in puddles"),
+    ("Explain recursion.", "Recursion is when a function calls itself " * 12),
+    ("Say hi {reference} {}", "hi"),
+    ("Translate 'cat' to French.", ""),
+]
+
+
+def test_digit_ids_are_single_tokens(tiny_judge):
+    ids = tiny_judge.digit_ids
+    assert [tiny_judge.tokenizer.decode([i]) for i in ids] == [str(d) for d in range(10)]
+
+
+def test_score_equals_hand_expectation(tiny_judge):
+    model, tokenizer = tiny_judge.model, tiny_judge.tokenizer
+    instructions, responses = zip(*ITEMS)
+    details = tiny_judge.score_details(instructions, responses, batch_size=len(ITEMS))
+    for (instruction, response), detail in zip(ITEMS, details):
+        ids = torch.tensor([tiny_judge.encode(instruction, response).input_ids])
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[0, -1].double()  # full forward, no padding, all positions
+        digit_logits = logits[digit_token_ids(tokenizer)]
+        probs = torch.exp(digit_logits - torch.logsumexp(digit_logits, 0))
+        expected = float(sum(d * p for d, p in enumerate(probs)))
+        mass = float(torch.exp(torch.logsumexp(digit_logits, 0) - torch.logsumexp(logits, 0)))
+        assert detail.score == pytest.approx(expected, abs=1e-5)
+        assert detail.probs == pytest.approx(probs.tolist(), abs=1e-6)
+        assert detail.digit_mass == pytest.approx(mass, rel=1e-4)
+        assert detail.argmax == int(probs.argmax())
+        assert 0.0 <= detail.score <= 9.0 and math.isfinite(detail.score)
+
+
+def test_batched_equals_one_by_one_under_padding(tiny_judge):
+    instructions, responses = zip(*ITEMS)
+    batched = tiny_judge.score(instructions, responses, batch_size=len(ITEMS))
+    for batch_size in (1, 2, 3):
+        assert tiny_judge.score(instructions, responses, batch_size=batch_size) == pytest.approx(batched, abs=1e-4)
+    singles = [tiny_judge.score([i], [r])[0] for i, r in ITEMS]
+    assert singles == pytest.approx(batched, abs=1e-4)
+
+
+def test_with_reference_changes_prompt(tiny_judge):
+    free = tiny_judge.encode("Q", "A").input_ids
+    with_ref = tiny_judge.encode("Q", "A", "the reference").input_ids
+    assert free != with_ref
+    assert tiny_judge.score(["Q"], ["A"], ["the reference"]) != tiny_judge.score(["Q"], ["A"])
+
+
+def test_truncation_cuts_only_the_response(tiny_model_dir):
+    judge = SelfJudge.from_pretrained(str(tiny_model_dir), device="cpu", max_length=160)
+    prefix, suffix = judge._prefix_suffix_ids("Summarise.", None)
+    item = judge.encode("Summarise.", "word " * 500)
+    assert item.truncated and len(item.input_ids) == 160
+    assert item.input_ids[: len(prefix)] == prefix and item.input_ids[-len(suffix):] == suffix
+    before = judge.truncation_count
+    details = judge.score_details(["Summarise.", "Summarise."], ["word " * 500, "short"])
+    assert [d.truncated for d in details] == [True, False]
+    assert judge.truncation_count == before + 1
+
+
+def test_input_validation(tiny_judge):
+    with pytest.raises(TypeError, match="response must be a string"):
+        tiny_judge.score(["Q"], [None])
+    with pytest.raises(ValueError, match="1 instructions but 2 responses"):
+        tiny_judge.score(["Q"], ["a", "b"])
+
+
+class _SplitDigitTokenizer:
+    """Stands in for a tokenizer whose digits are not single tokens."""
+
+    unk_token_id = 0
+
+    def encode(self, text, add_special_tokens=False):
+        return [5, 6]
+
+    def convert_tokens_to_ids(self, token):
+        return 0
+
+    def decode(self, ids):
+        return "?"
+
+
+def test_tokenizer_without_single_digit_tokens():
+    with pytest.raises(DigitTokenError, match="no single token for the digit '0'"):
+        digit_token_ids(_SplitDigitTokenizer())
+
+
+def test_pairwise_and_rank_protocol(tiny_judge):
+    prompts = ["What is 2+2?", "Name a colour."]
+    completions = [["4", "five", "2+2 is 4"], ["blue", "red"]]
+    scores = [tiny_judge.score([p] * len(cs), cs) for p, cs in zip(prompts, completions)]
+    rankings = tiny_judge.rank(prompts, completions, shuffle_order=False)
+    for ranking, group in zip(rankings, scores):
+        assert sorted(ranking) == list(range(len(group)))
+        assert [group[i] for i in ranking] == sorted(group, reverse=True)
+    assert tiny_judge.judge(prompts, completions, shuffle_order=False) == [r[0] for r in rankings]
+
+
+def test_save_and_reload_lora_judge(tiny_model_dir, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    base = SelfJudge.from_pretrained(str(tiny_model_dir), device="cpu")
+    torch.manual_seed(1)
+    peft_model = get_peft_model(base.model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                                       init_lora_weights=False))
+    judge = SelfJudge(peft_model.eval(), base.tokenizer, base.template, base.max_length, base_model=str(tiny_model_dir))
+    expected = judge.score(*zip(*ITEMS[:3]))
+    judge.save_pretrained(tmp_path / "judge")
+    assert (tmp_path / "judge" / "adapter_config.json").is_file()
+    reloaded = SelfJudge.from_pretrained(str(tmp_path / "judge"), device="cpu")
+    assert reloaded.template.name == "selfj-chat"
+    assert reloaded.score(*zip(*ITEMS[:3])) == pytest.approx(expected, abs=1e-5)

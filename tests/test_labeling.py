@@ -1,0 +1,97 @@
+import json
+
+import pytest
+
+from selfj_rlhf.errors import ConfigError, RecordError
+from selfj_rlhf.labeling import LabelConfig, combine_labels, finalize_labels, run_labeling, to_class
+
+
+@pytest.fixture
+def label_data(tmp_path):
+    rows = [{"id": f"q{i}", "instruction": f"Explain fact number {i}.", "category": cat,
+             "reference": f"Fact {i} is a well known statement about the world, number {i}."}
+            for i, cat in enumerate(["common", "coding", "academic", "common", "coding"])]
+    rows.append({"id": "short", "instruction": "Pick A or B.", "reference": "B", "category": "common"})
+    path = tmp_path / "data.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_label_run_and_resume(tiny_model_dir, label_data, tmp_path):
+    def cfg(out, **kw):
+        return LabelConfig(policy=str(tiny_model_dir), data=[str(label_data)], k=3, max_new_tokens=6,
+                           output_dir=str(out), **kw)
+
+    fresh = run_labeling(cfg(tmp_path / "fresh"))
+    assert fresh["instructions"] == 5 and fresh["responses"] == 15  # the 1-char reference was dropped
+    rows = read_jsonl(tmp_path / "fresh" / "labels.jsonl")
+    for row in rows:
+        assert 0 <= row["selfeval"] <= 9 and -1 <= row["similarity"] <= 1 and row["label"] in range(10)
+        assert {"label_selfeval", "label_similarity", "label_overlap", "combined", "selfeval_probs"} <= set(row)
+    partial = run_labeling(cfg(tmp_path / "resumed", max_instructions=2))
+    assert partial["instructions"] == 2
+    with open(tmp_path / "resumed" / "shards" / "part-000.jsonl", "ab") as fh:
+        fh.write(b'{"id": "q2", "instr')  # killed mid-row
+    resumed = run_labeling(cfg(tmp_path / "resumed"))
+    assert resumed["resumed_instructions"] == 2
+    assert read_jsonl(tmp_path / "resumed" / "labels.jsonl") == rows
+
+
+def test_relabel_changes_only_labels(tiny_model_dir, label_data, tmp_path):
+    base = LabelConfig(policy=str(tiny_model_dir), data=[str(label_data)], k=3, max_new_tokens=6,
+                       output_dir=str(tmp_path / "run"))
+    run_labeling(base)
+    before = read_jsonl(tmp_path / "run" / "labels.jsonl")
+    within = LabelConfig(**{**base.__dict__, "normalize": "within", "combine": "similarity"})
+    finalize_labels(within, sorted({r["group"] for r in before}, key=[r["group"] for r in before].index))
+    after = read_jsonl(tmp_path / "run" / "labels.jsonl")
+    assert [r["response"] for r in after] == [r["response"] for r in before]
+    for group in {r["group"] for r in after}:  # within-instruction ranks of k=3 -> classes {0, 5, 9}
+        labels = sorted(r["label"] for r in after if r["group"] == group)
+        assert labels[0] == 0 and labels[-1] == 9 or len(set(labels)) == 1
+
+
+def test_token_f1():
+    from selfj_rlhf.labeling import token_f1
+
+    assert token_f1("The cat sat.", "the cat sat") == 1.0
+    assert token_f1("dog", "the cat") == 0.0
+    assert token_f1("the cat", "the cat sat on the mat") == pytest.approx(2 * 1 * (2 / 6) / (1 + 2 / 6))
+
+
+def test_combination_rules():
+    rows = [{"group": "a", "selfeval": 3.0, "similarity": 0.9, "response": "x y", "reference": "x y"},
+            {"group": "a", "selfeval": 4.0, "similarity": 0.1, "response": "z", "reference": "x y"},
+            {"group": "b", "selfeval": 2.0, "similarity": 0.5, "response": "x", "reference": "x y"}]
+    out = combine_labels([dict(r) for r in rows], LabelConfig(normalize="rank", combine="mean"))
+    assert [r["selfeval_norm"] for r in out] == [0.5, 1.0, 0.0]
+    assert [r["similarity_norm"] for r in out] == [1.0, 0.0, 0.5]
+    assert [r["combined"] for r in out] == [0.75, 0.5, 0.25]
+    assert [r["label"] for r in out] == [7, 5, 2]
+    out = combine_labels([dict(r) for r in rows], LabelConfig(normalize="none", combine="selfeval"))
+    assert [r["label"] for r in out] == [to_class(3 / 9), to_class(4 / 9), to_class(2 / 9)]
+    out = combine_labels([dict(r) for r in rows], LabelConfig(normalize="within", combine="overlap"))
+    assert [r["overlap"] for r in out] == [1.0, 0.0, pytest.approx(2 / 3)]
+    assert [r["label"] for r in out] == [9, 0, 5]  # a single-response group sits at the middle
+    assert [r["label_similarity"] for r in out] == [9, 0, 5]
+    assert to_class(1.0) == 9 and to_class(0.0) == 0
+
+
+@pytest.mark.parametrize("kw,match", [({"combine": "max"}, "combine"), ({"normalize": "z"}, "normalize"),
+                                      ({"k": 0}, "k must"), ({"normalize": "within", "k": 1}, "within needs")])
+def test_config_validation(kw, match):
+    with pytest.raises(ConfigError, match=match):
+        LabelConfig(**kw)
+
+
+def test_bad_reference_field(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"instruction": "a", "reference": "long enough reference text"}\n{"instruction": "b"}\n')
+    from selfj_rlhf.labeling import load_label_sources
+
+    with pytest.raises(RecordError, match=r"d.jsonl:2: field 'reference': missing"):
+        load_label_sources(LabelConfig(data=[str(path)]))

@@ -1,0 +1,52 @@
+import json
+
+import pytest
+
+from selfj_rlhf import SelfJudge
+from selfj_rlhf.distill import JudgeTrainingConfig
+from selfj_rlhf.errors import RecordError
+from selfj_rlhf.train_judge import train_judge
+
+
+def write_labels(path, n=8):
+    rows = [{"instruction": f"Question {i}?", "reference": f"Reference answer {i}.", "response": f"Answer {i}.",
+             "label": i % 10, "label_selfeval": 3, "label_similarity": 9 - i % 10} for i in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def training_args(out, **kw):
+    from transformers import TrainingArguments
+
+    return TrainingArguments(output_dir=str(out), per_device_train_batch_size=4, max_steps=2, learning_rate=1e-2,
+                             report_to="none", use_cpu=True, save_strategy="no", logging_steps=1, **kw)
+
+
+def test_train_two_steps_and_reload(tiny_model_dir, tmp_path):
+    labels = write_labels(tmp_path / "labels.jsonl")
+    cfg = JudgeTrainingConfig(labels=str(labels), base_model=str(tiny_model_dir), lora_r=4, lora_alpha=8)
+    out = train_judge(cfg, training_args(tmp_path / "judge"))
+    config = json.loads((out / "selfj_config.json").read_text())
+    assert config["base_model"] == str(tiny_model_dir) and config["training"]["examples"] == 8
+    judge = SelfJudge.from_pretrained(str(out), device="cpu")
+    base = SelfJudge.from_pretrained(str(tiny_model_dir), device="cpu")
+    trained, untrained = judge.score(["Question 1?"], ["Answer 1."]), base.score(["Question 1?"], ["Answer 1."])
+    assert trained != pytest.approx(untrained, abs=1e-6)  # the adapter was trained and is applied
+    assert 0 <= trained[0] <= 9
+
+
+def test_merged_full_judge(tiny_model_dir, tmp_path):
+    labels = write_labels(tmp_path / "labels.jsonl")
+    cfg = JudgeTrainingConfig(labels=str(labels), base_model=str(tiny_model_dir), lora_r=4, merge_adapter=True,
+                              beta=0.0, label_field="label_similarity", lora_layers=[1])
+    out = train_judge(cfg, training_args(tmp_path / "judge"))
+    assert not (out / "adapter_config.json").exists() and (out / "model.safetensors").is_file()
+    assert 0 <= SelfJudge.from_pretrained(str(out), device="cpu").score(["Q?"], ["A."])[0] <= 9
+
+
+def test_bad_label_row(tiny_model_dir, tmp_path):
+    path = tmp_path / "labels.jsonl"
+    path.write_text('{"instruction": "q", "reference": "r", "response": "a", "label": 12}\n')
+    cfg = JudgeTrainingConfig(labels=str(path), base_model=str(tiny_model_dir))
+    with pytest.raises(RecordError, match=r"labels.jsonl:1: field 'label': expected an integer class 0-9"):
+        train_judge(cfg, training_args(tmp_path / "judge"))
