@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import os
 import platform
 import sys
@@ -31,8 +32,20 @@ def machine_info() -> dict:
     return info
 
 
+def finite_or_none(value):
+    """Recursively replace NaN/inf (undefined metrics, e.g. a correlation over one row) by None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [finite_or_none(v) for v in value]
+    return value
+
+
 def write_results(name: str, payload: dict, markdown: str, json_path: str | None = None) -> None:
     """Write ``<name>.json`` and ``<name>.md`` under evals/results (and the JSON to ``json_path`` if given)."""
+    payload = finite_or_none(payload)
     atomic_write_json(RESULTS_DIR / f"{name}.json", payload)
     atomic_write_text(RESULTS_DIR / f"{name}.md", markdown)
     if json_path:

@@ -9,8 +9,10 @@ Re-combine existing samples with other label settings (no sampling): add --relab
 """
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from selfj_rlhf.cli import make_trl_parser, run_cli
+from selfj_rlhf.io import read_shards
 from selfj_rlhf.labeling import LabelConfig, finalize_labels, load_label_sources, run_labeling
 
 
@@ -18,6 +20,8 @@ from selfj_rlhf.labeling import LabelConfig, finalize_labels, load_label_sources
 class LabelRunArgs:
     relabel_only: bool = field(default=False, metadata={
         "help": "Only recompute labels.jsonl from the samples already in output_dir (new combine/normalize)."})
+    partial: bool = field(default=False, metadata={
+        "help": "With relabel_only: label just the instructions sampled so far (a run stopped early)."})
 
 
 def make_parser():
@@ -27,7 +31,11 @@ def make_parser():
 def main(argv=None):
     config, run_args = make_parser().parse_args_and_config(argv)
     if run_args.relabel_only:
-        summary = finalize_labels(config, [s.id for s in load_label_sources(config)])
+        ids = [s.id for s in load_label_sources(config)]
+        if run_args.partial:
+            sampled = read_shards(Path(config.output_dir) / "shards")
+            ids = [i for i in ids if i in sampled]
+        summary = finalize_labels(config, ids)
     else:
         summary = run_labeling(config)
     if summary is not None:

@@ -8,12 +8,11 @@ of processes. Finished prompts are appended to per-process shards and skipped on
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .io import ShardWriter, atomic_write_json, atomic_write_jsonl, read_shards
+from .io import ShardWriter, atomic_write_json, atomic_write_jsonl, read_shards, start_sharded_run
 from .errors import ConfigError
 from .models import DEFAULT_POLICY
 from .prompts import load_prompts
@@ -70,19 +69,6 @@ class BestOfNConfig:
         return self.generator or f"{Path(self.policy).name}-selfj-best-of-{self.n}"
 
 
-def _check_run_config(out: Path, cfg: BestOfNConfig) -> None:
-    """Refuse to resume into an output dir produced with settings that change results."""
-    current = {k: v for k, v in asdict(cfg).items() if k in RESULT_FIELDS} | {"judge": cfg.resolved_judge()}
-    path = out / "run_config.json"
-    if path.is_file():
-        previous = json.loads(path.read_text())
-        changed = {k: (previous.get(k), v) for k, v in current.items() if previous.get(k) != v}
-        if changed:
-            raise ConfigError(f"{out} holds a run made with other settings {changed}; use a new --output_dir")
-    else:
-        atomic_write_json(path, current)
-
-
 def run_best_of_n(cfg: BestOfNConfig, accelerator=None) -> dict | None:
     """Run (or resume) best-of-n; returns the summary on the main process, None elsewhere."""
     from accelerate import Accelerator
@@ -104,14 +90,8 @@ def run_best_of_n(cfg: BestOfNConfig, accelerator=None) -> dict | None:
     validate_model_spec(cfg.policy)
     if resolve_judge_dir(judge_spec) is None:
         validate_model_spec(judge_spec)
-    shard_dir = out / "shards"
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        _check_run_config(out, cfg)
-    accelerator.wait_for_everyone()
-
-    done = read_shards(shard_dir)
-    todo = [p for p in prompts if p.id not in done]
+    settings = {k: v for k, v in asdict(cfg).items() if k in RESULT_FIELDS} | {"judge": judge_spec}
+    shard_dir, done, todo = start_sharded_run(accelerator, out, settings, prompts, lambda p: p.id)
     start = time.perf_counter()
     with accelerator.split_between_processes(todo) as mine:
         if mine:

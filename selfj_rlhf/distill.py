@@ -50,6 +50,9 @@ class JudgeTrainingConfig:
     restrict_to_digits: bool = field(default=False, metadata={
         "help": "CE and KL over the 10 digit logits instead of the full vocabulary (the released code: full)."})
     max_length: int = field(default=1024, metadata={"help": "Longest judge prompt; responses are truncated."})
+    max_reference_tokens: int | None = field(default=None, metadata={
+        "help": "Cut references to this many tokens in the teacher prompt, so a long reference never squeezes "
+                "the response out of it (and training stays affordable)."})
     use_lora: bool = field(default=True, metadata={"help": "LoRA adapter (False: full fine-tuning)."})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha."})
@@ -109,8 +112,11 @@ def make_distill_trainer_class():
             labels = inputs["labels"]
             targets = labels if cfg.restrict_to_digits else self.digit_ids.to(labels.device)[labels]
             student = self._score_logits(model, inputs, "student_")
-            if cfg.train_teacher or cfg.beta > 0:
+            if cfg.train_teacher:
                 teacher = self._score_logits(model, inputs, "teacher_")
+            elif cfg.beta > 0:  # the teacher only provides KL targets: no graph needed
+                with torch.no_grad():
+                    teacher = self._score_logits(model, inputs, "teacher_")
             else:
                 teacher = student.detach()
             loss, parts = selfj_distill_loss(teacher, student, targets, cfg.alpha, cfg.beta,

@@ -184,3 +184,30 @@ def read_shards(directory: str | os.PathLike, pattern: str = "*.jsonl", key: str
                 raise RecordError(shard, line_no, None, f"corrupt shard row ({err.msg})") from None
             rows.setdefault(str(row[key]), row)
     return rows
+
+
+def pin_run_settings(out: Path, settings: dict, name: str = "run_config.json") -> None:
+    """Record the result-changing settings of a run in ``out/name``; refuse to resume with other ones."""
+    from .errors import ConfigError
+
+    path = Path(out) / name
+    if path.is_file():
+        previous = json.loads(path.read_text())
+        changed = {k: (previous.get(k), v) for k, v in settings.items() if previous.get(k) != v}
+        if changed:
+            raise ConfigError(f"{out} holds a run made with other settings {changed}; use a new --output_dir")
+    else:
+        atomic_write_json(path, settings)
+
+
+def start_sharded_run(accelerator, out: Path, settings: dict, items: list, item_id) -> tuple[Path, dict, list]:
+    """Prepare a resumable sharded stage: create ``out`` and pin ``settings`` (main process), then return
+    ``(shard_dir, finished rows by id, items still to do)`` on every process."""
+    out = Path(out)
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        pin_run_settings(out, settings)
+    accelerator.wait_for_everyone()
+    shard_dir = out / "shards"
+    done = read_shards(shard_dir)
+    return shard_dir, done, [item for item in items if item_id(item) not in done]

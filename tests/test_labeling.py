@@ -55,6 +55,20 @@ def test_relabel_changes_only_labels(tiny_model_dir, label_data, tmp_path):
         assert labels[0] == 0 and labels[-1] == 9 or len(set(labels)) == 1
 
 
+def test_reference_as_response(tiny_model_dir, label_data, tmp_path):
+    cfg = LabelConfig(policy=str(tiny_model_dir), data=[str(label_data)], k=3, max_new_tokens=6, normalize="within",
+                      selfeval_weight=0.0, similarity_weight=0.5, overlap_weight=0.5, reference_as_response=True,
+                      output_dir=str(tmp_path / "run"))
+    summary = run_labeling(cfg)
+    assert summary["responses"] == 5 * 4
+    rows = read_jsonl(tmp_path / "run" / "labels.jsonl")
+    refs = [r for r in rows if r.get("is_reference")]
+    assert len(refs) == 5 and all(r["selfeval"] is None for r in refs)
+    assert all(r["label"] == 9 for r in refs)  # the reference itself ranks first among its instruction's answers
+    with pytest.raises(ConfigError, match="selfeval_weight 0"):
+        LabelConfig(reference_as_response=True)
+
+
 def test_token_f1():
     from selfj_rlhf.labeling import token_f1
 
