@@ -96,6 +96,9 @@ def make_distill_trainer_class():
 
         def __init__(self, *args, digit_ids: list[int], judge_config: JudgeTrainingConfig, **kwargs):
             super().__init__(*args, **kwargs)
+            # our loss is a mean over the micro-batch (not a sum normalised by num_items_in_batch), so the
+            # Trainer must divide it by the accumulation steps itself
+            self.model_accepts_loss_kwargs = False
             self.digit_ids = torch.tensor(digit_ids, dtype=torch.long)
             self.judge_config = judge_config
             self._loss_parts: dict[str, list[float]] = {}

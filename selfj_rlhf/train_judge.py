@@ -107,6 +107,7 @@ def train_judge(cfg: JudgeTrainingConfig, training_args) -> Path:
                                           if "train_loss" in h), None)}
         atomic_write_json(output_dir / "selfj_config.json",
                           {**judge.judge_config(), "training": provenance})
+        atomic_write_json(output_dir / "train_log.json", trainer.state.log_history)
     trainer.accelerator.wait_for_everyone()
     return output_dir
 

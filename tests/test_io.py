@@ -3,7 +3,7 @@ import json
 import pytest
 
 from selfj_rlhf.errors import RecordError
-from selfj_rlhf.io import ShardWriter, atomic_write_json, read_shards
+from selfj_rlhf.io import _UMASK, ShardWriter, atomic_write_json, read_shards
 from selfj_rlhf.prompts import load_prompts
 
 
@@ -64,3 +64,4 @@ def test_atomic_write_leaves_no_temp_on_failure(tmp_path):
         atomic_write_json(target, {"bad": float("nan")})
     assert json.loads(target.read_text()) == {"ok": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+    assert target.stat().st_mode & 0o777 == 0o666 & ~_UMASK

@@ -18,8 +18,9 @@ def write_labels(path, n=8):
 def training_args(out, **kw):
     from transformers import TrainingArguments
 
-    return TrainingArguments(output_dir=str(out), per_device_train_batch_size=4, max_steps=2, learning_rate=1e-2,
-                             report_to="none", use_cpu=True, save_strategy="no", logging_steps=1, **kw)
+    settings = dict(per_device_train_batch_size=4, max_steps=2, learning_rate=1e-2, report_to="none", use_cpu=True,
+                    save_strategy="no", logging_steps=1) | kw
+    return TrainingArguments(output_dir=str(out), **settings)
 
 
 def test_train_two_steps_and_reload(tiny_model_dir, tmp_path):
@@ -50,3 +51,15 @@ def test_bad_label_row(tiny_model_dir, tmp_path):
     cfg = JudgeTrainingConfig(labels=str(path), base_model=str(tiny_model_dir))
     with pytest.raises(RecordError, match=r"labels.jsonl:1: field 'label': expected an integer class 0-9"):
         train_judge(cfg, training_args(tmp_path / "judge"))
+
+
+def test_gradient_accumulation_averages_the_loss(tiny_model_dir, tmp_path):
+    """With 2 accumulation steps the logged loss is the mean of the micro-batch losses, not their sum."""
+    labels = write_labels(tmp_path / "labels.jsonl")
+    cfg = JudgeTrainingConfig(labels=str(labels), base_model=str(tiny_model_dir), lora_r=4, alpha=0.3, beta=2.0)
+    out = train_judge(cfg, training_args(tmp_path / "judge", gradient_accumulation_steps=2, learning_rate=0.0))
+    logged = [e for e in json.loads((out / "train_log.json").read_text()) if "ce_teacher" in e]
+    assert logged
+    for entry in logged:
+        expected = entry["ce_teacher"] + 0.3 * entry["ce_student"] + 2.0 * entry["kl"]
+        assert entry["loss"] == pytest.approx(expected, rel=1e-3)
