@@ -46,6 +46,8 @@ def make_parser():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache_dir", default="runs/eval_cache")
     parser.add_argument("--name", default="judge_correlation", help="Result file stem under evals/results.")
+    parser.add_argument("--cached_only", action="store_true",
+                        help="Build the table from cached scores only; rows whose scores are missing are listed as not run.")
     return parser
 
 
@@ -62,14 +64,18 @@ def load_llmbar(path: str, max_pairs: int, seed: int) -> list[dict]:
 
 
 class ScoreCache:
-    def __init__(self, directory: str, tag: str):
+    def __init__(self, directory: str, tag: str, cached_only: bool = False):
         self.directory = Path(directory)
         self.tag = tag
+        self.cached_only = cached_only
 
     def get(self, key: str, compute):
+        """Cached scores for ``key``, computing and caching them first (None under ``cached_only``)."""
         path = self.directory / f"{self.tag}__{key.replace('/', '_')}.json"
         if path.is_file():
             return json.loads(path.read_text())
+        if self.cached_only:
+            return None
         values = compute()
         atomic_write_json(path, values, indent=None)
         return values
@@ -157,7 +163,9 @@ def main(argv=None):
         raise SystemExit(f"--with_reference names unknown judges: {sorted(unknown)}")
     arena = load_arena(args.arena, args.max_questions, args.seed)
     llmbar = load_llmbar(args.llmbar, args.max_pairs, args.seed)
-    cache = ScoreCache(args.cache_dir, f"q{args.max_questions}-p{args.max_pairs}-s{args.seed}-L{args.max_length}")
+    cache = ScoreCache(args.cache_dir, f"q{args.max_questions}-p{args.max_pairs}-s{args.seed}-L{args.max_length}",
+                       args.cached_only)
+    not_run: list[str] = []
     free_items = [(r["instruction"], r["response"], None) for r in arena]
     ref_items = [(r["instruction"], r["response"], r["reference"]) for r in arena]
     bar_a = [(r["instruction"], r["response_a"], None) for r in llmbar]
@@ -169,12 +177,19 @@ def main(argv=None):
         free = cache.get(f"arena-free-{key}", lambda: judge_scores(spec, free_items, args))
         a = cache.get(f"llmbar-a-{key}", lambda: judge_scores(spec, bar_a, args))
         b = cache.get(f"llmbar-b-{key}", lambda: judge_scores(spec, bar_b, args))
-        table[f"{name} (reference-free)"] = {**arena_metrics(arena, free), "llmbar_accuracy": pairwise_accuracy(a, b, llmbar),
-                                             "spec": spec, "kind": "judge"}
+        if free is None:
+            not_run.append(f"{name} (reference-free)")
+        else:
+            table[f"{name} (reference-free)"] = {**arena_metrics(arena, free), "spec": spec, "kind": "judge",
+                                                 "llmbar_accuracy": None if a is None or b is None
+                                                 else pairwise_accuracy(a, b, llmbar)}
         if name in args.with_reference:
             ref = cache.get(f"arena-ref-{key}", lambda: judge_scores(spec, ref_items, args))
-            table[f"{name} (with reference)"] = {**arena_metrics(arena, ref), "llmbar_accuracy": None, "spec": spec,
-                                                 "kind": "judge, sees the reference"}
+            if ref is None:
+                not_run.append(f"{name} (with reference)")
+            else:
+                table[f"{name} (with reference)"] = {**arena_metrics(arena, ref), "llmbar_accuracy": None,
+                                                     "spec": spec, "kind": "judge, sees the reference"}
     lengths = [float(len(r["response"])) for r in arena]
     table["length (characters)"] = {**arena_metrics(arena, lengths), "kind": "baseline",
                                     "llmbar_accuracy": pairwise_accuracy([len(r["response_a"]) for r in llmbar],
@@ -188,12 +203,16 @@ def main(argv=None):
                      lambda: loglik_scores(args.policy, [(r["instruction"], r["response_a"]) for r in llmbar], args))
     ll_b = cache.get(f"llmbar-b-loglik-{args.policy.replace('/', '_')}",
                      lambda: loglik_scores(args.policy, [(r["instruction"], r["response_b"]) for r in llmbar], args))
-    table["policy log-likelihood"] = {**arena_metrics(arena, ll), "kind": "baseline",
-                                      "llmbar_accuracy": pairwise_accuracy(ll_a, ll_b, llmbar)}
+    if ll is None:
+        not_run.append("policy log-likelihood")
+    else:
+        table["policy log-likelihood"] = {**arena_metrics(arena, ll), "kind": "baseline",
+                                          "llmbar_accuracy": None if ll_a is None or ll_b is None
+                                          else pairwise_accuracy(ll_a, ll_b, llmbar)}
 
     payload = {"command": command_line(), "machine": machine_info(), "arena_rows": len(arena),
                "arena_questions": args.max_questions, "llmbar_pairs": len(llmbar), "seed": args.seed,
-               "max_length": args.max_length, "rows": table}
+               "max_length": args.max_length, "rows": table, "not_run": not_run}
     markdown = render_markdown(payload)
     write_results(args.name, payload, markdown)
     plot(table, RESULTS_DIR / f"{args.name}.png")
@@ -216,6 +235,8 @@ def render_markdown(payload: dict) -> str:
         lines.append(f"| {name} | {row['kind']} | {fmt(row['pearson'])} | {fmt(row['spearman'])} | {fmt(row['kendall'])} "
                      f"| {fmt(row['spearman_within_model'])} | {fmt(row['spearman_within_question'])} "
                      f"| {fmt(row['spearman_with_length'])} | {'n/a' if acc is None else f'{acc:.3f}'} |")
+    if payload.get("not_run"):
+        lines += ["", f"Not run in this table (scores not computed yet): {', '.join(payload['not_run'])}."]
     return "\n".join(lines) + "\n"
 
 

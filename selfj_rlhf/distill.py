@@ -124,6 +124,8 @@ def make_distill_trainer_class():
                 teacher = student.detach()
             loss, parts = selfj_distill_loss(teacher, student, targets, cfg.alpha, cfg.beta,
                                              teacher_weight=1.0 if cfg.train_teacher else 0.0)
+            if not cfg.train_teacher and cfg.beta == 0:  # no teacher was run: its parts would only echo the student
+                parts = {"ce_student": parts["ce_student"]}
             for name, value in parts.items():
                 self._loss_parts.setdefault(name, []).append(float(value))
             return (loss, {"student_logits": student}) if return_outputs else loss
