@@ -49,6 +49,7 @@ def main(argv=None):
     from selfj_rlhf.generation import generate_candidates
     from selfj_rlhf.labeling import cosine_similarities, load_embedder, token_f1
     from selfj_rlhf.models import load_causal_lm
+    from tqdm.auto import tqdm
 
     rows = [row for _, row in iter_records(args.references)]
     picked = sorted(random.Random(args.seed).sample(range(len(rows)), min(args.num_prompts, len(rows))))
@@ -59,7 +60,7 @@ def main(argv=None):
         policy, tokenizer = load_causal_lm(args.policy)
         embedder = load_embedder("all-minilm-l6-v2", "cpu")
         items = []
-        for index in picked:
+        for index in tqdm(picked, desc=f"sample {args.k} candidates", unit="prompt"):
             row = rows[index]
             reference = row.get("reference") or row["output"]
             candidates = generate_candidates(policy, tokenizer, row["instruction"], n=args.k, seed=args.seed,
@@ -89,7 +90,8 @@ def main(argv=None):
             scores = json.loads(score_path.read_text())
         else:
             judge = SelfJudge.from_pretrained(spec)
-            scores = [judge.score([i["instruction"]] * args.k, i["candidates"]) for i in items]
+            scores = [judge.score([i["instruction"]] * args.k, i["candidates"])
+                      for i in tqdm(items, desc=f"judge {name}", unit="prompt")]
             atomic_write_json(score_path, scores, indent=None)
         by_item = {id(i): s for i, s in zip(items, scores)}
         table[f"judge: {name}"] = summarise(lambda i: max(range(args.k), key=lambda c: (by_item[id(i)][c], -c)))

@@ -220,7 +220,12 @@ class SelfJudge:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         refs = references if references is not None else [None] * len(responses)
-        encoded = [self.encode(i, r, ref) for i, r, ref in zip(instructions, responses, refs)]
+        encoded = []
+        for index, (instruction, response, reference) in enumerate(zip(instructions, responses, refs)):
+            try:
+                encoded.append(self.encode(instruction, response, reference))
+            except TypeError as err:
+                raise TypeError(f"item {index}: {err}") from None
         truncated = sum(e.truncated for e in encoded)
         if truncated:
             self.truncation_count += truncated

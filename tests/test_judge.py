@@ -69,8 +69,8 @@ def test_truncation_cuts_only_the_response(tiny_model_dir):
 
 
 def test_input_validation(tiny_judge):
-    with pytest.raises(TypeError, match="response must be a string"):
-        tiny_judge.score(["Q"], [None])
+    with pytest.raises(TypeError, match="item 1: response must be a string, got NoneType"):
+        tiny_judge.score(["Q", "Q"], ["fine", None])
     with pytest.raises(ValueError, match="1 instructions but 2 responses"):
         tiny_judge.score(["Q"], ["a", "b"])
 
