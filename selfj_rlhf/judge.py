@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -284,7 +284,3 @@ class SelfJudge:
             tiebreak = random.sample(range(len(scores)), len(scores)) if shuffle_order else list(range(len(scores)))
             rankings.append(sorted(range(len(scores)), key=lambda i: (-scores[i], tiebreak[i])))
         return rankings
-
-
-def details_to_dict(details: ScoreDetails) -> dict:
-    return asdict(details)
