@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from .judge import left_pad
+
 
 def selfj_distill_loss(teacher_logits: torch.Tensor, student_logits: torch.Tensor, targets: torch.Tensor,
                        alpha: float = 0.3, beta: float = 2.0, teacher_weight: float = 1.0,
@@ -71,18 +73,9 @@ class DistillCollator:
     def __init__(self, pad_token_id: int):
         self.pad_token_id = pad_token_id
 
-    def _pad(self, sequences: list[list[int]]) -> dict[str, torch.Tensor]:
-        width = max(len(s) for s in sequences)
-        ids = torch.full((len(sequences), width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(sequences), width), dtype=torch.long)
-        for row, seq in enumerate(sequences):
-            ids[row, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
-            mask[row, width - len(seq):] = 1
-        return {"input_ids": ids, "attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
-
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
-        teacher = self._pad([f["teacher_input_ids"] for f in features])
-        student = self._pad([f["student_input_ids"] for f in features])
+        teacher = left_pad([f["teacher_input_ids"] for f in features], self.pad_token_id)
+        student = left_pad([f["student_input_ids"] for f in features], self.pad_token_id)
         return {**{f"teacher_{k}": v for k, v in teacher.items()}, **{f"student_{k}": v for k, v in student.items()},
                 "labels": torch.tensor([f["label"] for f in features], dtype=torch.long)}
 

@@ -51,6 +51,18 @@ def digit_token_ids(tokenizer) -> list[int]:
     return ids
 
 
+def left_pad(sequences: Sequence[list[int]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Left-pad token id lists; positions count real tokens only, so padding does not shift the scores."""
+    width = max(len(ids) for ids in sequences)
+    input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, ids in enumerate(sequences):
+        input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[row, width - len(ids):] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask,
+            "position_ids": (attention_mask.cumsum(-1) - 1).clamp(min=0)}
+
+
 @dataclass
 class ScoreDetails:
     """One judged item.
@@ -189,18 +201,9 @@ class SelfJudge:
 
     # ------------------------------------------------------------------ scoring
     def _collate(self, items: Sequence[list[int]]) -> dict[str, torch.Tensor]:
-        """Left-pad; positions count real tokens only, so padding does not shift the scores."""
-        width = max(len(ids) for ids in items)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        input_ids = torch.full((len(items), width), pad, dtype=torch.long)
-        attention_mask = torch.zeros((len(items), width), dtype=torch.long)
-        for row, ids in enumerate(items):
-            input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
-            attention_mask[row, width - len(ids):] = 1
-        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         device = self.device
-        return {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device),
-                "position_ids": position_ids.to(device)}
+        return {name: tensor.to(device) for name, tensor in left_pad(items, pad).items()}
 
     def digit_logits(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Forward one padded batch; return (digit logits [B, 10], log-mass on digits [B])."""
