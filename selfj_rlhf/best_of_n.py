@@ -16,6 +16,7 @@ from .io import ShardWriter, atomic_write_json, atomic_write_jsonl, read_shards,
 from .errors import ConfigError
 from .models import DEFAULT_POLICY
 from .prompts import load_prompts
+from .selective import DEFAULT_DECLINE_MESSAGE
 
 RESULT_FIELDS = ("policy", "judge", "judge_template", "dataset", "dataset_split", "n", "max_new_tokens",
                  "temperature", "top_p", "seed", "use_reference", "max_judge_length", "dtype")
@@ -48,6 +49,10 @@ class BestOfNConfig:
     dtype: str = field(default="auto", metadata={"help": "auto (bf16 on GPU, fp32 on CPU), float32, bfloat16."})
     generator: str | None = field(default=None, metadata={
         "help": "Name written to AlpacaEval's `generator` field (default: derived from policy and n)."})
+    abstain_below: float | None = field(default=None, metadata={
+        "help": "Selective instruction following: when the chosen candidate scores below this, model_outputs.json "
+                "gets decline_message instead (candidates.jsonl keeps the candidate and marks `answered`)."})
+    decline_message: str = field(default=DEFAULT_DECLINE_MESSAGE, metadata={"help": "What a declined prompt outputs."})
     output_dir: str = field(default="runs/best_of_n", metadata={"help": "Where outputs and shards go."})
 
     def __post_init__(self):
@@ -132,15 +137,18 @@ def run_best_of_n(cfg: BestOfNConfig, accelerator=None) -> dict | None:
     if missing:
         raise RuntimeError(f"{len(missing)} prompts have no result after the run (first: {missing[0]})")
     ordered = [rows[p.id] for p in prompts]
+    for row in ordered:  # abstention is applied here, so a changed threshold never needs resampling
+        row["answered"] = cfg.abstain_below is None or row["chosen_score"] >= cfg.abstain_below
     atomic_write_jsonl(out / "candidates.jsonl", ordered)
     generator = cfg.generator_name()
     atomic_write_json(out / "model_outputs.json", [
-        {"instruction": r["instruction"], "output": r["candidates"][r["chosen"]]["text"], "generator": generator,
-         "dataset": r["dataset"]} for r in ordered])
+        {"instruction": r["instruction"], "output": r["candidates"][r["chosen"]]["text"] if r["answered"]
+         else cfg.decline_message, "generator": generator, "dataset": r["dataset"]} for r in ordered])
     summary = {"prompts": len(ordered), "resumed_prompts": len(done), "n": cfg.n, "policy": cfg.policy,
                "judge": judge_spec, "num_processes": accelerator.num_processes,
                "mean_chosen_score": sum(r["chosen_score"] for r in ordered) / len(ordered),
                "mean_candidate_score": sum(c["score"] for r in ordered for c in r["candidates"]) / (len(ordered) * cfg.n),
+               "answered": sum(r["answered"] for r in ordered), "abstain_below": cfg.abstain_below,
                "wall_s_this_run": round(time.perf_counter() - start, 2)}
     atomic_write_json(out / "summary.json", summary)
     return summary

@@ -16,6 +16,24 @@ def make_trl_parser(*config_classes):
     return TrlParser(config_classes)
 
 
+def cpu_training_defaults(parser):
+    """Training-argument defaults that make a recipe run on a machine without CUDA.
+
+    TRL's configs default to bf16, which the Trainer refuses without a GPU. Without CUDA, accelerate's
+    DeepSpeed path finds no backend and every process believes it is alone; gloo makes
+    ``--use_deepspeed --num_processes N`` on CPU a real N-process job. YAML and flags still override.
+    """
+    import os
+
+    import torch
+
+    if not torch.cuda.is_available():
+        parser.set_defaults(bf16=False)
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            parser.set_defaults(ddp_backend="gloo")
+    return parser
+
+
 def run_cli(main: Callable[[], None]) -> None:
     """Run a recipe's ``main``; user errors end as one ``error: ...`` line and exit code 2.
 

@@ -36,3 +36,20 @@ def test_train_judge_under_zero(stage, tiny_model_dir, tmp_path):
 
     judge = SelfJudge.from_pretrained(str(out), device="cpu")
     assert 0 <= judge.score(["Q1?"], ["Answer 1."])[0] <= 9
+
+
+def test_rejection_sampling_round_under_zero2(tiny_model_dir, tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"q{i}", "instruction": f"Say {i}."}) + "\n" for i in range(4)))
+    out = tmp_path / "rs"
+    cmd = [str(Path(sys.executable).with_name("accelerate")), "launch", "--config_file",
+           "ds_configs/accelerate_zero2.yaml", "--num_processes", "2", "recipes/rejection_sampling.py",
+           "--model_name_or_path", str(tiny_model_dir), "--dataset", str(prompts), "--n", "2", "--max_new_tokens", "4",
+           "--output_dir", str(out), "--max_steps", "2", "--per_device_train_batch_size", "1", "--lora_r", "4",
+           "--report_to", "none", "--save_strategy", "no", "--logging_steps", "1", "--max_length", "64"]
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    summary = json.loads((out / "round-00" / "best_of_n" / "summary.json").read_text())
+    assert summary["num_processes"] == 2 and summary["prompts"] == 4  # sampling was sharded over both ranks
+    assert json.loads((out / "round-00" / "policy" / "round.json").read_text())["steps"] == 2

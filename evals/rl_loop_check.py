@@ -1,0 +1,195 @@
+"""Does SELF-J-driven policy training help the embedded policy? Held-out check of the RLHF recipes.
+
+    python evals/rl_loop_check.py prompts            # train / held-out prompt files from ../shared/data
+    accelerate launch --cpu --num_processes 2 recipes/rejection_sampling.py --config recipes/configs/rejection_sampling.yaml
+    python recipes/build_pairs.py --config recipes/configs/build_pairs.yaml
+    accelerate launch --cpu --num_processes 2 recipes/dpo.py --config recipes/configs/dpo.yaml
+    python evals/rl_loop_check.py evaluate --policy base=smollm2-135m-instruct \
+        --policy rejection_sampling=runs/rl_check/rejection_sampling/round-00/policy \
+        --policy dpo=runs/rl_check/dpo/round-00/policy
+
+`evaluate` answers every held-out prompt greedily with each policy (never trained on) and reports the
+judge's mean reference-free score (the reward being optimised), the MiniLM cosine and token F1 to the
+reference answer (an independent signal the judge never sees), and the mean output length (to expose
+length hacking), beside the training rounds' wall time. Greedy outputs are cached per policy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import command_line, machine_info, write_results  # noqa: E402
+
+from selfj_rlhf.io import atomic_write_json, atomic_write_jsonl, iter_records  # noqa: E402
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SOURCES = ("flask/flask_ref.jsonl", "gpteacher_codegen/codegen_ref.jsonl", "gsm8k/gsm8k_ref.jsonl")
+
+
+def make_parser():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    prompts = sub.add_parser("prompts", help="Write train and held-out prompt files (disjoint, balanced by source).")
+    prompts.add_argument("--data_dir", default=str(DATA))
+    prompts.add_argument("--train_per_source", type=int, default=32)
+    prompts.add_argument("--heldout_per_source", type=int, default=14)
+    prompts.add_argument("--min_reference_chars", type=int, default=20)
+    prompts.add_argument("--max_instruction_chars", type=int, default=1200)
+    prompts.add_argument("--seed", type=int, default=7)
+    prompts.add_argument("--output_dir", default="runs/rl_check")
+    evaluate = sub.add_parser("evaluate", help="Greedy held-out outputs of each policy, scored.")
+    evaluate.add_argument("--policy", action="append", required=True, help="NAME=SPEC (first one is the baseline)")
+    evaluate.add_argument("--judge", default="selfj-smollm2-135m")
+    evaluate.add_argument("--prompts", default="runs/rl_check/prompts_heldout.jsonl")
+    evaluate.add_argument("--runs", nargs="*", default=["runs/rl_check/rejection_sampling", "runs/rl_check/dpo"],
+                          help="Recipe output dirs whose rounds.json gives training-time rewards and wall time.")
+    evaluate.add_argument("--max_new_tokens", type=int, default=128)
+    evaluate.add_argument("--cache_dir", default="runs/rl_check/eval")
+    evaluate.add_argument("--name", default="rl_loop_check")
+    return parser
+
+
+def write_prompt_files(args) -> None:
+    rng = random.Random(args.seed)
+    train, heldout = [], []
+    for source in SOURCES:
+        path = Path(args.data_dir) / source
+        rows = [row for _, row in iter_records(path)
+                if len(row.get("reference") or "") >= args.min_reference_chars
+                and len(row["instruction"]) + len(row.get("input") or "") <= args.max_instruction_chars]
+        picked = rng.sample(rows, args.train_per_source + args.heldout_per_source)
+        keep = ("id", "instruction", "input", "reference", "category")
+        train += [{k: r[k] for k in keep if k in r} for r in picked[:args.train_per_source]]
+        heldout += [{k: r[k] for k in keep if k in r} for r in picked[args.train_per_source:]]
+    out = Path(args.output_dir)
+    atomic_write_jsonl(out / "prompts_train.jsonl", train)
+    atomic_write_jsonl(out / "prompts_heldout.jsonl", heldout)
+    print(f"{len(train)} train and {len(heldout)} held-out prompts in {out}")
+
+
+def greedy_outputs(name: str, spec: str, prompts, args) -> list[dict]:
+    """Greedy answers of one policy, cached in ``cache_dir/<name>.json`` (keyed by the policy spec)."""
+    from tqdm.auto import tqdm
+
+    from selfj_rlhf.generation import generate_candidates
+    from selfj_rlhf.models import load_causal_lm
+
+    cache = Path(args.cache_dir) / f"{name}.json"
+    if cache.is_file():
+        cached = json.loads(cache.read_text())
+        if cached["spec"] == spec and cached["max_new_tokens"] == args.max_new_tokens \
+                and [o["id"] for o in cached["outputs"]] == [p.id for p in prompts]:
+            return cached["outputs"]
+    model, tokenizer = load_causal_lm(spec)
+    outputs = []
+    for prompt in tqdm(prompts, desc=f"greedy {name}", unit="prompt"):
+        answer = generate_candidates(model, tokenizer, prompt.instruction, n=1, seed=0, prompt_id=prompt.id,
+                                     max_new_tokens=args.max_new_tokens, temperature=0.0)[0]
+        outputs.append({"id": prompt.id, "text": answer["text"], "num_tokens": answer["num_tokens"]})
+    atomic_write_json(cache, {"spec": spec, "max_new_tokens": args.max_new_tokens, "outputs": outputs}, indent=None)
+    return outputs
+
+
+def evaluate(args) -> None:
+    from selfj_rlhf import SelfJudge
+    from selfj_rlhf.labeling import cosine_similarities, load_embedder, token_f1
+    from selfj_rlhf.prompts import load_prompts
+
+    prompts = load_prompts(args.prompts)
+    policies = [item.split("=", 1) for item in args.policy]
+    answers = {name: greedy_outputs(name, spec, prompts, args) for name, spec in policies}
+    judge = SelfJudge.from_pretrained(args.judge, max_length=1024)
+    embedder = load_embedder("all-minilm-l6-v2", "cpu")
+    table = {}
+    for name, spec in policies:
+        texts = [o["text"] for o in answers[name]]
+        scores = judge.score([p.instruction for p in prompts], texts)
+        cosine = [cosine_similarities(embedder, [t], p.reference)[0] for t, p in zip(texts, prompts)]
+        table[name] = {"policy": spec, "judge_score": statistics.fmean(scores),
+                       "cosine_to_reference": statistics.fmean(cosine),
+                       "f1_to_reference": statistics.fmean(token_f1(t, p.reference) for t, p in zip(texts, prompts)),
+                       "mean_tokens": statistics.fmean(o["num_tokens"] for o in answers[name]),
+                       "empty_outputs": sum(not t.strip() for t in texts)}
+    runs = {}
+    for run in args.runs:
+        path = Path(run) / "rounds.json"
+        if path.is_file():
+            runs[Path(run).name] = json.loads(path.read_text())
+    payload = {"command": command_line(), "machine": machine_info(), "judge": args.judge, "prompts": args.prompts,
+               "num_prompts": len(prompts), "max_new_tokens": args.max_new_tokens, "rows": table, "rounds": runs}
+    plot_rewards(table, runs, Path("evals/results") / f"{args.name}.png")
+    base = next(iter(table.values()))
+    m = payload["machine"]
+    lines = [f"# RLHF recipes on the embedded policy: {len(prompts)} held-out prompts, greedy outputs", "",
+             f"Command: `{payload['command']}`  ", f"Machine: {m['cpu']}, {m['cpu_count']} cores, {m['date']}  ",
+             f"Judge (the reward): {args.judge}, reference-free. Cosine/F1: to the dataset's reference answer, "
+             "which the judge never sees.", "",
+             "| policy | judge score (0-9) | cosine to ref | token F1 to ref | mean tokens | empty |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for name, row in table.items():
+        delta = "" if row is base else f" ({row['judge_score'] - base['judge_score']:+.3f})"
+        lines.append(f"| {name} | {row['judge_score']:.3f}{delta} | {row['cosine_to_reference']:.3f} | "
+                     f"{row['f1_to_reference']:.3f} | {row['mean_tokens']:.1f} | {row['empty_outputs']} |")
+    if runs:
+        lines += ["", "Training rounds (candidates scored during training; wall time of sampling+scoring and of "
+                  "training):", "", "| run | round | mean candidate score | mean chosen score | kept / pairs | "
+                  "train steps | loss first -> last | sampling s | training s |", "|---|---:|---:|---:|---:|---:|---|---:|---:|"]
+        for run, rounds in runs.items():
+            for r in rounds:
+                kept = r.get("kept", r.get("pairs", ""))
+                lines.append(f"| {run} | {r['round']} | {_fmt(r.get('mean_candidate_score'))} | "
+                             f"{_fmt(r.get('mean_chosen_score'))} | {kept} | {r['steps']} | "
+                             f"{_fmt(r['first_loss'])} -> {_fmt(r['last_loss'])} | {_fmt(r.get('sampling_s'), 0)} | "
+                             f"{_fmt(r.get('training_s'), 0)} |")
+    lines.append("")
+    markdown = "\n".join(lines)
+    write_results(args.name, payload, markdown)
+    print(markdown)
+
+
+def _fmt(value, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def plot_rewards(table: dict, runs: dict, path: Path) -> None:
+    """Held-out judge score per policy, and the training-time mean candidate score per round of each run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    names = list(table)
+    left.bar(names, [table[n]["judge_score"] for n in names], color="tab:blue")
+    left.set_ylabel("held-out mean judge score (greedy)")
+    left.set_title("reward on held-out prompts")
+    left.tick_params(axis="x", rotation=20)
+    for run, rounds in runs.items():
+        right.plot([r["round"] for r in rounds], [r.get("mean_candidate_score") for r in rounds], marker="o", label=run)
+    right.set_xlabel("round")
+    right.set_ylabel("mean judge score of sampled candidates")
+    right.set_title("reward per round (training prompts)")
+    if runs:
+        right.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None):
+    args = make_parser().parse_args(argv)
+    if args.command == "prompts":
+        write_prompt_files(args)
+    else:
+        evaluate(args)
+
+
+if __name__ == "__main__":
+    main()

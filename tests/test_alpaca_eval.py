@@ -1,0 +1,90 @@
+"""AlpacaEval harness offline end to end on the tiny model: generate, evaluate against explicit references
+with the offline annotators, bundle; the bundle's files load with alpaca_eval's own readers."""
+
+import importlib.util
+import json
+
+import pytest
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("alpaca_eval") is None,
+                                reason="alpaca-eval extra not installed")
+
+
+@pytest.fixture
+def references(shared_data):
+    return shared_data / "alpaca_eval" / "gpt4_1106_preview_outputs.json"
+
+
+@pytest.fixture
+def generated(tiny_model_dir, references, tmp_path):
+    from selfj_rlhf.console import main
+
+    out = tmp_path / "gen"
+    main(["alpaca-eval", "generate", "--policy", str(tiny_model_dir), "--dataset", str(references),
+          "--max_prompts", "3", "--max_new_tokens", "8", "--output_dir", str(out)])
+    return out / "model_outputs.json"
+
+
+def test_generate_evaluate_bundle_offline(tiny_model_dir, references, generated, tmp_path):
+    import pandas as pd
+    from alpaca_eval import metrics, utils
+
+    from selfj_rlhf.console import main
+
+    outputs = json.loads(generated.read_text())
+    assert len(outputs) == 3 and all(set(o) == {"instruction", "output", "generator", "dataset"} for o in outputs)
+    eval_dir = tmp_path / "eval"
+    main(["alpaca-eval", "evaluate", "--model_outputs", str(generated), "--reference_outputs", str(references),
+          "--annotator", f"local:{tiny_model_dir}", "--output_dir", str(eval_dir)])
+    result = json.loads((eval_dir / "result.json").read_text())
+    assert result["n_total"] == 3 and result["independent_annotator"] is True
+    assert (eval_dir / "annotator_local" / "configs.yaml").is_file()  # the generated offline annotator config
+    annotations = json.loads((eval_dir / "annotations.json").read_text())
+    assert all(1 <= a["preference"] <= 2 for a in annotations)
+    assert metrics.get_winrate(annotations)["win_rate"] == pytest.approx(result["win_rate"])
+    reference_by_instruction = {r["instruction"]: r["output"] for r in json.loads(references.read_text())}
+    assert all(a["output_1"] == reference_by_instruction[a["instruction"]] for a in annotations)  # explicit refs
+
+    bundle = tmp_path / "bundle"
+    main(["alpaca-eval", "bundle", "--model_outputs", str(generated), "--eval_dir", str(eval_dir),
+          "--output_dir", str(bundle), "--name", "tiny-test"])
+    frame = utils.load_or_convert_to_dataframe(bundle / "results" / "tiny-test" / "model_outputs.json")
+    assert list(frame["generator"].unique()) == ["tiny-test"] and len(frame) == 3
+    config = utils.load_configs(bundle / "src" / "alpaca_eval" / "models_configs" / "tiny-test" / "configs.yaml")
+    assert config["tiny-test"]["fn_completions"] is None
+    (annotation_dir,) = (bundle / "results" / "tiny-test").glob("*/annotations.json")
+    assert len(utils.load_or_convert_to_dataframe(annotation_dir)) == 3
+    row = pd.read_csv(bundle / "leaderboard_row.csv", index_col=0)
+    assert row.loc["tiny-test", "win_rate"] == pytest.approx(result["win_rate"])
+    assert "Submission checklist" in (bundle / "README.md").read_text()
+
+
+def test_selfj_annotator_is_marked_not_independent(tiny_model_dir, references, generated, tmp_path):
+    from selfj_rlhf.alpacaeval import EvaluateConfig, evaluate_outputs
+
+    result = evaluate_outputs(EvaluateConfig(model_outputs=str(generated), reference_outputs=str(references),
+                                             annotator=f"selfj:{tiny_model_dir}", output_dir=str(tmp_path / "e")))
+    assert result["independent_annotator"] is False and result["n_total"] == 3
+    annotations = json.loads((tmp_path / "e" / "annotations.json").read_text())
+    assert all("selfj_score_2" in a for a in annotations)
+
+
+def test_official_annotator_without_api_key_is_a_clear_error(generated, references, tmp_path, monkeypatch):
+    from selfj_rlhf.alpacaeval import EvaluateConfig, evaluate_outputs
+    from selfj_rlhf.errors import ConfigError
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_CLIENT_CONFIG_PATH", raising=False)
+    with pytest.raises(ConfigError, match="OPENAI_API_KEY"):
+        evaluate_outputs(EvaluateConfig(model_outputs=str(generated), reference_outputs=str(references),
+                                        output_dir=str(tmp_path / "e")))
+
+
+def test_outputs_not_in_the_reference_set_are_refused(tmp_path, references):
+    from selfj_rlhf.alpacaeval import load_outputs, matched_references
+    from selfj_rlhf.errors import ConfigError
+
+    path = tmp_path / "out.json"
+    path.write_text(json.dumps([{"instruction": "Not an AlpacaEval instruction", "output": "x"}]))
+    with pytest.raises(ConfigError, match="not in"):
+        matched_references(load_outputs(path, role="model"), references)

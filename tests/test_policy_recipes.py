@@ -1,0 +1,141 @@
+"""The RLHF recipes end to end on the tiny random model: rejection sampling (1 round), DPO (1 round, and on
+built pairs), GRPO (2 steps), and a rejection-sampling round killed mid-training that resumes."""
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN_FLAGS = ["--max_steps", "2", "--per_device_train_batch_size", "2", "--lora_r", "4", "--report_to", "none",
+               "--save_strategy", "no", "--logging_steps", "1"]
+
+
+def recipe(name: str):
+    spec = importlib.util.spec_from_file_location(f"recipe_{name}", REPO / "recipes" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def prompt_file(tmp_path) -> Path:
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"id": f"q{i}", "instruction": f"Name a colour number {i}.",
+                                        "reference": f"Colour {i} is blue."}) + "\n" for i in range(4)))
+    return path
+
+
+def loop_flags(tiny_model_dir, prompt_file, out) -> list[str]:
+    return ["--model_name_or_path", str(tiny_model_dir), "--dataset", str(prompt_file), "--n", "3",
+            "--max_new_tokens", "6", "--output_dir", str(out), "--max_length", "128", *TRAIN_FLAGS]
+
+
+def test_rejection_sampling_one_round(tiny_model_dir, prompt_file, tmp_path):
+    out = tmp_path / "rs"
+    recipe("rejection_sampling").main(loop_flags(tiny_model_dir, prompt_file, out))
+    round0 = out / "round-00"
+    rows = [json.loads(line) for line in (round0 / "sft_data.jsonl").read_text().splitlines()]
+    candidates = [json.loads(line) for line in (round0 / "best_of_n" / "candidates.jsonl").read_text().splitlines()]
+    assert len(rows) == 4  # no threshold: every prompt keeps its best candidate
+    for row, cand in zip(rows, candidates):
+        best = max(cand["candidates"], key=lambda c: c["score"])
+        assert row["messages"][1] == {"role": "assistant", "content": best["text"]}  # chat template -> messages
+    info = json.loads((round0 / "policy" / "round.json").read_text())
+    assert info["steps"] == 2 and info["judge"] == str(tiny_model_dir)
+    history = json.loads((out / "rounds.json").read_text())
+    assert history[0]["kept"] == 4 and history[0]["steps"] == 2
+    from selfj_rlhf.models import load_causal_lm
+
+    model, _ = load_causal_lm(str(round0 / "policy"), device="cpu")  # merged, loadable as a plain policy
+    assert not any("lora" in name for name, _ in model.named_parameters())
+
+
+def test_rejection_sampling_threshold_that_keeps_nothing_is_a_clear_error(tiny_model_dir, prompt_file, tmp_path):
+    from selfj_rlhf.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="score_threshold"):
+        recipe("rejection_sampling").main(loop_flags(tiny_model_dir, prompt_file, tmp_path / "rs")
+                                          + ["--score_threshold", "9.5"])
+    assert not (tmp_path / "rs" / "round-00" / "sft_data.jsonl").exists()
+
+
+def test_dpo_one_round_then_a_second_round_reuses_the_first(tiny_model_dir, prompt_file, tmp_path, capsys):
+    out = tmp_path / "dpo"
+    recipe("dpo").main(loop_flags(tiny_model_dir, prompt_file, out))
+    pairs = [json.loads(line) for line in (out / "round-00" / "pairs.jsonl").read_text().splitlines()]
+    report = json.loads((out / "round-00" / "pairs_report.json").read_text())
+    assert report["pairs"] == len(pairs) > 0 and report["pairs"] + sum(report["dropped"].values()) == 4
+    assert all(isinstance(p["prompt"], list) and p["margin"] > 0 for p in pairs)  # conversational, no ties
+    first_policy = (out / "round-00" / "policy" / "model.safetensors").stat().st_mtime_ns
+    capsys.readouterr()
+    recipe("dpo").main(loop_flags(tiny_model_dir, prompt_file, out) + ["--rounds", "2"])
+    assert "[round-00] policy: done, skipped" in capsys.readouterr().out
+    assert (out / "round-00" / "policy" / "model.safetensors").stat().st_mtime_ns == first_policy
+    assert json.loads((out / "round-01" / "policy" / "round.json").read_text())["trained_from"] == \
+        str(out / "round-00" / "policy")
+    assert [r["round"] for r in json.loads((out / "rounds.json").read_text())] == [0, 1]
+
+
+def test_dpo_on_built_pairs(tiny_model_dir, prompt_file, tmp_path):
+    candidates = tmp_path / "cands.jsonl"
+    candidates.write_text("".join(json.dumps({"id": f"q{i}", "instruction": f"Q{i}?", "candidates": [
+        {"text": f"good {i}", "score": 7.0}, {"text": f"bad {i}", "score": 2.0}]}) + "\n" for i in range(4)))
+    pairs = tmp_path / "pairs" / "pairs.jsonl"
+    recipe("build_pairs").main(["--candidates", str(candidates), "--output_file", str(pairs),
+                                "--output_format", "conversational"])
+    assert json.loads((tmp_path / "pairs" / "pairs_report.json").read_text())["pairs"] == 4
+    out = tmp_path / "dpo"
+    recipe("dpo").main(loop_flags(tiny_model_dir, prompt_file, out) + ["--pairs_file", str(pairs)])
+    assert not (out / "round-00" / "best_of_n").exists()  # no sampling when the pairs are given
+    assert json.loads((out / "round-00" / "policy" / "round.json").read_text())["steps"] == 2
+
+
+@pytest.mark.parametrize("conversational", ["true", "false"])
+def test_grpo_two_steps(tiny_model_dir, prompt_file, tmp_path, conversational):
+    out = tmp_path / "grpo"
+    recipe("grpo").main(["--model_name_or_path", str(tiny_model_dir), "--dataset", str(prompt_file),
+                         "--conversational", conversational, "--num_generations", "2", "--max_completion_length", "8",
+                         "--overlong_cache", "4", "--output_dir", str(out), *TRAIN_FLAGS])
+    info = json.loads((out / "policy" / "round.json").read_text())
+    assert info["recipe"] == "grpo" and info["steps"] == 2
+
+
+def test_killed_rejection_sampling_round_resumes_without_repeating_stages(tiny_model_dir, prompt_file, tmp_path):
+    out = tmp_path / "rs"
+    cmd = [sys.executable, "recipes/rejection_sampling.py", *loop_flags(tiny_model_dir, prompt_file, out)]
+    cmd[cmd.index("--max_steps") + 1] = "400"
+    cmd[cmd.index("--save_strategy") + 1] = "steps"
+    cmd += ["--save_steps", "5"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    trainer_dir = out / "round-00" / "trainer"
+    deadline = time.time() + 300
+    while not any(trainer_dir.glob("checkpoint-*/trainer_state.json")):
+        assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+        assert time.time() < deadline, "no checkpoint within 300 s"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "round-00" / "policy").exists()
+    candidates = out / "round-00" / "best_of_n" / "candidates.jsonl"
+    sft_data = out / "round-00" / "sft_data.jsonl"
+    stamps = {path: (path.stat().st_mtime_ns, path.read_bytes()) for path in (candidates, sft_data)}
+
+    cmd[cmd.index("--max_steps") + 1] = "60"  # finish sooner; the resumed state carries the step count
+    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "[round-00] best-of-n: done, skipped" in result.stdout
+    assert "[round-00] training: resuming from" in result.stdout
+    for path, stamp in stamps.items():
+        assert (path.stat().st_mtime_ns, path.read_bytes()) == stamp  # finished stages were not redone
+    info = json.loads((out / "round-00" / "policy" / "round.json").read_text())
+    assert info["steps"] == 60
+    assert not (out / "round-00" / ".policy.tmp").exists()
