@@ -19,7 +19,8 @@ from .prompts import load_prompts
 from .selective import DEFAULT_DECLINE_MESSAGE
 
 RESULT_FIELDS = ("policy", "judge", "judge_template", "dataset", "dataset_split", "n", "max_new_tokens",
-                 "temperature", "top_p", "seed", "use_reference", "max_judge_length", "dtype")
+                 "temperature", "top_p", "seed", "use_reference", "max_judge_length", "dtype", "judge_quantize",
+                 "backend")
 
 
 @dataclass
@@ -47,6 +48,16 @@ class BestOfNConfig:
     judge_batch_size: int = field(default=8, metadata={"help": "Judge batch size."})
     max_judge_length: int = field(default=2048, metadata={"help": "Longest judge prompt in tokens."})
     dtype: str = field(default="auto", metadata={"help": "auto (bf16 on GPU, fp32 on CPU), float32, bfloat16."})
+    backend: str = field(default="hf", metadata={
+        "help": "Generation backend: hf (transformers generate, n samples of a prompt in one batch) or vllm "
+                "(GPU; batches many prompts; extra `vllm`). The judge always runs in transformers."})
+    vllm_chunk_prompts: int = field(default=64, metadata={
+        "help": "vllm: prompts generated per call (rows are written after each chunk, so a kill loses at most one)."})
+    vllm_gpu_memory_utilization: float = field(default=0.5, metadata={
+        "help": "vllm: share of GPU memory vLLM may take (the rest holds the judge)."})
+    judge_quantize: str | None = field(default=None, metadata={
+        "help": "int8: int8 dynamic quantization of the judge on CPU (faster, small score drift; see "
+                "evals/results/bench_int8.md). Default: full precision."})
     generator: str | None = field(default=None, metadata={
         "help": "Name written to AlpacaEval's `generator` field (default: derived from policy and n)."})
     abstain_below: float | None = field(default=None, metadata={
@@ -64,6 +75,10 @@ class BestOfNConfig:
             raise ConfigError(f"temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.backend not in ("hf", "vllm"):
+            raise ConfigError(f"backend must be hf or vllm, got '{self.backend}'")
+        if self.judge_quantize not in (None, "int8"):
+            raise ConfigError(f"judge_quantize must be int8 or unset, got '{self.judge_quantize}'")
 
     def resolved_judge(self) -> str:
         from .shipped import default_judge_for
@@ -74,14 +89,50 @@ class BestOfNConfig:
         return self.generator or f"{Path(self.policy).name}-selfj-best-of-{self.n}"
 
 
+def _candidate_generator(cfg: BestOfNConfig, device: str):
+    """``(generate(prompts) -> candidates per prompt, HF policy or None, tokenizer)`` for the chosen backend."""
+    from .generation import generate_candidates, vllm_candidate_generator
+    from .models import load_causal_lm
+
+    if cfg.backend == "vllm":
+        return vllm_candidate_generator(cfg.policy, n=cfg.n, seed=cfg.seed, max_new_tokens=cfg.max_new_tokens,
+                                        temperature=cfg.temperature, top_p=cfg.top_p, dtype=cfg.dtype,
+                                        gpu_memory_utilization=cfg.vllm_gpu_memory_utilization), None, None
+    policy, tokenizer = load_causal_lm(cfg.policy, dtype=cfg.dtype, device=device)
+
+    def generate(prompts):
+        return [generate_candidates(policy, tokenizer, p.instruction, n=cfg.n, seed=cfg.seed, prompt_id=p.id,
+                                    max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p)
+                for p in prompts]
+
+    return generate, policy, tokenizer
+
+
+def _judged_row(judge, cfg: BestOfNConfig, prompt, candidates: list[dict]) -> dict:
+    """Score one prompt's candidates (together, so the judge shares their prompt prefix) and pick the best."""
+    refs = [prompt.reference] * cfg.n if cfg.use_reference else None
+    details = judge.score_details([prompt.instruction] * cfg.n, [c["text"] for c in candidates], refs,
+                                  batch_size=cfg.judge_batch_size)
+    for candidate, detail in zip(candidates, details):
+        candidate.update(score=detail.score, probs=detail.probs, digit_mass=detail.digit_mass,
+                         truncated=detail.truncated)
+    chosen = max(range(cfg.n), key=lambda i: (candidates[i]["score"], -i))  # first best on ties
+    row = {"id": prompt.id, "instruction": prompt.instruction, "dataset": prompt.dataset,
+           "candidates": candidates, "chosen": chosen, "chosen_score": candidates[chosen]["score"]}
+    if prompt.reference is not None:
+        row["reference"] = prompt.reference
+    if prompt.meta:
+        row["meta"] = prompt.meta
+    return row
+
+
 def run_best_of_n(cfg: BestOfNConfig, accelerator=None) -> dict | None:
     """Run (or resume) best-of-n; returns the summary on the main process, None elsewhere."""
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
-    from .generation import generate_candidates
     from .judge import SelfJudge
-    from .models import load_causal_lm, validate_model_spec
+    from .models import validate_model_spec
     from .shipped import resolve_judge_dir
 
     accelerator = accelerator or Accelerator()
@@ -101,34 +152,24 @@ def run_best_of_n(cfg: BestOfNConfig, accelerator=None) -> dict | None:
     with accelerator.split_between_processes(todo) as mine:
         if mine:
             with accelerator.main_process_first():  # the first load converts/caches the embedded GGUF
-                policy, tokenizer = load_causal_lm(cfg.policy, dtype=cfg.dtype, device=str(accelerator.device))
-                if judge_spec == cfg.policy:
+                generate, policy, tokenizer = _candidate_generator(cfg, str(accelerator.device))
+                if judge_spec == cfg.policy and policy is not None and not cfg.judge_quantize:
+                    # self-judging shares the policy's weights
                     judge = SelfJudge(policy, tokenizer, cfg.judge_template or "selfj-chat", cfg.max_judge_length,
                                       base_model=cfg.policy)
                 else:
                     judge = SelfJudge.from_pretrained(judge_spec, template=cfg.judge_template, dtype=cfg.dtype,
-                                                      device=str(accelerator.device), max_length=cfg.max_judge_length)
+                                                      device=str(accelerator.device), max_length=cfg.max_judge_length,
+                                                      quantize=cfg.judge_quantize)
             with ShardWriter(shard_dir / f"part-{accelerator.process_index:03d}.jsonl") as writer:
-                bar = tqdm(mine, desc=f"best-of-{cfg.n} [rank {accelerator.process_index}]", unit="prompt",
+                bar = tqdm(total=len(mine), desc=f"best-of-{cfg.n} [rank {accelerator.process_index}]", unit="prompt",
                            position=accelerator.process_index)
-                for prompt in bar:
-                    candidates = generate_candidates(policy, tokenizer, prompt.instruction, n=cfg.n, seed=cfg.seed,
-                                                     prompt_id=prompt.id, max_new_tokens=cfg.max_new_tokens,
-                                                     temperature=cfg.temperature, top_p=cfg.top_p)
-                    refs = [prompt.reference] * cfg.n if cfg.use_reference else None
-                    details = judge.score_details([prompt.instruction] * cfg.n, [c["text"] for c in candidates], refs,
-                                                  batch_size=cfg.judge_batch_size)
-                    for candidate, detail in zip(candidates, details):
-                        candidate.update(score=detail.score, probs=detail.probs, digit_mass=detail.digit_mass,
-                                         truncated=detail.truncated)
-                    chosen = max(range(cfg.n), key=lambda i: (candidates[i]["score"], -i))  # first best on ties
-                    row = {"id": prompt.id, "instruction": prompt.instruction, "dataset": prompt.dataset,
-                           "candidates": candidates, "chosen": chosen, "chosen_score": candidates[chosen]["score"]}
-                    if prompt.reference is not None:
-                        row["reference"] = prompt.reference
-                    if prompt.meta:
-                        row["meta"] = prompt.meta
-                    writer.write(row)
+                chunk_size = cfg.vllm_chunk_prompts if cfg.backend == "vllm" else 1
+                for chunk_start in range(0, len(mine), chunk_size):
+                    chunk = mine[chunk_start:chunk_start + chunk_size]
+                    for prompt, candidates in zip(chunk, generate(chunk)):
+                        writer.write(_judged_row(judge, cfg, prompt, candidates))
+                        bar.update()
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         return None

@@ -10,10 +10,33 @@ from .errors import SelfJError
 
 def make_trl_parser(*config_classes):
     """A TrlParser over the recipe's config dataclasses (``--config recipe.yaml`` plus flags; unknown
-    YAML keys are rejected)."""
+    YAML keys are rejected). Its ``ValueError``s (unknown keys, invalid training arguments) become
+    ``ConfigError``s, so recipes report them as one ``error:`` line."""
     from trl import TrlParser
 
-    return TrlParser(config_classes)
+    from .errors import ConfigError
+
+    class StrictTrlParser(TrlParser):
+        def parse_args_and_config(self, args=None, **kwargs):
+            try:
+                return super().parse_args_and_config(args, **kwargs)
+            except SelfJError:
+                raise
+            except ValueError as err:
+                source = _config_path(args)
+                raise ConfigError(f"{source + ': ' if source else ''}{err}") from None
+
+    return StrictTrlParser(config_classes)
+
+
+def _config_path(args) -> str | None:
+    argv = list(sys.argv[1:] if args is None else args)
+    for index, arg in enumerate(argv):
+        if arg == "--config" and index + 1 < len(argv):
+            return argv[index + 1]
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+    return None
 
 
 def cpu_training_defaults(parser):

@@ -46,3 +46,37 @@ def generate_candidates(model, tokenizer, instruction: str, *, n: int, seed: int
         candidates.append({"text": tokenizer.decode(kept, skip_special_tokens=True).strip(),
                            "num_tokens": len(kept), "finished": end is not None})
     return candidates if sampling else candidates * n
+
+
+def vllm_candidate_generator(policy: str, *, n: int, seed: int, max_new_tokens: int, temperature: float, top_p: float,
+                             dtype: str = "auto", gpu_memory_utilization: float = 0.5):
+    """A ``generate(prompts) -> [[{"text", "num_tokens", "finished"}] * n]`` function backed by vLLM.
+
+    vLLM batches all prompts of a call; each prompt's sampling seed is derived from (seed, prompt id) as in
+    the transformers path (the samples themselves differ from it: other kernels, other RNG).
+    """
+    from .errors import ConfigError
+    from .models import load_tokenizer, resolve_model_path
+
+    try:
+        from vllm import LLM, SamplingParams
+    except ImportError:
+        raise ConfigError("backend vllm needs the vllm package (pip install -e '.[vllm]', on a CUDA machine); "
+                          "use backend hf otherwise") from None
+    tokenizer = load_tokenizer(policy)
+    llm = LLM(model=resolve_model_path(policy), dtype="auto" if dtype == "auto" else dtype, seed=seed,
+              gpu_memory_utilization=gpu_memory_utilization)
+
+    def generate(prompts) -> list[list[dict]]:
+        params = [SamplingParams(n=n if temperature > 0 else 1, temperature=temperature,
+                                 top_p=top_p if temperature > 0 else 1.0, max_tokens=max_new_tokens,
+                                 seed=prompt_seed(seed, p.id)) for p in prompts]
+        inputs = [{"prompt_token_ids": chat_prompt_ids(tokenizer, p.instruction)} for p in prompts]
+        results = []
+        for output in llm.generate(inputs, params, use_tqdm=False):
+            samples = [{"text": o.text.strip(), "num_tokens": len(o.token_ids), "finished": o.finish_reason == "stop"}
+                       for o in output.outputs]
+            results.append(samples if temperature > 0 else samples * n)
+        return results
+
+    return generate

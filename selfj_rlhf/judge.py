@@ -7,9 +7,11 @@ smooth value in [0, 9] and costs one forward pass with logits kept for the last 
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -17,12 +19,14 @@ from typing import Sequence
 import torch
 
 from .errors import DigitTokenError
-from .models import DEFAULT_POLICY, load_causal_lm
+from .models import DEFAULT_POLICY, load_causal_lm, quantize_int8_dynamic
 from .templates import DEFAULT_TEMPLATE, JudgeTemplate, get_template, render_judge_prompt
 
 logger = logging.getLogger(__name__)
 
 JUDGE_CONFIG_NAME = "selfj_config.json"
+# section markers of the judge templates ([Question], [Answer], [End of Answer], [Reference], ...), any case
+TEMPLATE_MARKERS = r"\[\s*(?:end\s+of\s+)?(?:question|answer|reference|response|instruction)\s*\]"
 DIGITS = tuple(str(d) for d in range(10))
 
 
@@ -86,6 +90,7 @@ class ScoreDetails:
 class EncodedItem:
     input_ids: list[int]
     truncated: bool
+    prefix_length: int = 0  # tokens before the response: shared by every response to the same prompt
 
 
 class SelfJudge:
@@ -97,10 +102,22 @@ class SelfJudge:
         template: a ``JudgeTemplate`` or preset name (``selfj-chat``, ``selfj-original``).
         max_length: longest judge prompt in tokens; longer responses are truncated (their head kept).
         base_model: the spec the model was loaded from, recorded when the judge is saved.
+        share_prefix: score the responses to one (instruction, reference) from one KV cache of their shared
+            judge-prompt prefix (``"auto"``: when at least two such responses are scored together and the
+            prefix has ``min_shared_prefix`` tokens or more; ``"always"``; ``"never"``). Scores are equal to
+            independent scoring up to float rounding (tested to 1e-4).
+        min_shared_prefix: prefix length (tokens) from which ``"auto"`` shares it.
+        sanitize: remove the tokenizer's special-token strings (e.g. ``<|im_end|>``, which would otherwise
+            close the judge's turn) and the template's section markers (``[Answer]``, ``[End of Answer]``,
+            ``[Reference]``, ...) from the instruction, reference and response before rendering, so user
+            text cannot fake the judge prompt's structure (see evals/results/judge_gaming.md).
     """
 
     def __init__(self, model, tokenizer, template: str | JudgeTemplate = DEFAULT_TEMPLATE, max_length: int = 2048,
-                 base_model: str | None = None):
+                 base_model: str | None = None, share_prefix: str = "auto", min_shared_prefix: int = 64,
+                 sanitize: bool = True):
+        if share_prefix not in ("auto", "always", "never"):
+            raise ValueError(f"share_prefix must be auto, always or never, got {share_prefix!r}")
         self.model = model
         self.tokenizer = tokenizer
         self.template = get_template(template)
@@ -109,26 +126,38 @@ class SelfJudge:
         self.digit_ids = digit_token_ids(tokenizer)
         self._digit_index = torch.tensor(self.digit_ids, dtype=torch.long)
         self._digit_values = torch.arange(10, dtype=torch.float32)
-        self._prefix_cache: dict[tuple[str, str | None], tuple[list[int], list[int]]] = {}
+        self._prefix_cache: dict[tuple[str, str | None, bool], tuple[list[int], list[int]]] = {}
         self.truncation_count = 0
         self.scored_tokens = 0
+        self.share_prefix = share_prefix
+        self.min_shared_prefix = min_shared_prefix
+        self.sanitize = sanitize
+        special = sorted({t for t in getattr(tokenizer, "all_special_tokens", []) if t and len(t) > 1}, key=len,
+                         reverse=True)
+        self._markers = re.compile("|".join([re.escape(t) for t in special] + [TEMPLATE_MARKERS]), re.IGNORECASE)
 
     # ------------------------------------------------------------------ loading / saving
     @classmethod
     def from_pretrained(cls, spec_or_dir: str = DEFAULT_POLICY, *, template: str | None = None, dtype: str = "auto",
                         device: str | None = None, max_length: int | None = None,
-                        trust_remote_code: bool = False) -> "SelfJudge":
+                        trust_remote_code: bool = False, quantize: str | None = None) -> "SelfJudge":
         """Load a zero-shot judge from a model spec, or a trained judge from a judge directory.
 
         A judge directory holds ``selfj_config.json`` (base model, template, digit ids) and either a
-        peft adapter (loaded on top of the base) or a full/merged checkpoint.
+        peft adapter (loaded on top of the base and merged into it) or a full/merged checkpoint.
+        ``quantize="int8"``: int8 dynamic quantization of the decoder's linear layers (CPU only; see
+        evals/results/bench_int8.md for its speedup and score drift).
         """
+        if quantize not in (None, "int8"):
+            raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")
         from .shipped import resolve_judge_dir
 
         judge_dir = resolve_judge_dir(spec_or_dir)
         if judge_dir is None:
             model, tokenizer = load_causal_lm(spec_or_dir, dtype=dtype, device=device,
                                               trust_remote_code=trust_remote_code)
+            if quantize:
+                quantize_int8_dynamic(model)
             return cls(model, tokenizer, template or DEFAULT_TEMPLATE, max_length or 2048, base_model=spec_or_dir)
         config = json.loads((judge_dir / JUDGE_CONFIG_NAME).read_text())
         if (judge_dir / "adapter_config.json").is_file():
@@ -136,10 +165,13 @@ class SelfJudge:
 
             base, tokenizer = load_causal_lm(config["base_model"], dtype=dtype, device=device,
                                              trust_remote_code=trust_remote_code)
-            model = PeftModel.from_pretrained(base, str(judge_dir)).eval()
+            # merged once at load: scoring then costs what the base model costs (no adapter matmuls)
+            model = PeftModel.from_pretrained(base, str(judge_dir)).merge_and_unload().eval()
         else:
             model, tokenizer = load_causal_lm(str(judge_dir), dtype=dtype, device=device,
                                               trust_remote_code=trust_remote_code)
+        if quantize:
+            quantize_int8_dynamic(model)
         judge = cls(model, tokenizer, template or config["template"], max_length or config.get("max_length", 2048),
                     base_model=config["base_model"])
         if judge.digit_ids != config["digit_token_ids"]:
@@ -171,11 +203,16 @@ class SelfJudge:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def clean(self, text: str) -> str:
+        """User text with special-token strings and template markers removed (when ``sanitize`` is on)."""
+        return self._markers.sub("", text) if self.sanitize else text
+
     def _prefix_suffix_ids(self, instruction: str, reference: str | None) -> tuple[list[int], list[int]]:
-        key = (instruction, reference)
+        key = (instruction, reference, self.sanitize)
         cached = self._prefix_cache.get(key)
         if cached is None:
-            prefix, suffix = render_judge_prompt(self.template, instruction, reference, self.tokenizer)
+            prefix, suffix = render_judge_prompt(self.template, self.clean(instruction),
+                                                 None if reference is None else self.clean(reference), self.tokenizer)
             # raw wrappers get the tokenizer's BOS; chat templates already spell out their special tokens
             cached = (self.tokenizer.encode(prefix, add_special_tokens=self.template.wrapper != "chat"),
                       self.tokenizer.encode(suffix, add_special_tokens=False))
@@ -192,12 +229,12 @@ class SelfJudge:
         if reference is not None and not isinstance(reference, str):
             raise TypeError(f"reference must be a string or None, got {type(reference).__name__}")
         prefix_ids, suffix_ids = self._prefix_suffix_ids(instruction, reference)
-        response_ids = self.tokenizer.encode(response, add_special_tokens=False)
+        response_ids = self.tokenizer.encode(self.clean(response), add_special_tokens=False)
         budget = max(0, self.max_length - len(prefix_ids) - len(suffix_ids))
         truncated = len(response_ids) > budget
         if truncated:
             response_ids = response_ids[:budget]
-        return EncodedItem(prefix_ids + response_ids + suffix_ids, truncated)
+        return EncodedItem(prefix_ids + response_ids + suffix_ids, truncated, len(prefix_ids))
 
     # ------------------------------------------------------------------ scoring
     def _collate(self, items: Sequence[list[int]]) -> dict[str, torch.Tensor]:
@@ -234,25 +271,85 @@ class SelfJudge:
             self.truncation_count += truncated
             logger.warning("%d of %d responses truncated to fit max_length=%d", truncated, len(encoded),
                            self.max_length)
-        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids), reverse=True)
+        groups = self._shared_prefix_groups(instructions, refs, encoded)
+        shared = {i for group in groups for i in group}
+        order = sorted((i for i in range(len(encoded)) if i not in shared), key=lambda i: len(encoded[i].input_ids),
+                       reverse=True)
         results: list[ScoreDetails | None] = [None] * len(encoded)
-        batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+        work = [("batch", order[start:start + batch_size]) for start in range(0, len(order), batch_size)]
+        work += [("group", group) for group in groups]
         if progress:
             from tqdm.auto import tqdm
 
-            batches = tqdm(batches, desc="judge", unit="batch")
+            work = tqdm(work, desc="judge", unit="batch")
         with torch.inference_mode():
-            for indices in batches:
-                batch = self._collate([encoded[i].input_ids for i in indices])
-                self.scored_tokens += int(batch["attention_mask"].sum())
-                digit, log_mass = self.digit_logits(batch)
-                probs = torch.softmax(digit, dim=-1).cpu()
-                scores = probs @ self._digit_values
-                for row, index in enumerate(indices):
-                    results[index] = ScoreDetails(score=float(scores[row]), probs=probs[row].tolist(),
-                                                  digit_mass=float(log_mass[row].exp()),
-                                                  argmax=int(probs[row].argmax()), truncated=encoded[index].truncated)
+            for kind, indices in work:
+                if kind == "batch":
+                    batch = self._collate([encoded[i].input_ids for i in indices])
+                    self.scored_tokens += int(batch["attention_mask"].sum())
+                    outputs = [(indices, *self.digit_logits(batch))]
+                else:
+                    outputs = self._shared_prefix_logits([encoded[i] for i in indices], indices, batch_size)
+                for rows, digit, log_mass in outputs:
+                    probs = torch.softmax(digit, dim=-1).cpu()
+                    scores = probs @ self._digit_values
+                    for row, index in enumerate(rows):
+                        results[index] = ScoreDetails(score=float(scores[row]), probs=probs[row].tolist(),
+                                                      digit_mass=float(log_mass[row].exp()),
+                                                      argmax=int(probs[row].argmax()),
+                                                      truncated=encoded[index].truncated)
         return results  # type: ignore[return-value]
+
+    def _shared_prefix_groups(self, instructions, references, encoded: list[EncodedItem]) -> list[list[int]]:
+        """Indices of the items scored from a shared prefix cache, one list per (instruction, reference)."""
+        if self.share_prefix == "never":
+            return []
+        by_prompt: dict[tuple[str, str | None], list[int]] = {}
+        for index, key in enumerate(zip(instructions, references)):
+            by_prompt.setdefault(key, []).append(index)
+        minimum = 1 if self.share_prefix == "always" else self.min_shared_prefix
+        return [group for group in by_prompt.values()
+                if len(group) >= 2 and encoded[group[0]].prefix_length >= minimum
+                and all(len(encoded[i].input_ids) > encoded[i].prefix_length for i in group)]
+
+    @property
+    def _cache_argument(self) -> str:
+        """``cache`` in recent transformers (``past_key_values`` is deprecated there), else ``past_key_values``."""
+        import inspect
+
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+    def _shared_prefix_logits(self, items: list[EncodedItem], indices: list[int], batch_size: int):
+        """Digit logits of responses sharing one prefix: the prefix runs once, its KV cache is repeated for each
+        left-padded batch of continuations (positions continue after the prefix, padding is masked)."""
+        from transformers import DynamicCache
+
+        prefix_length = items[0].prefix_length
+        device = self.device
+        prefix = torch.tensor([items[0].input_ids[:prefix_length]], device=device)
+        cache = DynamicCache(config=getattr(self.model, "config", None))
+        self.model(input_ids=prefix, attention_mask=torch.ones_like(prefix), use_cache=True, logits_to_keep=1,
+                   **{self._cache_argument: cache})
+        self.scored_tokens += prefix_length
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        order = sorted(range(len(items)), key=lambda i: len(items[i].input_ids), reverse=True)
+        outputs = []
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            batch = left_pad([items[i].input_ids[prefix_length:] for i in chunk], pad)
+            self.scored_tokens += int(batch["attention_mask"].sum())
+            chunk_cache = copy.deepcopy(cache)
+            chunk_cache.batch_repeat_interleave(len(chunk))
+            attention = torch.cat([torch.ones((len(chunk), prefix_length), dtype=torch.long), batch["attention_mask"]], 1)
+            logits = self.model(input_ids=batch["input_ids"].to(device), attention_mask=attention.to(device),
+                                position_ids=(batch["position_ids"] + prefix_length).to(device),
+                                use_cache=True, logits_to_keep=1, **{self._cache_argument: chunk_cache}
+                                ).logits[:, -1, :].float()
+            digit = logits[:, self._digit_index.to(logits.device)]
+            log_mass = torch.logsumexp(digit, dim=-1) - torch.logsumexp(logits, dim=-1)
+            outputs.append(([indices[i] for i in chunk], digit, log_mass))
+        return outputs
 
     def score(self, instructions: Sequence[str], responses: Sequence[str],
               references: Sequence[str | None] | None = None, batch_size: int = 8) -> list[float]:

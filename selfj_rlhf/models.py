@@ -191,3 +191,25 @@ def load_causal_lm(spec: str, *, dtype: str = "auto", device: str | None = None,
     )
     model.to(device).eval()
     return model, load_tokenizer(spec, trust_remote_code=trust_remote_code)
+
+
+def quantize_int8_dynamic(model):
+    """int8 dynamic quantization (weights int8, activations quantized per batch) of the decoder's linear
+    layers, for CPU inference. The output head stays fp32, so the digit logits are read at full precision.
+
+    Uses ``torch.ao.quantization.quantize_dynamic`` (deprecated upstream in favour of torchao, still the
+    one CPU int8 path that needs no extra package); its deprecation warnings are silenced here.
+    """
+    import warnings
+
+    import torch
+
+    if next(model.parameters()).device.type != "cpu":
+        raise ConfigError("int8 dynamic quantization runs on CPU only; on a GPU use bf16")
+    from torch.ao.quantization import quantize_dynamic
+
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantize_dynamic(decoder, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+    return model

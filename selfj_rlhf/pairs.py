@@ -126,6 +126,9 @@ def parse_scored_row(row: dict, path, line: int) -> ScoredPrompt:
                 raise RecordError(path, line, f"{where}.score", "missing")
             score = require_finite(cand["score"], path, line, f"{where}.score")
             candidates.append(ScoredCandidate(cand["text"], score, _length(cand["text"], cand.get("num_tokens"))))
+    elif "completions" not in row:
+        raise RecordError(path, line, "candidates", "missing: expected best-of-n `candidates`, or `prompt` + "
+                                                    "`completions` + `scores`")
     else:
         prompt = row.get("prompt")
         if not (isinstance(prompt, str) and prompt.strip()) and not _is_messages(prompt):

@@ -50,6 +50,7 @@ class SelfJRewardConfig:
     max_length: int = field(default=2048, metadata={"help": "Longest judge prompt; longer responses are truncated."})
     dtype: str = field(default="auto", metadata={"help": "auto (bf16 on GPU, fp32 on CPU), float32, bfloat16."})
     device: str | None = field(default=None, metadata={"help": "Judge device; default cuda if available, else cpu."})
+    quantize: str | None = field(default=None, metadata={"help": "int8: int8 dynamic quantization of the judge (CPU)."})
 
     def __post_init__(self):
         if self.transform not in ("raw", "centered", "zscore"):
@@ -112,7 +113,7 @@ class SelfJReward:
 
             self._judge = SelfJudge.from_pretrained(self.config.judge, template=self.config.template,
                                                     dtype=self.config.dtype, device=self.config.device,
-                                                    max_length=self.config.max_length)
+                                                    max_length=self.config.max_length, quantize=self.config.quantize)
         return self._judge
 
     def __getstate__(self):

@@ -1,3 +1,4 @@
+import importlib.util
 import json
 
 import pytest
@@ -68,3 +69,10 @@ def test_bad_input_writes_nothing(tiny_model_dir, tmp_path):
 def test_config_validation(field, value):
     with pytest.raises(ConfigError, match=field):
         BestOfNConfig(**{field: value})
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm is installed")
+def test_vllm_backend_without_vllm_is_a_clear_error(tiny_model_dir, prompt_file, tmp_path):
+    with pytest.raises(ConfigError, match="needs the vllm package"):
+        run_best_of_n(config(tiny_model_dir, prompt_file, tmp_path / "run", backend="vllm"))
+    assert not (tmp_path / "run" / "model_outputs.json").exists()

@@ -1,0 +1,32 @@
+"""A tiny random Llama with the embedded SmolLM2 tokenizer, for smoke tests of recipes and pipelines
+(the test suite and the reliability campaigns use it; it runs anywhere in seconds)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def build_tiny_llama(directory: str | Path, seed: int = 0) -> Path:
+    """Save a 2-layer random Llama (hidden 64) with the SmolLM2-135M-Instruct tokenizer and chat template
+    into ``directory`` (reused when already there) and return it."""
+    import torch
+    from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    from .models import embedded_gguf_path
+
+    directory = Path(directory)
+    if (directory / "config.json").is_file():
+        return directory
+    gguf = embedded_gguf_path("smollm2-135m-instruct")
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                                               pad_token_id=tokenizer.pad_token_id)
+    model.save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+    return directory
