@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import command_line, machine_info, write_results  # noqa: E402
+from common import RESULTS_DIR, command_line, machine_info, write_results  # noqa: E402
 from judge_correlation import DATA, ScoreCache, judge_scores, load_arena  # noqa: E402
 
 LEADERBOARD = "leaderboards/data_AlpacaEval_2/weighted_alpaca_eval_gpt4_turbo_leaderboard.csv"
@@ -142,10 +142,33 @@ def main(argv=None):
     for model, e in sorted(per_model.items(), key=lambda kv: -(kv[1]["lc_win_rate"] or -1)):
         lines.append(f"| {model} | {e['leaderboard_name'] or 'not mapped'} | {_f(e['lc_win_rate'], 1)} | "
                      f"{_f(e['mean_gpt4_grade'], 2)} | " + " | ".join(_f(e[s], 3) for s in per_row) + " |")
-    lines.append("")
+    lines += ["", f"Plot: `{args.name}.png` (each scorer's model means against the LC win rate and the mean GPT-4 grade).", ""]
+    plot(per_model, list(per_row), RESULTS_DIR / f"{args.name}.png")
     markdown = "\n".join(lines)
     write_results(args.name, payload, markdown)
     print(markdown)
+
+
+def plot(per_model: dict, scorers: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    targets = [("lc_win_rate", "AlpacaEval 2 LC win rate"), ("mean_gpt4_grade", "mean GPT-4 grade (same answers)")]
+    fig, axes = plt.subplots(len(scorers), len(targets), figsize=(10, 3.2 * len(scorers)), squeeze=False)
+    for row, scorer in enumerate(scorers):
+        for col, (key, label) in enumerate(targets):
+            ax = axes[row][col]
+            points = [(e[key], e[scorer], m) for m, e in per_model.items() if e[key] is not None]
+            ax.scatter([p[0] for p in points], [p[1] for p in points], s=14)
+            for x, y, name in points:
+                ax.annotate(name.split("/")[-1][:18], (x, y), fontsize=6)
+            ax.set_xlabel(label)
+            ax.set_ylabel(scorer)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _f(value, digits: int = 3) -> str:
