@@ -2,7 +2,7 @@
 command each time, and check that the final outputs equal an uninterrupted run's, with no row lost or
 duplicated and every output file parsing.
 
-    python evals/kill_resume.py --kills 20                 # the larger run (evals/results/kill_resume.md)
+    python evals/kill_resume.py --kills 5                  # the larger run (evals/results/kill_resume.md)
     (tests/test_kill_resume.py runs it with 2 kills per recipe on the tiny model in CI)
 
 Recipes: best-of-n, labelling, pair building, and one rejection-sampling round (sampling, selection, SFT,
@@ -144,7 +144,7 @@ def campaign(work: Path, kills: int, seed: int, recipes: list[str] | None = None
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--kills", type=int, default=20, help="Kills per recipe.")
+    parser.add_argument("--kills", type=int, default=5, help="Kills per recipe.")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work_dir", default="runs/kill_resume")
     parser.add_argument("--name", default="kill_resume")

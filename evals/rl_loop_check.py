@@ -50,6 +50,7 @@ def make_parser():
     evaluate.add_argument("--runs", nargs="*", default=["runs/rl_check/rejection_sampling", "runs/rl_check/dpo"],
                           help="Recipe output dirs whose rounds.json gives training-time rewards and wall time.")
     evaluate.add_argument("--max_new_tokens", type=int, default=128)
+    evaluate.add_argument("--batch_size", type=int, default=8, help="Prompts per greedy generate call.")
     evaluate.add_argument("--cache_dir", default="runs/rl_check/eval")
     evaluate.add_argument("--name", default="rl_loop_check")
     return parser
@@ -77,7 +78,10 @@ def greedy_outputs(name: str, spec: str, prompts, args) -> list[dict]:
     """Greedy answers of one policy, cached in ``cache_dir/<name>.json`` (keyed by the policy spec)."""
     from tqdm.auto import tqdm
 
-    from selfj_rlhf.generation import generate_candidates
+    import torch
+
+    from selfj_rlhf.generation import chat_prompt_ids
+    from selfj_rlhf.judge import left_pad
     from selfj_rlhf.models import load_causal_lm
 
     cache = Path(args.cache_dir) / f"{name}.json"
@@ -88,12 +92,25 @@ def greedy_outputs(name: str, spec: str, prompts, args) -> list[dict]:
             return cached["outputs"]
     model, tokenizer = load_causal_lm(spec)
     outputs = []
-    for prompt in tqdm(prompts, desc=f"greedy {name}", unit="prompt"):
-        answer = generate_candidates(model, tokenizer, prompt.instruction, n=1, seed=0, prompt_id=prompt.id,
-                                     max_new_tokens=args.max_new_tokens, temperature=0.0)[0]
-        outputs.append({"id": prompt.id, "text": answer["text"], "num_tokens": answer["num_tokens"]})
+    # greedy answers do not depend on batch company, so prompts are generated in left-padded batches
+    for start in tqdm(range(0, len(prompts), args.batch_size), desc=f"greedy {name}", unit="batch"):
+        batch = prompts[start:start + args.batch_size]
+        encoded = left_pad([chat_prompt_ids(tokenizer, p.instruction) for p in batch], tokenizer.pad_token_id)
+        with torch.inference_mode():
+            generated = model.generate(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"],
+                                       max_new_tokens=args.max_new_tokens, do_sample=False,
+                                       pad_token_id=tokenizer.pad_token_id)
+        for prompt, row in zip(batch, generated[:, encoded["input_ids"].shape[1]:].tolist()):
+            end = next((i for i, t in enumerate(row) if t in eos_ids(model, tokenizer)), len(row))
+            outputs.append({"id": prompt.id, "text": tokenizer.decode(row[:end], skip_special_tokens=True).strip(),
+                            "num_tokens": end})
     atomic_write_json(cache, {"spec": spec, "max_new_tokens": args.max_new_tokens, "outputs": outputs}, indent=None)
     return outputs
+
+
+def eos_ids(model, tokenizer) -> set[int]:
+    ids = model.generation_config.eos_token_id
+    return set(ids if isinstance(ids, list) else [ids]) | {tokenizer.eos_token_id}
 
 
 def evaluate(args) -> None:
@@ -142,7 +159,9 @@ def evaluate(args) -> None:
                   "train steps | loss first -> last | sampling s | training s |", "|---|---:|---:|---:|---:|---:|---|---:|---:|"]
         for run, rounds in runs.items():
             for r in rounds:
-                kept = r.get("kept", r.get("pairs", ""))
+                kept = r.get("kept", r.get("pairs"))
+                if kept is None and r.get("pairs_file"):  # rounds trained on a given pairs file
+                    kept = sum(1 for _ in iter_records(r["pairs_file"]))
                 lines.append(f"| {run} | {r['round']} | {_fmt(r.get('mean_candidate_score'))} | "
                              f"{_fmt(r.get('mean_chosen_score'))} | {kept} | {r['steps']} | "
                              f"{_fmt(r['first_loss'])} -> {_fmt(r['last_loss'])} | {_fmt(r.get('sampling_s'), 0)} | "

@@ -216,3 +216,28 @@ def start_sharded_run(accelerator, out: Path, settings: dict, items: list, item_
     shard_dir = out / "shards"
     done = read_shards(shard_dir)
     return shard_dir, done, [item for item in items if item_id(item) not in done]
+
+
+def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
+    """The newest ``checkpoint-<step>`` in ``output_dir`` that a kill did not cut short, or None.
+
+    The transformers Trainer writes a checkpoint in place, ``trainer_state.json`` last, and its own
+    ``get_last_checkpoint`` returns the newest directory whatever its state; resuming from a torn one
+    fails or silently loses state. A checkpoint counts here only when its ``trainer_state.json`` parses;
+    newer torn ones are removed so the Trainer rewrites them from scratch.
+    """
+    import re
+    import shutil
+
+    directory = Path(output_dir)
+    if not directory.is_dir():
+        return None
+    steps = sorted((int(m.group(1)), p) for p in directory.iterdir()
+                   if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name)))
+    for _, path in reversed(steps):
+        try:
+            json.loads((path / "trainer_state.json").read_text())
+            return str(path)
+        except (OSError, ValueError):
+            shutil.rmtree(path, ignore_errors=True)
+    return None

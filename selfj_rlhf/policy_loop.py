@@ -25,7 +25,7 @@ from pathlib import Path
 
 from .best_of_n import BestOfNConfig, run_best_of_n
 from .errors import ConfigError
-from .io import atomic_write_json, atomic_write_jsonl, iter_records
+from .io import atomic_write_json, atomic_write_jsonl, iter_records, last_complete_checkpoint
 from .pairs import PairConfig, build_pairs, load_scored_prompts
 
 
@@ -142,12 +142,6 @@ def training_args_in(training_args, directory: Path):
     return args
 
 
-def _last_checkpoint(output_dir: str) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    return get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
-
-
 def load_policy_for_training(policy: str, model_args):
     from .models import load_causal_lm
 
@@ -157,7 +151,10 @@ def load_policy_for_training(policy: str, model_args):
 
 def train_and_publish(trainer, policy: str, model_args, directory: Path, info: dict) -> Path:
     """Train (resuming), then publish the merged policy as ``directory/policy`` with ``round.json``."""
-    checkpoint = _last_checkpoint(trainer.args.output_dir)
+    if trainer.is_world_process_zero():
+        last_complete_checkpoint(trainer.args.output_dir)  # removes checkpoints a kill left half-written
+    trainer.accelerator.wait_for_everyone()
+    checkpoint = last_complete_checkpoint(trainer.args.output_dir)
     if checkpoint and trainer.is_world_process_zero():
         print(f"[{directory.name}] training: resuming from {checkpoint}")
     result = trainer.train(resume_from_checkpoint=checkpoint)
@@ -273,7 +270,8 @@ def run_dpo_loop(cfg: DPOLoopConfig, pair_cfg: PairConfig, training_args, model_
     def write_round_data(index, directory, policy, judge, state) -> Path:
         if index == 0 and cfg.pairs_file:
             if state.is_main_process:
-                atomic_write_json(directory / "pairs_report.json", {"pairs_file": cfg.pairs_file})
+                pairs = sum(1 for _ in iter_records(cfg.pairs_file))
+                atomic_write_json(directory / "pairs_report.json", {"pairs_file": cfg.pairs_file, "pairs": pairs})
             return Path(cfg.pairs_file)
         candidates = _sample_and_score(cfg, policy, judge, directory, training_args.seed + index, state)
         pairs_path = directory / "pairs.jsonl"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .distill import DistillCollator, JudgeTrainingConfig, make_distill_trainer_class
 from .errors import ConfigError, RecordError
-from .io import atomic_write_json, iter_records, require_finite, require_str
+from .io import atomic_write_json, iter_records, last_complete_checkpoint, require_finite, require_str
 
 
 def load_label_rows(cfg: JudgeTrainingConfig) -> list[dict]:
@@ -116,7 +116,4 @@ def _last_checkpoint(training_args) -> str | None:
     """Resume from the newest checkpoint in the output dir unless the user asked for something else."""
     if training_args.resume_from_checkpoint:
         return training_args.resume_from_checkpoint
-    from transformers.trainer_utils import get_last_checkpoint
-
-    directory = Path(training_args.output_dir)
-    return get_last_checkpoint(str(directory)) if directory.is_dir() else None
+    return last_complete_checkpoint(training_args.output_dir)

@@ -46,8 +46,12 @@ def test_best_of_n_recipe_is_independent_of_process_count(tmp_path):
     for row in runs[2]:
         scores = [c["score"] for c in row["candidates"]]
         assert all(0 <= s <= 9 for s in scores) and row["chosen"] == scores.index(max(scores))
-    chosen = {procs: [r["candidates"][r["chosen"]]["text"] for r in rows] for procs, rows in runs.items()}
-    assert chosen[2] == chosen[1]
+    for two, one in zip(runs[2], runs[1]):  # same samples and scores whatever the process count
+        assert [c["text"] for c in two["candidates"]] == [c["text"] for c in one["candidates"]]
+        assert [c["score"] for c in two["candidates"]] == pytest.approx([c["score"] for c in one["candidates"]], abs=1e-4)
+        top = sorted((c["score"] for c in one["candidates"]), reverse=True)
+        if top[0] - top[1] > 1e-4:  # a float-rounding near-tie may pick either; otherwise the same pick
+            assert two["chosen"] == one["chosen"]
 
 
 def test_unknown_alias_cli_error(tmp_path):

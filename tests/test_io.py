@@ -65,3 +65,18 @@ def test_atomic_write_leaves_no_temp_on_failure(tmp_path):
     assert json.loads(target.read_text()) == {"ok": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
     assert target.stat().st_mode & 0o777 == 0o666 & ~_UMASK
+
+
+def test_last_complete_checkpoint_skips_and_removes_torn_ones(tmp_path):
+    from selfj_rlhf.io import last_complete_checkpoint
+
+    assert last_complete_checkpoint(tmp_path / "missing") is None
+    for step, state in ((4, '{"global_step": 4}'), (8, '{"global_step": 8}'), (12, '{"global_st'), (16, None)):
+        directory = tmp_path / f"checkpoint-{step}"
+        directory.mkdir()
+        (directory / "model.safetensors").write_bytes(b"x")
+        if state is not None:
+            (directory / "trainer_state.json").write_text(state)
+    (tmp_path / "checkpoint-final-notes").mkdir()
+    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-8")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-4", "checkpoint-8", "checkpoint-final-notes"]

@@ -1,6 +1,6 @@
 """Kill-and-resume campaign at CI size: each recipe is SIGKILLed at random moments (2 kills, seeded), restarted
 with the same command, and must end with the uninterrupted run's outputs, no duplicated rows and no
-temporary files. The larger run: python evals/kill_resume.py --kills 20"""
+temporary files. The larger run: python evals/kill_resume.py --kills 5"""
 
 import sys
 from pathlib import Path
