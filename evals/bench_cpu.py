@@ -36,6 +36,7 @@ def make_parser():
     parser.add_argument("--num_items", type=int, default=32)
     parser.add_argument("--answer_tokens", type=int, default=128)
     parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--max_length", type=int, default=1024, help="Judge prompt cap (the shipped judge's is 448).")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--name", default="bench_cpu")
     parser.add_argument("--worker", nargs=3, metavar=("RANK", "WORLD", "OUT"), help=argparse.SUPPRESS)
@@ -100,7 +101,7 @@ def run_worker(args) -> None:
     from selfj_rlhf import SelfJudge
 
     rank, world, out = int(args.worker[0]), int(args.worker[1]), args.worker[2]
-    judge = SelfJudge.from_pretrained(args.judge)
+    judge = SelfJudge.from_pretrained(args.judge, max_length=args.max_length)
     instructions, responses = load_items(args, judge.tokenizer)
     mine = list(range(rank, len(instructions), world))
     judge.score([instructions[i] for i in mine[:2]], [responses[i] for i in mine[:2]])  # warm-up
@@ -114,7 +115,7 @@ def process_scaling(args, world: int) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         workers = [subprocess.Popen([sys.executable, __file__, "--judge", args.judge, "--arena", args.arena,
                                      "--num_items", str(args.num_items), "--answer_tokens", str(args.answer_tokens),
-                                     "--batch_size", str(args.batch_size), "--worker", str(rank), str(world),
+                                     "--batch_size", str(args.batch_size), "--max_length", str(args.max_length), "--worker", str(rank), str(world),
                                      f"{tmp}/{rank}.json"], env={**os.environ, "OMP_NUM_THREADS": str(threads)})
                    for rank in range(world)]
         for worker in workers:
@@ -131,7 +132,8 @@ def main(argv=None):
 
     from selfj_rlhf import SelfJudge
 
-    judges = {"fp32": SelfJudge.from_pretrained(args.judge), "int8": SelfJudge.from_pretrained(args.judge, quantize="int8")}
+    judges = {"fp32": SelfJudge.from_pretrained(args.judge, max_length=args.max_length),
+              "int8": SelfJudge.from_pretrained(args.judge, max_length=args.max_length, quantize="int8")}
     instructions, responses = load_items(args, judges["fp32"].tokenizer)
     token_counts = [len(judges["fp32"].encode(i, r).input_ids) for i, r in zip(instructions, responses)]
     tokens = sum(token_counts)

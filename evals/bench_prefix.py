@@ -32,6 +32,7 @@ def make_parser():
     parser.add_argument("--prompts_per_setting", type=int, default=1)
     parser.add_argument("--answer_tokens", type=int, default=128)
     parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--max_length", type=int, default=2048, help="Judge prompt cap (the shipped judge's is 448).")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--name", default="bench_prefix")
     return parser
@@ -65,7 +66,7 @@ def main(argv=None):
     args = make_parser().parse_args(argv)
     from selfj_rlhf import SelfJudge
 
-    judge = SelfJudge.from_pretrained(args.judge)
+    judge = SelfJudge.from_pretrained(args.judge, max_length=args.max_length)
     sets = prompt_sets(args, judge.tokenizer)
     rows = []
     for kind, prompts in sets.items():
