@@ -149,17 +149,29 @@ def load_policy_for_training(policy: str, model_args):
     return load_causal_lm(policy, dtype=dtype, device="cpu")  # the trainer places it
 
 
+def _has_weights(checkpoint: str, model_args) -> bool:
+    name = "adapter_model.safetensors" if model_args.use_peft else "model.safetensors"
+    return (Path(checkpoint) / name).is_file()
+
+
 def train_and_publish(trainer, policy: str, model_args, directory: Path, info: dict) -> Path:
     """Train (resuming), then publish the merged policy as ``directory/policy`` with ``round.json``."""
     if trainer.is_world_process_zero():
         last_complete_checkpoint(trainer.args.output_dir)  # removes checkpoints a kill left half-written
     trainer.accelerator.wait_for_everyone()
     checkpoint = last_complete_checkpoint(trainer.args.output_dir)
-    if checkpoint and trainer.is_world_process_zero():
-        print(f"[{directory.name}] training: resuming from {checkpoint}")
-    result = trainer.train(resume_from_checkpoint=checkpoint)
-    final = Path(trainer.args.output_dir) / "final"
-    trainer.save_model(str(final))  # gathers ZeRO-3 shards; an adapter only when LoRA is on
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text()) if checkpoint else {}
+    if state.get("max_steps") and state["global_step"] >= state["max_steps"] and _has_weights(checkpoint, model_args):
+        # training had finished when the run was killed; resuming would run one extra step (the Trainer skips
+        # the batches already seen, then steps once more before it checks max_steps)
+        final, steps, history, seconds = Path(checkpoint), state["global_step"], state["log_history"], None
+    else:
+        if checkpoint and trainer.is_world_process_zero():
+            print(f"[{directory.name}] training: resuming from {checkpoint}")
+        result = trainer.train(resume_from_checkpoint=checkpoint)
+        final = Path(trainer.args.output_dir) / "final"
+        trainer.save_model(str(final))  # gathers ZeRO-3 shards; an adapter only when LoRA is on
+        steps, history, seconds = trainer.state.global_step, trainer.state.log_history, result.metrics.get("train_runtime")
     target = directory / "policy"
     if trainer.is_world_process_zero():
         from .models import load_tokenizer
@@ -172,13 +184,15 @@ def train_and_publish(trainer, policy: str, model_args, directory: Path, info: d
             base, _ = load_policy_for_training(policy, model_args)
             PeftModel.from_pretrained(base, str(final)).merge_and_unload().save_pretrained(staging)
         else:
-            shutil.copytree(final, staging)
+            shutil.copytree(final, staging, ignore=shutil.ignore_patterns(  # the weights, not a checkpoint's state
+                "optimizer.pt", "scheduler.pt", "rng_state*.pth", "trainer_state.json", "training_args.bin",
+                "global_step*"))
         load_tokenizer(policy).save_pretrained(staging)
-        losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-        atomic_write_json(staging / "round.json", {**info, "trained_from": policy, "steps": trainer.state.global_step,
+        losses = [h["loss"] for h in history if "loss" in h]
+        atomic_write_json(staging / "round.json", {**info, "trained_from": policy, "steps": steps,
                                                    "first_loss": losses[0] if losses else None,
                                                    "last_loss": losses[-1] if losses else None,
-                                                   "training_s": result.metrics.get("train_runtime")})
+                                                   "training_s": seconds})
         shutil.rmtree(target, ignore_errors=True)
         os.replace(staging, target)
     trainer.accelerator.wait_for_everyone()

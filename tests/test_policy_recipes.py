@@ -139,3 +139,16 @@ def test_killed_rejection_sampling_round_resumes_without_repeating_stages(tiny_m
     info = json.loads((out / "round-00" / "policy" / "round.json").read_text())
     assert info["steps"] == 60
     assert not (out / "round-00" / ".policy.tmp").exists()
+
+
+def test_killed_after_training_finished_publishes_without_an_extra_step(tiny_model_dir, prompt_file, tmp_path):
+    import shutil
+
+    out = tmp_path / "rs"
+    flags = loop_flags(tiny_model_dir, prompt_file, out)
+    flags[flags.index("--save_strategy") + 1] = "steps"
+    flags += ["--save_steps", "2"]
+    recipe("rejection_sampling").main(flags)
+    shutil.rmtree(out / "round-00" / "policy")  # as if killed while publishing: checkpoint-2 is the last state
+    recipe("rejection_sampling").main(flags)
+    assert json.loads((out / "round-00" / "policy" / "round.json").read_text())["steps"] == 2  # the Trainer would do 3
