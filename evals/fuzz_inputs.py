@@ -149,7 +149,8 @@ def classify(reader: str, content: bytes, directory: Path) -> tuple[str, str]:
         message = str(err)
         if str(path) not in message:
             return "ERROR WITHOUT FILE", message
-        return "error: names file" + (" and line" if re.search(re.escape(str(path)) + r":\d+", message) else ""), message
+        located = "error: names file" + (" and line" if re.search(re.escape(str(path)) + r":\d+", message) else "")
+        return located, message.replace(str(directory), "<tmp>")  # results stay free of machine paths
     except Exception as err:  # noqa: BLE001  (anything else is the bug this harness looks for)
         return f"CRASH {type(err).__name__}", str(err)[:300]
     return "accepted", ""
