@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_scoring import interleaved_best_times  # noqa: E402
-from common import command_line, machine_info, write_results  # noqa: E402
+from common import command_line, machine_info, scoring_flops, write_results  # noqa: E402
 from judge_correlation import DATA  # noqa: E402
 
 
@@ -64,17 +64,6 @@ def _timed(fn) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
-
-
-def scoring_flops(model, token_counts: list[int]) -> float:
-    import torch
-
-    matmul_params = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear)
-                        and m is not model.get_output_embeddings())
-    layers, hidden = model.config.num_hidden_layers, model.config.hidden_size
-    vocab = model.config.vocab_size
-    # the output head runs for the last position only (logits_to_keep=1)
-    return sum(2 * matmul_params * t + 2 * layers * t * t * hidden + 2 * hidden * vocab for t in token_counts)
 
 
 def peak_rss_during(fn) -> tuple[float, int]:

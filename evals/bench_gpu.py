@@ -47,6 +47,8 @@ def main(argv=None):
     args = make_parser().parse_args(argv)
     from transformers import LlamaForCausalLM
 
+    from common import scoring_flops  # evals/ is this script's directory
+
     from selfj_rlhf.judge import left_pad
 
     dtype = getattr(torch, args.dtype)
@@ -82,11 +84,7 @@ def main(argv=None):
             torch.mm(a, a)
         synchronize(args.device)
         peak = 2 * args.matmul_size**3 / ((time.perf_counter() - start) / 5)
-    matmul_params = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear)
-                        and m is not model.get_output_embeddings())
-    cfg = model.config
-    flops = sum(2 * matmul_params * n + 2 * cfg.num_hidden_layers * n * n * cfg.hidden_size
-                + 2 * cfg.hidden_size * cfg.vocab_size for n in lengths)
+    flops = scoring_flops(model, lengths)
     result = {"device": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "cpu",
               "dtype": args.dtype, "batch_size": args.batch_size, "tokens_per_batch": tokens,
               "seconds_per_batch": seconds, "tokens_per_s": tokens / seconds, "achieved_tflops": flops / seconds / 1e12,

@@ -54,3 +54,15 @@ def write_results(name: str, payload: dict, markdown: str, json_path: str | None
 
 def command_line() -> str:
     return " ".join(["python", *sys.argv])
+
+
+def scoring_flops(model, token_counts: list[int]) -> float:
+    """FLOPs of judge scoring: 2 x (matmul parameters) x tokens + 2 x layers x tokens^2 x hidden (causal
+    attention scores and values) per sequence, plus the output head for the last position only."""
+    import torch
+
+    matmul_params = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear)
+                        and m is not model.get_output_embeddings())
+    cfg = model.config
+    return sum(2 * matmul_params * t + 2 * cfg.num_hidden_layers * t * t * cfg.hidden_size
+               + 2 * cfg.hidden_size * cfg.vocab_size for t in token_counts)

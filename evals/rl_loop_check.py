@@ -80,7 +80,7 @@ def greedy_outputs(name: str, spec: str, prompts, args) -> list[dict]:
 
     import torch
 
-    from selfj_rlhf.generation import chat_prompt_ids
+    from selfj_rlhf.generation import chat_prompt_ids, eos_token_ids
     from selfj_rlhf.judge import left_pad
     from selfj_rlhf.models import load_causal_lm
 
@@ -91,7 +91,7 @@ def greedy_outputs(name: str, spec: str, prompts, args) -> list[dict]:
                 and [o["id"] for o in cached["outputs"]] == [p.id for p in prompts]:
             return cached["outputs"]
     model, tokenizer = load_causal_lm(spec)
-    outputs = []
+    outputs, eos_ids = [], eos_token_ids(model, tokenizer)
     # greedy answers do not depend on batch company, so prompts are generated in left-padded batches
     for start in tqdm(range(0, len(prompts), args.batch_size), desc=f"greedy {name}", unit="batch"):
         batch = prompts[start:start + args.batch_size]
@@ -101,16 +101,11 @@ def greedy_outputs(name: str, spec: str, prompts, args) -> list[dict]:
                                        max_new_tokens=args.max_new_tokens, do_sample=False,
                                        pad_token_id=tokenizer.pad_token_id)
         for prompt, row in zip(batch, generated[:, encoded["input_ids"].shape[1]:].tolist()):
-            end = next((i for i, t in enumerate(row) if t in eos_ids(model, tokenizer)), len(row))
+            end = next((i for i, t in enumerate(row) if t in eos_ids), len(row))
             outputs.append({"id": prompt.id, "text": tokenizer.decode(row[:end], skip_special_tokens=True).strip(),
                             "num_tokens": end})
     atomic_write_json(cache, {"spec": spec, "max_new_tokens": args.max_new_tokens, "outputs": outputs}, indent=None)
     return outputs
-
-
-def eos_ids(model, tokenizer) -> set[int]:
-    ids = model.generation_config.eos_token_id
-    return set(ids if isinstance(ids, list) else [ids]) | {tokenizer.eos_token_id}
 
 
 def evaluate(args) -> None:

@@ -21,6 +21,12 @@ def chat_prompt_ids(tokenizer, instruction: str) -> list[int]:
     return tokenizer.encode(instruction, add_special_tokens=True)
 
 
+def eos_token_ids(model, tokenizer) -> set[int]:
+    """Every id that ends a generated answer: the generation config's (one or a list) and the tokenizer's."""
+    ids = model.generation_config.eos_token_id
+    return set(ids if isinstance(ids, list) else [ids]) | {tokenizer.eos_token_id}
+
+
 @torch.inference_mode()
 def generate_candidates(model, tokenizer, instruction: str, *, n: int, seed: int, prompt_id: str,
                         max_new_tokens: int = 256, temperature: float = 0.7, top_p: float = 0.95) -> list[dict]:
@@ -37,8 +43,7 @@ def generate_candidates(model, tokenizer, instruction: str, *, n: int, seed: int
     out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                          num_return_sequences=n if sampling else 1, pad_token_id=tokenizer.pad_token_id, **kwargs)
     new_tokens = out[:, ids.shape[1]:]
-    eos_ids = model.generation_config.eos_token_id
-    eos_ids = set(eos_ids if isinstance(eos_ids, list) else [eos_ids]) | {tokenizer.eos_token_id}
+    eos_ids = eos_token_ids(model, tokenizer)
     candidates = []
     for row in new_tokens.tolist():
         end = next((i for i, t in enumerate(row) if t in eos_ids), None)

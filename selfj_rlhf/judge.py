@@ -8,6 +8,7 @@ smooth value in [0, 9] and costs one forward pass with logits kept for the last 
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import logging
 import random
@@ -312,9 +313,10 @@ class SelfJudge:
                 if len(group) >= 2 and encoded[group[0]].prefix_length >= minimum
                 and all(len(encoded[i].input_ids) > encoded[i].prefix_length for i in group)]
 
-    @property
+    @functools.cached_property
     def _cache_argument(self) -> str:
-        """``cache`` in recent transformers (``past_key_values`` is deprecated there), else ``past_key_values``."""
+        """``cache`` in recent transformers (``past_key_values`` is deprecated there), else ``past_key_values``;
+        looked up once, not for every prompt group."""
         import inspect
 
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
