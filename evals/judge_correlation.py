@@ -40,7 +40,7 @@ def make_parser():
     parser.add_argument("--with_reference", action="append", default=[], help="Also score NAME with the reference.")
     parser.add_argument("--policy", default="smollm2-135m-instruct", help="Model for the log-likelihood baseline.")
     parser.add_argument("--max_questions", type=int, default=20)
-    parser.add_argument("--max_pairs", type=int, default=100)
+    parser.add_argument("--max_pairs", type=int, default=100, help="LLMBar pairs (0: skip LLMBar).")
     parser.add_argument("--max_length", type=int, default=768, help="Judge prompt cap (responses truncated).")
     parser.add_argument("--batch_size", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
@@ -163,8 +163,10 @@ def main(argv=None):
         raise SystemExit(f"--with_reference names unknown judges: {sorted(unknown)}")
     arena = load_arena(args.arena, args.max_questions, args.seed)
     llmbar = load_llmbar(args.llmbar, args.max_pairs, args.seed)
-    cache = ScoreCache(args.cache_dir, f"q{args.max_questions}-p{args.max_pairs}-s{args.seed}-L{args.max_length}",
-                       args.cached_only)
+    # separate caches, so arena-only runs (--max_pairs 0) reuse the arena scores of full runs
+    cache = ScoreCache(args.cache_dir, f"arena-q{args.max_questions}-s{args.seed}-L{args.max_length}", args.cached_only)
+    bar_cache = ScoreCache(args.cache_dir, f"llmbar-p{args.max_pairs}-s{args.seed}-L{args.max_length}",
+                           args.cached_only)
     not_run: list[str] = []
     free_items = [(r["instruction"], r["response"], None) for r in arena]
     ref_items = [(r["instruction"], r["response"], r["reference"]) for r in arena]
@@ -174,9 +176,9 @@ def main(argv=None):
     table: dict[str, dict] = {}
     for name, spec in judges.items():
         key = spec.replace("/", "_")
-        free = cache.get(f"arena-free-{key}", lambda: judge_scores(spec, free_items, args))
-        a = cache.get(f"llmbar-a-{key}", lambda: judge_scores(spec, bar_a, args))
-        b = cache.get(f"llmbar-b-{key}", lambda: judge_scores(spec, bar_b, args))
+        free = cache.get(f"free-{key}", lambda: judge_scores(spec, free_items, args))
+        a = bar_cache.get(f"llmbar-a-{key}", lambda: judge_scores(spec, bar_a, args)) if llmbar else None
+        b = bar_cache.get(f"llmbar-b-{key}", lambda: judge_scores(spec, bar_b, args)) if llmbar else None
         if free is None:
             not_run.append(f"{name} (reference-free)")
         else:
@@ -184,7 +186,7 @@ def main(argv=None):
                                                  "llmbar_accuracy": None if a is None or b is None
                                                  else pairwise_accuracy(a, b, llmbar)}
         if name in args.with_reference:
-            ref = cache.get(f"arena-ref-{key}", lambda: judge_scores(spec, ref_items, args))
+            ref = cache.get(f"ref-{key}", lambda: judge_scores(spec, ref_items, args))
             if ref is None:
                 not_run.append(f"{name} (with reference)")
             else:
@@ -193,16 +195,21 @@ def main(argv=None):
     lengths = [float(len(r["response"])) for r in arena]
     table["length (characters)"] = {**arena_metrics(arena, lengths), "kind": "baseline",
                                     "llmbar_accuracy": pairwise_accuracy([len(r["response_a"]) for r in llmbar],
-                                                                         [len(r["response_b"]) for r in llmbar], llmbar)}
+                                                                         [len(r["response_b"]) for r in llmbar], llmbar)
+                                    if llmbar else None}
+    policy_key = args.policy.replace("/", "_")
     sims = cache.get("arena-similarity", lambda: similarity_scores([(r["response"], r["reference"]) for r in arena]))
-    table["MiniLM cosine to reference"] = {**arena_metrics(arena, sims), "kind": "baseline, sees the reference",
-                                           "llmbar_accuracy": None}
-    ll = cache.get(f"arena-loglik-{args.policy.replace('/', '_')}",
+    if sims is None:
+        not_run.append("MiniLM cosine to reference")
+    else:
+        table["MiniLM cosine to reference"] = {**arena_metrics(arena, sims), "kind": "baseline, sees the reference",
+                                               "llmbar_accuracy": None}
+    ll = cache.get(f"arena-loglik-{policy_key}",
                    lambda: loglik_scores(args.policy, [(r["instruction"], r["response"]) for r in arena], args))
-    ll_a = cache.get(f"llmbar-a-loglik-{args.policy.replace('/', '_')}",
-                     lambda: loglik_scores(args.policy, [(r["instruction"], r["response_a"]) for r in llmbar], args))
-    ll_b = cache.get(f"llmbar-b-loglik-{args.policy.replace('/', '_')}",
-                     lambda: loglik_scores(args.policy, [(r["instruction"], r["response_b"]) for r in llmbar], args))
+    ll_a = bar_cache.get(f"llmbar-a-loglik-{policy_key}", lambda: loglik_scores(
+        args.policy, [(r["instruction"], r["response_a"]) for r in llmbar], args)) if llmbar else None
+    ll_b = bar_cache.get(f"llmbar-b-loglik-{policy_key}", lambda: loglik_scores(
+        args.policy, [(r["instruction"], r["response_b"]) for r in llmbar], args)) if llmbar else None
     if ll is None:
         not_run.append("policy log-likelihood")
     else:

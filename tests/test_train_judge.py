@@ -63,3 +63,39 @@ def test_gradient_accumulation_averages_the_loss(tiny_model_dir, tmp_path):
     for entry in logged:
         expected = entry["ce_teacher"] + 0.3 * entry["ce_student"] + 2.0 * entry["kl"]
         assert entry["loss"] == pytest.approx(expected, rel=1e-3)
+
+
+def test_top_layer_training_matches_full_model_training(tiny_model_dir, tmp_path):
+    """Training the top layer on cached inputs gives the same judge as LoRA on that layer of the full model:
+    the cache, the cut model and the exported adapter's layer indices are all checked by the scores."""
+    labels = write_labels(tmp_path / "labels.jsonl")
+    common = dict(labels=str(labels), base_model=str(tiny_model_dir), lora_r=4, lora_alpha=8, lora_dropout=0.0)
+    full = train_judge(JudgeTrainingConfig(**common, lora_layers=[1]), training_args(tmp_path / "full", seed=3))
+    top = train_judge(JudgeTrainingConfig(**common, train_top_layers=1), training_args(tmp_path / "top", seed=3))
+    adapter = json.loads((top / "adapter_config.json").read_text())
+    assert adapter["layers_to_transform"] == [1]
+    assert json.loads((top / "selfj_config.json").read_text())["training"]["train_top_layers"] == 1
+    prompts, answers = ["Question 1?", "Question 5?", "Something else"], ["Answer 1.", "Answer 5.", "No idea"]
+    base = SelfJudge.from_pretrained(str(tiny_model_dir), device="cpu").score(prompts, answers)
+    full_scores = SelfJudge.from_pretrained(str(full), device="cpu").score(prompts, answers)
+    top_scores = SelfJudge.from_pretrained(str(top), device="cpu").score(prompts, answers)
+    assert top_scores == pytest.approx(full_scores, abs=1e-4)
+    assert top_scores != pytest.approx(base, abs=1e-6)  # the adapter was trained and is applied
+
+
+def test_student_only_top_layer_training(tiny_model_dir, tmp_path):
+    labels = write_labels(tmp_path / "labels.jsonl")
+    cfg = JudgeTrainingConfig(labels=str(labels), base_model=str(tiny_model_dir), lora_r=4, train_top_layers=1,
+                              train_teacher=False, beta=0.0, alpha=1.0)
+    out = train_judge(cfg, training_args(tmp_path / "judge"))
+    assert 0 <= SelfJudge.from_pretrained(str(out), device="cpu").score(["Q?"], ["A."])[0] <= 9
+
+
+@pytest.mark.parametrize("kw,match", [({"train_top_layers": 2}, "leaves no frozen layer"),
+                                      ({"train_top_layers": 1, "lora_layers": [1]}, "not both")])
+def test_top_layer_config_errors(tiny_model_dir, tmp_path, kw, match):
+    from selfj_rlhf.errors import ConfigError
+
+    cfg = JudgeTrainingConfig(labels=str(write_labels(tmp_path / "labels.jsonl")), base_model=str(tiny_model_dir), **kw)
+    with pytest.raises(ConfigError, match=match):
+        train_judge(cfg, training_args(tmp_path / "judge"))

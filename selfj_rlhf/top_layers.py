@@ -1,0 +1,129 @@
+"""Train only the top ``k`` decoder layers of a judge on cached inputs.
+
+LoRA on the upper layers already limits the backward pass, but every step still runs the frozen lower layers
+forward. With ``train_top_layers: k`` the lower layers run once per prompt, before training: their output
+(the input of layer ``N - k``) is cached, and the Trainer then runs a model made of the top ``k`` layers,
+the final norm and the LM head on ``inputs_embeds``. On a CPU that makes an epoch several times cheaper, so
+the judge gets the many epochs a small label set needs. The adapter is saved with the full model's layer
+indices, so the judge directory is the same as after ordinary training.
+
+Meant for single-process runs of small models (the cache lives in memory: prompts x tokens x hidden size
+floats); on GPUs, train LoRA through the whole model instead.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import ConfigError
+from .judge import left_pad
+
+# largest |logit| difference allowed between the top-layer model on cached inputs and the full model
+SPLIT_CHECK_TOLERANCE = 1e-3
+
+
+class _StopForward(Exception):
+    """Raised by the pre-hook once the cached layer's input is captured (the layers above are not run)."""
+
+
+def decoder_layers(model) -> torch.nn.ModuleList:
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    if not isinstance(layers, torch.nn.ModuleList):
+        raise ConfigError(f"train_top_layers needs a decoder with model.model.layers; {type(model).__name__} has none")
+    return layers
+
+
+@torch.no_grad()
+def cache_layer_inputs(model, sequences: list[list[int]], layer: int, pad_token_id: int,
+                       batch_size: int = 8, progress: bool = True) -> list[torch.Tensor]:
+    """The hidden states entering decoder layer ``layer`` for each token sequence: ``[len(seq), hidden]`` each."""
+    from tqdm.auto import tqdm
+
+    captured: dict[str, torch.Tensor] = {}
+
+    def grab(module, args, kwargs):
+        captured["hidden"] = args[0] if args else kwargs["hidden_states"]
+        raise _StopForward
+
+    handle = decoder_layers(model)[layer].register_forward_pre_hook(grab, with_kwargs=True)
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))  # similar lengths: little padding
+    out: list[torch.Tensor | None] = [None] * len(sequences)
+    device = next(model.parameters()).device
+    try:
+        for start in tqdm(range(0, len(order), batch_size), desc=f"cache layer {layer} inputs", disable=not progress):
+            chunk = order[start:start + batch_size]
+            batch = {k: v.to(device) for k, v in left_pad([sequences[i] for i in chunk], pad_token_id).items()}
+            try:
+                model.model(**batch, use_cache=False)
+            except _StopForward:
+                pass
+            hidden = captured.pop("hidden").float().cpu()
+            for row, index in enumerate(chunk):
+                out[index] = hidden[row, hidden.shape[1] - len(sequences[index]):].clone()
+    finally:
+        handle.remove()
+    return out
+
+
+def keep_top_layers(model, k: int):
+    """Turn ``model`` (in place) into its top ``k`` decoder layers + final norm + head; returns it."""
+    layers = decoder_layers(model)
+    total = len(layers)
+    if not 1 <= k < total:
+        raise ConfigError(f"train_top_layers must be between 1 and {total - 1} for this model, got {k}")
+    model.model.layers = torch.nn.ModuleList(list(layers)[total - k:])
+    for index, layer in enumerate(model.model.layers):
+        if hasattr(getattr(layer, "self_attn", None), "layer_idx"):
+            layer.self_attn.layer_idx = index  # KV-cache slot; unused in training, kept consistent
+    model.config.num_hidden_layers = k
+    if getattr(model.config, "layer_types", None):
+        model.config.layer_types = list(model.config.layer_types)[total - k:]
+    return model
+
+
+@torch.no_grad()
+def check_split(full_logits: torch.Tensor, top_model, cached: torch.Tensor) -> None:
+    """The top-layer model on the cached input must reproduce the full model's last logits (an architecture
+    that transforms ``inputs_embeds`` itself, e.g. by scaling, would silently train something else)."""
+    length = cached.shape[0]
+    logits = top_model(inputs_embeds=cached[None], attention_mask=torch.ones(1, length, dtype=torch.long),
+                       position_ids=torch.arange(length)[None], logits_to_keep=1, use_cache=False).logits[0, -1]
+    diff = float((logits.float() - full_logits.float()).abs().max())
+    if diff > SPLIT_CHECK_TOLERANCE:
+        raise ConfigError(f"train_top_layers: the top layers on cached inputs differ from the full model by {diff:.2e} "
+                          "(this architecture changes inputs_embeds); train without train_top_layers")
+
+
+class CachedDistillCollator:
+    """Left-pads cached teacher and student hidden states (zeros under the mask) for the top-layer model."""
+
+    def __init__(self, teacher: list[torch.Tensor] | None, student: list[torch.Tensor]):
+        self.teacher = teacher  # None: a student-only run
+        self.student = student
+
+    @staticmethod
+    def _pad(states: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        width = max(s.shape[0] for s in states)
+        embeds = states[0].new_zeros(len(states), width, states[0].shape[1])
+        mask = torch.zeros(len(states), width, dtype=torch.long)
+        for row, s in enumerate(states):
+            embeds[row, width - s.shape[0]:] = s
+            mask[row, width - s.shape[0]:] = 1
+        return {"inputs_embeds": embeds, "attention_mask": mask,
+                "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        indices = [f["index"] for f in features]
+        batch = {f"student_{k}": v for k, v in self._pad([self.student[i] for i in indices]).items()}
+        if self.teacher is not None:
+            batch.update({f"teacher_{k}": v for k, v in self._pad([self.teacher[i] for i in indices]).items()})
+        return {**batch, "labels": torch.tensor([f["label"] for f in features], dtype=torch.long)}
+
+
+def full_model_state_dict(top_state: dict[str, torch.Tensor], offset: int) -> dict[str, torch.Tensor]:
+    """Rename ``layers.<i>.`` to ``layers.<i + offset>.`` in adapter weights of the top-layer model."""
+    import re
+
+    pattern = re.compile(r"(\.layers\.)(\d+)(\.)")
+    return {pattern.sub(lambda m: f"{m.group(1)}{int(m.group(2)) + offset}{m.group(3)}", name, count=1): value
+            for name, value in top_state.items()}
