@@ -266,27 +266,25 @@ def offtopic_partners(instruction_rows: list[dict], seed: int) -> dict[str, dict
         by_category.setdefault(row["category"], []).append(row)
     pools = [rows for rows in by_category.values() if len(rows) > 1]
     singles = [rows[0] for rows in by_category.values() if len(rows) == 1]
-    if singles:
+    if len(singles) > 1:
         pools.append(singles)
     partners: dict[str, dict] = {}
     rng = random.Random(seed)
     for rows in pools:
-        if len(rows) < 2:
-            others = [r for r in instruction_rows if r["id"] != rows[0]["id"]]
-            if others:  # (a set of one instruction has nothing to borrow)
-                partners[rows[0]["id"]] = rng.choice(sorted(others, key=lambda r: r["id"]))
-            continue
         order = sorted(rows, key=lambda r: r["id"])
         rng.shuffle(order)
         for index, row in enumerate(order):  # rotate by one: a derangement of the shuffled order
             partners[row["id"]] = order[(index + 1) % len(order)]
+    if len(singles) == 1 and len(instruction_rows) > 1:  # (a set of one instruction has nothing to borrow)
+        others = sorted((r for r in instruction_rows if r["id"] != singles[0]["id"]), key=lambda r: r["id"])
+        partners[singles[0]["id"]] = rng.choice(others)
     return partners
 
 
 def borrowed_rows(instruction_rows: list[dict], cfg: LabelConfig) -> list[dict]:
     """Responses that were not sampled: each instruction's own reference (``reference_as_response``) and the
-    reference of a partner instruction (``offtopic_as_response``), cut to the policy's generation budget and
-    scored by the same similarity signals against the instruction's own reference."""
+    reference and first sample of a partner instruction (``offtopic_as_response``), cut to the policy's
+    generation budget and scored by the same similarity signals against the instruction's own reference."""
     from .models import load_tokenizer
 
     if not (cfg.reference_as_response or cfg.offtopic_as_response):
@@ -310,13 +308,16 @@ def borrowed_rows(instruction_rows: list[dict], cfg: LabelConfig) -> list[dict]:
             sample = partner["responses"][0]  # already within the budget: kept verbatim
             borrowed.append(("offtopic", *cut(partner["reference"])))
             borrowed.append(("offtopic-sample", sample["text"], sample["num_tokens"], sample["finished"]))
-        for kind, text, num_tokens, finished in borrowed:
+        if not borrowed:
+            continue
+        # one embedding call per instruction: the reference is embedded once, not once per borrowed answer
+        similarities = cosine_similarities(embedder, [text for _, text, _, _ in borrowed], row["reference"])
+        for (kind, text, num_tokens, finished), similarity in zip(borrowed, similarities):
             out.append({"id": f"{row['id']}#{kind}", "group": row["id"], "instruction": row["instruction"],
                         "reference": row["reference"], "category": row["category"], "response": text,
-                        "num_tokens": num_tokens, "finished": finished,
-                        "selfeval": None, "selfeval_probs": None,
-                        "similarity": cosine_similarities(embedder, [text], row["reference"])[0],
-                        "is_reference": kind == "ref", "is_offtopic": kind.startswith("offtopic")})
+                        "num_tokens": num_tokens, "finished": finished, "selfeval": None, "selfeval_probs": None,
+                        "similarity": similarity, "is_reference": kind == "ref",
+                        "is_offtopic": kind.startswith("offtopic")})
     return out
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from .errors import ConfigError
-from .judge import left_pad
+from .judge import left_pad, left_padding
 
 # largest |logit| difference allowed between the top-layer model on cached inputs and the full model
 SPLIT_CHECK_TOLERANCE = 1e-3
@@ -65,19 +65,26 @@ def cache_layer_inputs(model, sequences: list[list[int]], layer: int, pad_token_
     return out
 
 
+def frozen_layer_count(model, k: int) -> int:
+    """How many lower layers stay frozen (and are cached) when the top ``k`` are trained; checks ``k``."""
+    total = len(decoder_layers(model))
+    if k < 1:
+        raise ConfigError(f"train_top_layers must be >= 1 (0 turns it off), got {k}")
+    if k >= total:
+        raise ConfigError(f"train_top_layers={k} leaves no frozen layer to cache (the model has {total})")
+    return total - k
+
+
 def keep_top_layers(model, k: int):
     """Turn ``model`` (in place) into its top ``k`` decoder layers + final norm + head; returns it."""
-    layers = decoder_layers(model)
-    total = len(layers)
-    if not 1 <= k < total:
-        raise ConfigError(f"train_top_layers must be between 1 and {total - 1} for this model, got {k}")
-    model.model.layers = torch.nn.ModuleList(list(layers)[total - k:])
+    start = frozen_layer_count(model, k)
+    model.model.layers = torch.nn.ModuleList(list(decoder_layers(model))[start:])
     for index, layer in enumerate(model.model.layers):
         if hasattr(getattr(layer, "self_attn", None), "layer_idx"):
             layer.self_attn.layer_idx = index  # KV-cache slot; unused in training, kept consistent
     model.config.num_hidden_layers = k
     if getattr(model.config, "layer_types", None):
-        model.config.layer_types = list(model.config.layer_types)[total - k:]
+        model.config.layer_types = list(model.config.layer_types)[start:]
     return model
 
 
@@ -103,14 +110,12 @@ class CachedDistillCollator:
 
     @staticmethod
     def _pad(states: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        width = max(s.shape[0] for s in states)
+        padding = left_padding([s.shape[0] for s in states])  # the same positions as the token-id prompts
+        width = padding["attention_mask"].shape[1]
         embeds = states[0].new_zeros(len(states), width, states[0].shape[1])
-        mask = torch.zeros(len(states), width, dtype=torch.long)
         for row, s in enumerate(states):
             embeds[row, width - s.shape[0]:] = s
-            mask[row, width - s.shape[0]:] = 1
-        return {"inputs_embeds": embeds, "attention_mask": mask,
-                "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
+        return {"inputs_embeds": embeds, **padding}
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         indices = [f["index"] for f in features]

@@ -64,12 +64,9 @@ def top_layer_setup(cfg: JudgeTrainingConfig, model, examples: list[dict], pad_t
     rows, the collator and the index of the first trained layer (see ``top_layers``)."""
     import torch
 
-    from .top_layers import CachedDistillCollator, cache_layer_inputs, check_split, decoder_layers, keep_top_layers
+    from .top_layers import CachedDistillCollator, cache_layer_inputs, check_split, frozen_layer_count, keep_top_layers
 
-    offset = len(decoder_layers(model)) - cfg.train_top_layers
-    if offset < 1:
-        raise ConfigError(f"train_top_layers={cfg.train_top_layers} leaves no frozen layer to cache "
-                          f"(the model has {len(decoder_layers(model))})")
+    offset = frozen_layer_count(model, cfg.train_top_layers)
     teacher = None  # a student-only run (no teacher CE, no KL) never reads the teacher prompts
     if cfg.train_teacher or cfg.beta > 0:
         teacher = cache_layer_inputs(model, [e["teacher_input_ids"] for e in examples], offset, pad_token_id)
@@ -125,6 +122,8 @@ def train_judge(cfg: JudgeTrainingConfig, training_args) -> Path:
             raise ConfigError("train_top_layers is a single-process option (the cache is per process)")
         if cfg.lora_layers is not None:
             raise ConfigError("give train_top_layers or lora_layers, not both")
+        if not cfg.use_lora:
+            raise ConfigError("train_top_layers needs use_lora (a full fine-tune of a cut model cannot be saved as a judge)")
         examples, collator, offset = top_layer_setup(cfg, model, examples, tokenizer.pad_token_id)
         adapter_layers = list(range(cfg.train_top_layers))  # indices inside the cut model
     else:
@@ -136,8 +135,6 @@ def train_judge(cfg: JudgeTrainingConfig, training_args) -> Path:
 
         set_seed(training_args.seed)  # the adapter's random init follows the run's seed, not earlier RNG use
         model = get_peft_model(model, lora_config(cfg, layers=adapter_layers))
-    elif offset is not None:
-        raise ConfigError("train_top_layers needs use_lora (a full fine-tune of a cut model cannot be saved as a judge)")
     training_args.remove_unused_columns = False
     trainer_class = make_distill_trainer_class()
     trainer = trainer_class(model=model, args=training_args, train_dataset=Dataset.from_list(examples),

@@ -92,6 +92,7 @@ def test_student_only_top_layer_training(tiny_model_dir, tmp_path):
 
 
 @pytest.mark.parametrize("kw,match", [({"train_top_layers": 2}, "leaves no frozen layer"),
+                                      ({"train_top_layers": -1}, "must be >= 1"),
                                       ({"train_top_layers": 1, "lora_layers": [1]}, "not both")])
 def test_top_layer_config_errors(tiny_model_dir, tmp_path, kw, match):
     from selfj_rlhf.errors import ConfigError
