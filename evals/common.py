@@ -12,6 +12,7 @@ from pathlib import Path
 from selfj_rlhf.io import atomic_write_json, atomic_write_text
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def machine_info() -> dict:
@@ -43,9 +44,32 @@ def finite_or_none(value):
     return value
 
 
+def data_dir() -> Path:
+    """Where the external data lives: ``SELFJ_DATA_DIR``, else ``../shared/data`` beside the repository."""
+    return Path(os.environ.get("SELFJ_DATA_DIR", REPO_ROOT.parent / "shared" / "data")).resolve()
+
+
+def portable(value):
+    """Results that travel: absolute paths under the data directory become ``<data>/...``, under the repository
+    ``./...``, under the temporary directory ``<tmp>/...`` (recursively through dicts, lists and text)."""
+    import tempfile
+
+    if isinstance(value, str):
+        for root, name in ((data_dir(), "<data>"), (REPO_ROOT, "."), (Path(tempfile.gettempdir()).resolve(), "<tmp>")):
+            value = value.replace(str(root), name)
+        return value
+    if isinstance(value, dict):
+        return {k: portable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [portable(v) for v in value]
+    return value
+
+
 def write_results(name: str, payload: dict, markdown: str, json_path: str | None = None) -> None:
-    """Write ``<name>.json`` and ``<name>.md`` under evals/results (and the JSON to ``json_path`` if given)."""
-    payload = finite_or_none(payload)
+    """Write ``<name>.json`` and ``<name>.md`` under evals/results (and the JSON to ``json_path`` if given), with
+    machine paths made portable."""
+    payload = portable(finite_or_none(payload))
+    markdown = portable(markdown)
     atomic_write_json(RESULTS_DIR / f"{name}.json", payload)
     atomic_write_text(RESULTS_DIR / f"{name}.md", markdown)
     if json_path:

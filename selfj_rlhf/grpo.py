@@ -23,6 +23,8 @@ class GRPOScriptConfig:
     judge: str | None = field(default=None, metadata={
         "help": "Judge spec, directory or shipped alias. Default: the shipped judge of the policy, else the policy."})
     judge_template: str | None = field(default=None, metadata={"help": "Judge template preset (default: the judge's)."})
+    judge_server_url: str | None = field(default=None, metadata={
+        "help": "Score with a `selfj serve` judge server at this URL instead of loading the judge in each process."})
     reward_use_reference: bool = field(default=False, metadata={
         "help": "Score with the with-reference template against the dataset's `reference` column."})
     reward_transform: str = field(default="raw", metadata={"help": "raw, centered or zscore (see SelfJRewardConfig)."})
@@ -64,7 +66,7 @@ def reward_functions(cfg: GRPOScriptConfig, policy: str, max_completion_length: 
     rewards = [SelfJReward(judge=cfg.judge or default_judge_for(policy), template=cfg.judge_template,
                            use_reference=cfg.reward_use_reference, transform=cfg.reward_transform,
                            length_penalty=cfg.reward_length_penalty, batch_size=cfg.judge_batch_size,
-                           max_length=cfg.max_judge_length)]
+                           max_length=cfg.max_judge_length, server_url=cfg.judge_server_url)]
     if cfg.overlong_cache:
         if cfg.overlong_cache >= max_completion_length:
             raise ConfigError(f"overlong_cache ({cfg.overlong_cache}) must be below max_completion_length "

@@ -51,12 +51,22 @@ class SelfJRewardConfig:
     dtype: str = field(default="auto", metadata={"help": "auto (bf16 on GPU, fp32 on CPU), float32, bfloat16."})
     device: str | None = field(default=None, metadata={"help": "Judge device; default cuda if available, else cpu."})
     quantize: str | None = field(default=None, metadata={"help": "int8: int8 dynamic quantization of the judge (CPU)."})
+    server_url: str | None = field(default=None, metadata={
+        "help": "Score through a `selfj serve` judge server at this URL (e.g. http://127.0.0.1:5000) instead of "
+                "loading the judge in this process; the judge options above are then the server's."})
+    server_api_key: str | None = field(default=None, metadata={
+        "help": "Bearer token of the judge server (default: the SELFJ_API_KEY environment variable)."})
+    server_timeout_s: float = field(default=300.0, metadata={"help": "Timeout of one request to the judge server."})
+    server_max_retries: int = field(default=5, metadata={
+        "help": "Retries of a request that the server answers 503/504 or that fails to connect (1 s apart, doubling)."})
 
     def __post_init__(self):
         if self.transform not in ("raw", "centered", "zscore"):
             raise ConfigError(f"transform must be raw, centered or zscore, got '{self.transform}'")
         if not math.isfinite(self.length_penalty) or self.length_penalty < 0:
             raise ConfigError(f"length_penalty must be a finite number >= 0, got {self.length_penalty}")
+        if self.server_max_retries < 0 or not self.server_timeout_s > 0:
+            raise ConfigError("server_max_retries must be >= 0 and server_timeout_s > 0")
 
 
 def message_text(value: Any) -> str:
@@ -97,6 +107,8 @@ class SelfJReward:
         from trl import GRPOTrainer
         from selfj_rlhf import SelfJReward
         trainer = GRPOTrainer(model=..., reward_funcs=[SelfJReward(judge="selfj-smollm2-135m")], ...)
+        # or share one judge server (``selfj serve``) between processes and nodes:
+        trainer = GRPOTrainer(model=..., reward_funcs=[SelfJReward(server_url="http://judge-host:5000")], ...)
     """
 
     def __init__(self, config: SelfJRewardConfig | None = None, *, judge_instance=None, **overrides):
@@ -105,6 +117,7 @@ class SelfJReward:
             self.config = SelfJRewardConfig(**{**asdict(config), **overrides})
         self.__name__ = "selfj"
         self._judge = judge_instance
+        self._client = None
 
     @property
     def judge(self):
@@ -119,9 +132,10 @@ class SelfJReward:
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_judge"] = None  # workers / checkpoints reload the judge instead of pickling a model
+        state["_client"] = None  # and open their own connections to a judge server
         return state
 
-    def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], completion_ids=None, **kwargs) -> list[float | None]:
+    def _inputs(self, prompts, completions, kwargs) -> tuple[list[str], list[str], list[str | None] | None]:
         if len(prompts) != len(completions):
             raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
         instructions = [prompt_instruction(p) for p in prompts]
@@ -132,35 +146,93 @@ class SelfJReward:
             if column is None:
                 raise KeyError(f"use_reference is set but the dataset has no '{self.config.reference_column}' column")
             references = [r if isinstance(r, str) and r.strip() else None for r in column]
+        return instructions, responses, references
+
+    def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], completion_ids=None, **kwargs) -> list[float | None]:
+        instructions, responses, references = self._inputs(prompts, completions, kwargs)
         keep = [i for i in range(len(responses)) if references is None or references[i] is not None]
-        details = self.judge.score_details([instructions[i] for i in keep], [responses[i] for i in keep],
-                                           None if references is None else [references[i] for i in keep],
-                                           batch_size=self.config.batch_size)
-        raw = [d.score for d in details]
-        values = self._transform(raw)
-        if self.config.length_penalty:
-            tokenizer = self.judge.tokenizer
-            values = [v - self.config.length_penalty * len(tokenizer.encode(responses[i], add_special_tokens=False)) / 100
-                      for v, i in zip(values, keep)]
-        rewards: list[float | None] = [None] * len(responses)  # None: no reference to judge this row against
+        picked = ([instructions[i] for i in keep], [responses[i] for i in keep],
+                  None if references is None else [references[i] for i in keep])
+        if self.config.server_url:
+            scored = self.client.score(*picked)
+        else:
+            details = self.judge.score_details(*picked, batch_size=self.config.batch_size)
+            scored = judged_items(details, picked[1], self.judge.tokenizer if self.config.length_penalty else None)
+        return self._rewards(scored, keep, len(responses), kwargs.get("log_metric"))
+
+    async def acall(self, prompts: Sequence[Any], completions: Sequence[Any], completion_ids=None,
+                    **kwargs) -> list[float | None]:
+        """``__call__`` as a coroutine: with ``server_url`` the request is awaited, without blocking the event
+        loop; an in-process judge runs in a worker thread."""
+        if not self.config.server_url:
+            import asyncio
+
+            return await asyncio.to_thread(self.__call__, prompts, completions, completion_ids, **kwargs)
+        instructions, responses, references = self._inputs(prompts, completions, kwargs)
+        keep = [i for i in range(len(responses)) if references is None or references[i] is not None]
+        scored = await self.client.ascore([instructions[i] for i in keep], [responses[i] for i in keep],
+                                          None if references is None else [references[i] for i in keep])
+        return self._rewards(scored, keep, len(responses), kwargs.get("log_metric"))
+
+    @property
+    def client(self):
+        if self._client is None:
+            from .remote import JudgeClient
+
+            self._client = JudgeClient(self.config.server_url, api_key=self.config.server_api_key,
+                                       timeout_s=self.config.server_timeout_s,
+                                       max_retries=self.config.server_max_retries)
+        return self._client
+
+    def _rewards(self, scored: list["JudgedItem"], keep: list[int], count: int, log_metric) -> list[float | None]:
+        values = reward_values(scored, self.config.transform, self.config.length_penalty)
+        rewards: list[float | None] = [None] * count  # None: no reference to judge this row against
         for value, index in zip(values, keep):
             rewards[index] = value
-        log_metric = kwargs.get("log_metric")
-        if log_metric is not None and details:
-            log_metric("selfj/score_mean", statistics.fmean(raw))
-            log_metric("selfj/score_std", statistics.pstdev(raw))
-            log_metric("selfj/digit_mass", statistics.fmean(d.digit_mass for d in details))
-            log_metric("selfj/truncated_frac", statistics.fmean(d.truncated for d in details))
+        if log_metric is not None and scored:
+            log_metric("selfj/score_mean", statistics.fmean(s.score for s in scored))
+            log_metric("selfj/score_std", statistics.pstdev(s.score for s in scored))
+            log_metric("selfj/digit_mass", statistics.fmean(s.digit_mass for s in scored))
+            log_metric("selfj/truncated_frac", statistics.fmean(s.truncated for s in scored))
         return rewards
 
-    def _transform(self, scores: list[float]) -> list[float]:
-        if self.config.transform == "raw" or not scores:
-            return scores
-        mean = statistics.fmean(scores)
-        if self.config.transform == "centered":
-            return [s - mean for s in scores]
-        std = statistics.pstdev(scores)
-        return [(s - mean) / (std + 1e-6) for s in scores]
+
+class AsyncSelfJReward(SelfJReward):
+    """``SelfJReward`` whose call is a coroutine: TRL's GRPO trainer awaits async reward functions together, so a
+    remote judge scores while other reward functions run."""
+
+    async def __call__(self, prompts, completions, completion_ids=None, **kwargs):  # type: ignore[override]
+        return await self.acall(prompts, completions, completion_ids, **kwargs)
+
+
+@dataclass
+class JudgedItem:
+    """What a reward needs of one judged response: its expected digit, the judge's probability mass on digits,
+    whether it was truncated, and its length in judge tokens (0 when no length penalty needs it)."""
+
+    score: float
+    digit_mass: float
+    truncated: bool
+    response_tokens: int = 0
+
+
+def judged_items(details, responses: Sequence[str], tokenizer=None) -> list[JudgedItem]:
+    """``ScoreDetails`` as ``JudgedItem``s; response lengths are counted when a tokenizer is given."""
+    return [JudgedItem(d.score, d.digit_mass, bool(d.truncated),
+                       len(tokenizer.encode(r, add_special_tokens=False)) if tokenizer is not None else 0)
+            for d, r in zip(details, responses)]
+
+
+def reward_values(scored: Sequence[JudgedItem], transform: str = "raw", length_penalty: float = 0.0) -> list[float]:
+    """Rewards of one call: the transformed scores minus ``length_penalty`` per 100 response tokens."""
+    values = [s.score for s in scored]
+    if transform != "raw" and values:
+        mean = statistics.fmean(values)
+        std = statistics.pstdev(values) if transform == "zscore" else None
+        values = [v - mean if std is None else (v - mean) / (std + 1e-6) for v in values]
+    if length_penalty:
+        values = [v - length_penalty * s.response_tokens / 100 for v, s in zip(values, scored)]
+    return values
 
 
 # Ready instance for `trl grpo --reward_funcs selfj_rlhf.reward.selfj_reward`: the shipped judge of the

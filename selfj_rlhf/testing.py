@@ -30,3 +30,38 @@ def build_tiny_llama(directory: str | Path, seed: int = 0) -> Path:
     model.save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+class ServerThread:
+    """A uvicorn server for an ASGI app on a background thread of this process (port 0: a free port), for tests and
+    benchmarks::
+
+        with ServerThread(create_app(judge)) as url:
+            httpx.post(url + "/get_reward", json=...)
+    """
+
+    def __init__(self, app, host: str = "127.0.0.1", port: int = 0):
+        import uvicorn
+
+        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
+                                                    timeout_graceful_shutdown=10))
+        self.host = host
+        self._thread = None
+
+    def __enter__(self) -> str:
+        import threading
+        import time
+
+        self._thread = threading.Thread(target=self.server.run, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.01)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        return f"http://{self.host}:{port}"
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self._thread.join(timeout=30)

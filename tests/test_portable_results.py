@@ -1,0 +1,37 @@
+"""Committed results and docs travel: no absolute machine path in them (data paths are written as <data>/...)."""
+
+import re
+import subprocess
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+MACHINE_PATH = re.compile(r"(?<![\w.<>:/-])/(?:work|root|home|tmp|Users|mnt|opt|var/folders)/[\w.-]")
+
+
+def committed_text_files() -> list[Path]:
+    listed = subprocess.run(["git", "ls-files", "evals/results", "docs", "README.md", "recipes"], cwd=REPO,
+                            capture_output=True, text=True)
+    paths = [REPO / p for p in listed.stdout.split()] if listed.returncode == 0 else []
+    if not paths:  # not a git checkout: every result and doc file on disk
+        paths = [*REPO.glob("evals/results/*"), *REPO.glob("docs/**/*"), REPO / "README.md", *REPO.glob("recipes/**/*")]
+    return [p for p in paths if p.is_file() and p.suffix in (".md", ".json", ".yaml", ".txt")]
+
+
+def test_no_absolute_machine_paths():
+    offenders = []
+    for path in committed_text_files():
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+            if MACHINE_PATH.search(line):
+                offenders.append(f"{path.relative_to(REPO)}:{number}: {line.strip()[:120]}")
+    assert not offenders, "absolute machine paths in committed results/docs:\n" + "\n".join(offenders)
+
+
+def test_portable_rewrites_paths(monkeypatch, tmp_path):
+    import sys
+
+    sys.path.insert(0, str(REPO / "evals"))
+    from common import portable
+
+    monkeypatch.setenv("SELFJ_DATA_DIR", str(tmp_path / "data"))
+    got = portable({"a": [f"{tmp_path / 'data'}/arena/grades.jsonl", f"{REPO}/runs/x"]})
+    assert got == {"a": ["<data>/arena/grades.jsonl", "./runs/x"]}
