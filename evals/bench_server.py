@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # evals/common.py
 MALFORMED = [b"{not json", b'{"query": "not a list", "prompts": ["a"]}', b'{"query": ["a", "b"], "prompts": ["a"]}',
              b'{"responses": ["x"]}', b'[1, 2, 3]', b'{"prompts": ["a"], "responses": [7]}']
 
@@ -342,8 +343,10 @@ def make_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("parts", nargs="+", choices=["throughput", "load", "render"],
                         help="What to run; `render` only rewrites the markdown from the saved JSON.")
-    data = os.environ.get("SELFJ_DATA_DIR", "../shared/data")
-    parser.add_argument("--alpaca_eval", default=f"{data}/alpaca_eval/gpt4_1106_preview_outputs.json")
+    from common import data_dir
+
+    parser.add_argument("--alpaca_eval", default=str(data_dir() / "alpaca_eval" / "gpt4_1106_preview_outputs.json"),
+                        help="AlpacaEval outputs file (default: under SELFJ_DATA_DIR, else ../shared/data).")
     parser.add_argument("--judge", default=None, help="Judge (default: the shipped judge of the embedded model).")
     parser.add_argument("--prompts", type=int, default=16, help="AlpacaEval prompts (x 4 answers each).")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 128])
@@ -361,7 +364,6 @@ def make_parser():
 
 
 def main(argv=None):
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from common import command_line, machine_info, write_results
 
     args = make_parser().parse_args(argv)

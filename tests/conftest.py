@@ -11,7 +11,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the hub
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+# the external data (see the data README): SELFJ_DATA_DIR, else ../shared/data beside the repository
+SHARED_DATA = Path(os.environ.get("SELFJ_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
 
 
 @pytest.fixture(scope="session")
@@ -46,5 +47,5 @@ def tiny_judge(tiny_model_dir):
 @pytest.fixture
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"shared data not found at {SHARED_DATA}")
+        pytest.skip(f"external data not found at {SHARED_DATA} (set SELFJ_DATA_DIR)")
     return SHARED_DATA

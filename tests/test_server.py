@@ -3,6 +3,7 @@ dynamic batching, equality with in-process scoring, errors, auth, and the engine
 ``SingleTurnAgentExecutor``, the verl adapter, TRL's GRPOTrainer with the remote ``SelfJReward``)."""
 
 import asyncio
+import http.client
 import json
 import os
 import pickle
@@ -334,8 +335,8 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 120) -> None
 
 
 def test_cli_server_restart_and_sigterm(tiny_model_dir, tiny_judge):
-    """`selfj serve` as users start it: a client keeps its rewards across a server restart (it retries refused
-    connections), and SIGTERM ends the server cleanly."""
+    """`selfj serve` as users start it: SIGTERM lets the request in flight finish and ends the server with status 0,
+    and a client keeps its rewards across the restart (it retries refused connections)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     proc = start_cli_server(str(tiny_model_dir), port)
@@ -344,7 +345,15 @@ def test_cli_server_restart_and_sigterm(tiny_model_dir, tiny_judge):
         remote = SelfJReward(server_url=url, server_max_retries=8)
         expected = tiny_judge.score(INSTRUCTIONS, RESPONSES)
         assert remote(INSTRUCTIONS, RESPONSES) == pytest.approx(expected, abs=1e-5)
+        # SIGTERM while a request is in flight: it is answered in full, then the server exits with status 0
+        body = json.dumps({"prompts": ["Summarise this."] * 256,
+                           "responses": [f"Item {i}: " + "a long answer " * 150 for i in range(256)]})
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        connection.request("POST", "/get_reward", body, {"Content-Type": "application/json"})  # sent, not read
+        time.sleep(0.5)
         proc.send_signal(signal.SIGTERM)
+        answer = connection.getresponse()
+        assert answer.status == 200 and len(json.loads(answer.read())["rewards"]) == 256
         assert proc.wait(timeout=60) == 0
         proc = start_cli_server(str(tiny_model_dir), port)  # the client retries until the new server is up
         assert remote(INSTRUCTIONS, RESPONSES) == pytest.approx(expected, abs=1e-5)
