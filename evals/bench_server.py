@@ -307,6 +307,8 @@ def render(throughput: dict | None, load: dict | None, command: str, machine: di
                   f"tokens on average), client and server in one process. In-process `SelfJudge.score_details` on the "
                   f"same items (batch {throughput['max_batch_size']}, prefix sharing): "
                   f"**{throughput['in_process_items_per_s']} items/s**.", "",
+                  "Each client sends its next request when the last one is answered; where there are more clients "
+                  "than requests, every request is in flight at once.", "",
                   "| concurrent clients | batching | items/s | of in-process | mean batch | p50 ms | p99 ms |",
                   "|---|---|---|---|---|---|---|"]
         for r in rows:
