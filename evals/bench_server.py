@@ -18,12 +18,8 @@ import argparse
 import asyncio
 import itertools
 import json
-import os
 import random
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -161,63 +157,27 @@ def load_test(url: str, judge, requests: int = 1000, concurrency: int = 32, malf
     return asyncio.run(_load(url, items, expected, requests, concurrency, malformed_every, disconnect_every, midway))
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class CliServer:
-    """`selfj serve` in a subprocess; ``restart`` sends SIGTERM, checks a clean exit and starts it again."""
-
-    def __init__(self, judge: str, port: int, *flags: str):
-        self.argv = [sys.executable, "-m", "selfj_rlhf.console", "serve", "--judge", judge, "--port", str(port),
-                     "--log_level", "warning", *flags]
-        self.url = f"http://127.0.0.1:{port}"
-        self.unclean_exits = 0
-        self.proc = None
-
-    def start(self) -> None:
-        import httpx
-
-        self.proc = subprocess.Popen(self.argv, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-        for _ in range(1200):
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}")
-            try:
-                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.1)
-        raise TimeoutError("server did not start")
-
-    def stop(self) -> None:
-        if self.proc.poll() is not None:  # it died on its own: a crash
-            self.unclean_exits += 1
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        self.unclean_exits += self.proc.wait(timeout=120) != 0
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-
 def run_load(args) -> dict:
     from selfj_rlhf import SelfJudge
-    from selfj_rlhf.testing import build_tiny_llama
+    from selfj_rlhf.testing import JudgeServerProcess, build_tiny_llama
 
     model = build_tiny_llama(Path(args.work_dir) / "tiny_model")
     judge = SelfJudge.from_pretrained(str(model), device="cpu")
-    server = CliServer(str(model), free_port())
+    server = JudgeServerProcess(str(model))
+    clean_exits = []  # one per stop: False when the server had died on its own or did not exit cleanly
+
+    def restart():
+        clean_exits.append(server.stop())
+        server.start()
+
     server.start()
     try:
         result = load_test(server.url, judge, args.requests, args.load_concurrency, malformed_every=args.malformed_every,
-                           disconnect_every=args.disconnect_every, seed=args.seed, midway=server.restart)
+                           disconnect_every=args.disconnect_every, seed=args.seed, midway=restart)
     finally:
-        server.stop()
+        clean_exits.append(server.stop())
     result["server_restarts"] = 1
-    result["server_crashes"] = server.unclean_exits
+    result["server_crashes"] = clean_exits.count(False)
     return result
 
 

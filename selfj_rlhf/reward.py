@@ -135,7 +135,9 @@ class SelfJReward:
         state["_client"] = None  # and open their own connections to a judge server
         return state
 
-    def _inputs(self, prompts, completions, kwargs) -> tuple[list[str], list[str], list[str | None] | None]:
+    def _judged_inputs(self, prompts, completions, kwargs) -> tuple[list[int], tuple]:
+        """(indices of the rows to judge, (instructions, responses, references) of those rows): a row with an
+        empty reference under ``use_reference`` is not judged (its reward is None)."""
         if len(prompts) != len(completions):
             raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
         instructions = [prompt_instruction(p) for p in prompts]
@@ -146,19 +148,18 @@ class SelfJReward:
             if column is None:
                 raise KeyError(f"use_reference is set but the dataset has no '{self.config.reference_column}' column")
             references = [r if isinstance(r, str) and r.strip() else None for r in column]
-        return instructions, responses, references
+        keep = [i for i in range(len(responses)) if references is None or references[i] is not None]
+        return keep, ([instructions[i] for i in keep], [responses[i] for i in keep],
+                      None if references is None else [references[i] for i in keep])
 
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], completion_ids=None, **kwargs) -> list[float | None]:
-        instructions, responses, references = self._inputs(prompts, completions, kwargs)
-        keep = [i for i in range(len(responses)) if references is None or references[i] is not None]
-        picked = ([instructions[i] for i in keep], [responses[i] for i in keep],
-                  None if references is None else [references[i] for i in keep])
+        keep, picked = self._judged_inputs(prompts, completions, kwargs)
         if self.config.server_url:
             scored = self.client.score(*picked)
         else:
             details = self.judge.score_details(*picked, batch_size=self.config.batch_size)
             scored = judged_items(details, picked[1], self.judge.tokenizer if self.config.length_penalty else None)
-        return self._rewards(scored, keep, len(responses), kwargs.get("log_metric"))
+        return self._rewards(scored, keep, len(completions), kwargs.get("log_metric"))
 
     async def acall(self, prompts: Sequence[Any], completions: Sequence[Any], completion_ids=None,
                     **kwargs) -> list[float | None]:
@@ -168,11 +169,9 @@ class SelfJReward:
             import asyncio
 
             return await asyncio.to_thread(self.__call__, prompts, completions, completion_ids, **kwargs)
-        instructions, responses, references = self._inputs(prompts, completions, kwargs)
-        keep = [i for i in range(len(responses)) if references is None or references[i] is not None]
-        scored = await self.client.ascore([instructions[i] for i in keep], [responses[i] for i in keep],
-                                          None if references is None else [references[i] for i in keep])
-        return self._rewards(scored, keep, len(responses), kwargs.get("log_metric"))
+        keep, picked = self._judged_inputs(prompts, completions, kwargs)
+        scored = await self.client.ascore(*picked)
+        return self._rewards(scored, keep, len(completions), kwargs.get("log_metric"))
 
     @property
     def client(self):

@@ -373,10 +373,6 @@ class ServerMetrics:
 
 
 # --------------------------------------------------------------------------- the app
-def judge_name(judge, spec: str) -> str:
-    return spec if spec else (judge.base_model or "judge")
-
-
 def create_app(judge, reward: SelfJRewardConfig | None = None, config: ServeConfig | None = None):
     """The FastAPI app serving ``judge`` (a loaded ``SelfJudge``) with ``reward``'s options."""
     from fastapi import FastAPI
@@ -410,7 +406,7 @@ def create_app(judge, reward: SelfJRewardConfig | None = None, config: ServeConf
     @app.get("/health")
     @app.get("/health/")
     async def health():
-        return {"status": "ok", "judge": judge_name(judge, reward.judge), "template": judge.template.name,
+        return {"status": "ok", "judge": reward.judge, "template": judge.template.name,
                 "device": str(judge.device), "use_reference": reward.use_reference}
 
     @app.get("/metrics")

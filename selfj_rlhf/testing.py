@@ -65,3 +65,61 @@ class ServerThread:
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True
         self._thread.join(timeout=30)
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class JudgeServerProcess:
+    """``selfj serve`` in a subprocess on a free loopback port, started as users start it (tests and the load
+    benchmark); ``start`` returns once ``/health`` answers, ``stop`` sends SIGTERM."""
+
+    def __init__(self, judge: str, *flags: str, env: dict | None = None):
+        import os
+        import sys
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.argv = [sys.executable, "-m", "selfj_rlhf.console", "serve", "--judge", judge, "--port", str(self.port),
+                     "--log_level", "warning", *flags]
+        self.env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+        self.proc = None
+
+    def start(self, timeout: float = 300) -> None:
+        import subprocess
+        import tempfile
+        import time
+
+        import httpx
+
+        self._stderr = tempfile.TemporaryFile()  # a file, not a pipe: a full pipe would block the server
+        self.proc = subprocess.Popen(self.argv, cwd=Path(__file__).resolve().parents[1], env=self.env,
+                                     stderr=self._stderr)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                self._stderr.seek(0)
+                tail = self._stderr.read().decode(errors="replace")[-2000:]
+                raise RuntimeError(f"selfj serve exited with {self.proc.returncode}: {tail}")
+            try:
+                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"selfj serve did not answer /health within {timeout} s")
+
+    def stop(self, timeout: float = 120) -> bool:
+        """SIGTERM and wait; True for a clean exit (status 0), False when it had died already or exited otherwise."""
+        import signal
+
+        if self.proc.poll() is not None:
+            return False
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout) == 0

@@ -8,8 +8,6 @@ import json
 import os
 import pickle
 import signal
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,7 +18,7 @@ import pytest
 from selfj_rlhf import SelfJReward, SelfJRewardConfig
 from selfj_rlhf.server import (RequestError, ServeConfig, check_bind, create_app, parse_reward_request,
                                prompt_from_template, split_query, strip_end_markers)
-from selfj_rlhf.testing import ServerThread
+from selfj_rlhf.testing import JudgeServerProcess, ServerThread
 
 REPO = Path(__file__).resolve().parents[1]
 INSTRUCTIONS = ["What is 2+2?", "What is 2+2?", "Name a colour.", "Name a colour.", "Say hello in French."]
@@ -242,9 +240,11 @@ def test_verl_adapter(server, tiny_judge):
         asyncio.run(compute_score(None, "blue", None, {}, judge_url=server))
 
 
-def test_verl_reward_manager_runs_adapter(server, tiny_judge):
-    """verl's own path: its config loader imports the adapter and its NaiveRewardManager.run_single scores one
-    rollout through it (verl is installed --no-deps by the dev install; skipped where it is absent)."""
+@pytest.mark.parametrize("by", ["package", "file"])
+def test_verl_reward_manager_runs_adapter(server, tiny_judge, by):
+    """verl's own path: its config loader imports the adapter (as the documented ``pkg://`` module, or by file path)
+    and its NaiveRewardManager.run_single scores one rollout through it (verl is installed --no-deps by the dev
+    install; skipped where it is absent)."""
     naive = pytest.importorskip("verl.experimental.reward_loop.reward_manager.naive", reason="verl not installed")
     import numpy as np
     import torch
@@ -254,8 +254,9 @@ def test_verl_reward_manager_runs_adapter(server, tiny_judge):
 
     import selfj_rlhf.integrations.verl as adapter
 
+    path = "pkg://selfj_rlhf.integrations.verl" if by == "package" else adapter.__file__
     config = OmegaConf.create({"reward": {"custom_reward_function": {
-        "path": adapter.__file__, "name": "compute_score", "reward_kwargs": {"judge_url": server}}}})
+        "path": path, "name": "compute_score", "reward_kwargs": {"judge_url": server}}}})
     compute_score = get_custom_reward_fn(config)
     manager = naive.NaiveRewardManager(config, tiny_judge.tokenizer, compute_score)
     assert manager.is_async_reward_score
@@ -307,59 +308,29 @@ def test_grpo_two_steps_with_remote_reward(server, tiny_model_dir, tmp_path):
 
 
 # ----------------------------------------------------------------------------- the command, restart, load
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_cli_server(judge: str, port: int, *extra: str) -> subprocess.Popen:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    return subprocess.Popen([sys.executable, "-m", "selfj_rlhf.console", "serve", "--judge", judge, "--port",
-                             str(port), "--log_level", "warning", *extra], cwd=REPO, env=env,
-                            stderr=subprocess.PIPE, text=True)
-
-
-def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {proc.stderr.read()[-2000:]}")
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError("server did not come up")
-
-
 def test_cli_server_restart_and_sigterm(tiny_model_dir, tiny_judge):
     """`selfj serve` as users start it: SIGTERM lets the request in flight finish and ends the server with status 0,
     and a client keeps its rewards across the restart (it retries refused connections)."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = start_cli_server(str(tiny_model_dir), port)
+    server = JudgeServerProcess(str(tiny_model_dir), env={"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+    server.start()
     try:
-        wait_healthy(url, proc)
-        remote = SelfJReward(server_url=url, server_max_retries=8)
+        remote = SelfJReward(server_url=server.url, server_max_retries=8)
         expected = tiny_judge.score(INSTRUCTIONS, RESPONSES)
         assert remote(INSTRUCTIONS, RESPONSES) == pytest.approx(expected, abs=1e-5)
         # SIGTERM while a request is in flight: it is answered in full, then the server exits with status 0
         body = json.dumps({"prompts": ["Summarise this."] * 256,
                            "responses": [f"Item {i}: " + "a long answer " * 150 for i in range(256)]})
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
         connection.request("POST", "/get_reward", body, {"Content-Type": "application/json"})  # sent, not read
         time.sleep(0.5)
-        proc.send_signal(signal.SIGTERM)
+        server.proc.send_signal(signal.SIGTERM)
         answer = connection.getresponse()
         assert answer.status == 200 and len(json.loads(answer.read())["rewards"]) == 256
-        assert proc.wait(timeout=60) == 0
-        proc = start_cli_server(str(tiny_model_dir), port)  # the client retries until the new server is up
+        assert server.proc.wait(timeout=60) == 0
+        server.start()  # on the same port; the client retries until the new server is up
         assert remote(INSTRUCTIONS, RESPONSES) == pytest.approx(expected, abs=1e-5)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
+        server.stop()
 
 
 def test_load_1000_requests(server, tiny_judge):
@@ -381,16 +352,13 @@ def test_embedded_judge_server(tmp_path):
     from selfj_rlhf.models import DEFAULT_POLICY
 
     judge_name = default_judge_for(DEFAULT_POLICY)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = start_cli_server(judge_name, port)
+    server = JudgeServerProcess(judge_name)
+    server.start()
     try:
-        wait_healthy(url, proc, timeout=300)
-        assert httpx.get(url + "/health").json()["judge"] == judge_name
-        answer = post(url, {"prompts": INSTRUCTIONS[:3], "responses": RESPONSES[:3]}).json()
+        assert httpx.get(server.url + "/health").json()["judge"] == judge_name
+        answer = post(server.url, {"prompts": INSTRUCTIONS[:3], "responses": RESPONSES[:3]}).json()
     finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0
+        assert server.stop()
     local = SelfJudge.from_pretrained(judge_name, device="cpu")
     assert answer["extra_logs"]["expected_digit"] == pytest.approx(local.score(INSTRUCTIONS[:3], RESPONSES[:3]),
                                                                    abs=1e-5)

@@ -6,7 +6,7 @@ the prompt, so the instruction is read from ``extra_info[prompt_key]``: put the 
 the parquet (verl's own data recipes keep the question in ``extra_info``). Launch::
 
     python -m verl.trainer.main_ppo ... \\
-        reward.custom_reward_function.path=$(python -c "import selfj_rlhf.integrations.verl as m; print(m.__file__)") \\
+        reward.custom_reward_function.path=pkg://selfj_rlhf.integrations.verl \\
         reward.custom_reward_function.name=compute_score \\
         +reward.custom_reward_function.reward_kwargs.judge_url=http://JUDGE_HOST:5000
 
@@ -50,4 +50,5 @@ async def compute_score(data_source: str | None = None, solution_str: str = "", 
     client = JudgeClient(judge_url, api_key=api_key, timeout_s=timeout_s, max_retries=max_retries)
     answer = await client.apost(client.payload([instruction], [solution_str],
                                                None if reference is None else [reference]))
-    return {"score": answer["rewards"][0], **{f"selfj_{name}": values[0] for name, values in answer["extra_logs"].items()}}
+    extra = {f"selfj_{name}": values[0] for name, values in answer["extra_logs"].items()}
+    return {"score": answer["rewards"][0], **extra}
