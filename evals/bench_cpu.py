@@ -25,14 +25,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_scoring import interleaved_best_times  # noqa: E402
-from common import command_line, machine_info, scoring_flops, write_results  # noqa: E402
-from judge_correlation import DATA  # noqa: E402
+from common import command_line, default_data, machine_info, scoring_flops, write_results  # noqa: E402
 
 
 def make_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--judge", default="selfj-smollm2-135m")
-    parser.add_argument("--arena", default=str(DATA / "arena_bench_v1" / "grades.jsonl"))
+    parser.add_argument("--arena", default=default_data("arena_bench_v1"))
     parser.add_argument("--num_items", type=int, default=32)
     parser.add_argument("--answer_tokens", type=int, default=128)
     parser.add_argument("--batch_size", type=int, default=8)

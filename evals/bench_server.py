@@ -305,10 +305,10 @@ def make_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("parts", nargs="+", choices=["throughput", "load", "render"],
                         help="What to run; `render` only rewrites the markdown from the saved JSON.")
-    from common import data_dir
+    from common import default_data
 
-    parser.add_argument("--alpaca_eval", default=str(data_dir() / "alpaca_eval" / "gpt4_1106_preview_outputs.json"),
-                        help="AlpacaEval outputs file (default: under SELFJ_DATA_DIR, else ../shared/data).")
+    parser.add_argument("--alpaca_eval", default=default_data("alpaca_eval"),
+                        help="AlpacaEval outputs file or dataset spec (default: under SELFJ_DATA_DIR, else preset:alpaca_eval).")
     parser.add_argument("--judge", default=None, help="Judge (default: the shipped judge of the embedded model).")
     parser.add_argument("--prompts", type=int, default=16, help="AlpacaEval prompts (x 4 answers each).")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 128])

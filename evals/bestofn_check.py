@@ -20,16 +20,15 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import command_line, machine_info, write_results  # noqa: E402
+from common import command_line, machine_info, default_data, write_results  # noqa: E402
 
 from selfj_rlhf.io import atomic_write_json, iter_records  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def make_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--references", default=str(DATA / "alpaca_eval" / "gpt4_1106_preview_outputs.json"),
+    parser.add_argument("--references", default=default_data("alpaca_eval"),
                         help="JSON/JSONL with `instruction` and the reference in `output` or `reference`.")
     parser.add_argument("--policy", default="smollm2-135m-instruct")
     parser.add_argument("--judge", action="append", default=[], help="NAME=SPEC")

@@ -44,9 +44,19 @@ def finite_or_none(value):
     return value
 
 
-def data_dir() -> Path:
-    """Where the external data lives: ``SELFJ_DATA_DIR``, else ``../shared/data`` beside the repository."""
-    return Path(os.environ.get("SELFJ_DATA_DIR", REPO_ROOT.parent / "shared" / "data")).resolve()
+def data_dir() -> Path | None:
+    """Where converted data lives: ``SELFJ_DATA_DIR`` when it is set."""
+    value = os.environ.get("SELFJ_DATA_DIR")
+    return Path(value).resolve() if value else None
+
+
+def default_data(source: str) -> str:
+    """Default of a data argument: the source's file under ``SELFJ_DATA_DIR`` when that is set, else its preset
+    (downloaded from the hub, or a clear error asking for the raw files where the source has no hub copy)."""
+    from selfj_rlhf.datasets import LOCAL_FILES
+
+    root = data_dir()
+    return str(root / LOCAL_FILES[source]) if root else f"preset:{source}"
 
 
 def portable(value):
@@ -56,7 +66,8 @@ def portable(value):
 
     if isinstance(value, str):
         for root, name in ((data_dir(), "<data>"), (REPO_ROOT, "."), (Path(tempfile.gettempdir()).resolve(), "<tmp>")):
-            value = value.replace(str(root), name)
+            if root is not None:
+                value = value.replace(str(root), name)
         return value
     if isinstance(value, dict):
         return {k: portable(v) for k, v in value.items()}

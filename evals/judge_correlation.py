@@ -25,17 +25,16 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS_DIR, command_line, machine_info, write_results  # noqa: E402
+from common import RESULTS_DIR, command_line, machine_info, default_data, write_results  # noqa: E402
 
 from selfj_rlhf.io import atomic_write_json, iter_records  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def make_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arena", default=str(DATA / "arena_bench_v1" / "grades.jsonl"))
-    parser.add_argument("--llmbar", default=str(DATA / "llmbar" / "pairwise.jsonl"))
+    parser.add_argument("--arena", default=default_data("arena_bench_v1"))
+    parser.add_argument("--llmbar", default=default_data("llmbar"))
     parser.add_argument("--judge", action="append", default=[], help="NAME=SPEC (model spec or judge dir).")
     parser.add_argument("--with_reference", action="append", default=[], help="Also score NAME with the reference.")
     parser.add_argument("--policy", default="smollm2-135m-instruct", help="Model for the log-likelihood baseline.")

@@ -23,8 +23,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import command_line, machine_info, write_results  # noqa: E402
-from judge_correlation import DATA  # noqa: E402
+from common import command_line, default_data, machine_info, write_results  # noqa: E402
 
 from selfj_rlhf.io import iter_records  # noqa: E402
 
@@ -49,7 +48,7 @@ ATTACKS = {
 def make_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--judge", action="append", default=[], help="NAME=SPEC")
-    parser.add_argument("--references", default=str(DATA / "alpaca_eval" / "gpt4_1106_preview_outputs.json"))
+    parser.add_argument("--references", default=default_data("alpaca_eval"))
     parser.add_argument("--policy_answers", default="runs/eval_cache/bestofn-gpt4_1106_preview_outputs-n30-k4-s0.json")
     parser.add_argument("--policy", default="smollm2-135m-instruct")
     parser.add_argument("--num_prompts", type=int, default=20)

@@ -28,20 +28,19 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import command_line, machine_info, write_results  # noqa: E402
+from common import command_line, machine_info, default_data, write_results  # noqa: E402
 from judge_correlation import arena_metrics, load_arena  # noqa: E402
 
 from selfj_rlhf.io import iter_records  # noqa: E402
 from selfj_rlhf.labeling import percentiles  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 LAYERS = (12, 18, 24, 27, 30)
 
 
 def make_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--labels", required=True, help="labels.jsonl with reference and off-topic rows.")
-    parser.add_argument("--arena", default=str(DATA / "arena_bench_v1" / "grades.jsonl"))
+    parser.add_argument("--arena", default=default_data("arena_bench_v1"))
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--max_questions", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)

@@ -24,8 +24,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS_DIR, command_line, machine_info, write_results  # noqa: E402
-from judge_correlation import DATA, ScoreCache, judge_scores, load_arena  # noqa: E402
+from common import RESULTS_DIR, command_line, machine_info, default_data, write_results  # noqa: E402
+from judge_correlation import ScoreCache, judge_scores, load_arena  # noqa: E402
 
 LEADERBOARD = "leaderboards/data_AlpacaEval_2/weighted_alpaca_eval_gpt4_turbo_leaderboard.csv"
 ARENA_TO_LEADERBOARD = {
@@ -44,7 +44,7 @@ def make_parser():
     parser.add_argument("--alpaca_results", default=None, help="Folder of <model>/model_outputs.json (AlpacaEval results).")
     parser.add_argument("--max_models", type=int, default=20)
     parser.add_argument("--max_instructions", type=int, default=50)
-    parser.add_argument("--arena", default=str(DATA / "arena_bench_v1" / "grades.jsonl"))
+    parser.add_argument("--arena", default=default_data("arena_bench_v1"))
     parser.add_argument("--arena_questions", type=int, default=30)
     parser.add_argument("--max_length", type=int, default=512)
     parser.add_argument("--batch_size", type=int, default=4)

@@ -1,6 +1,6 @@
 """Does SELF-J-driven policy training help the embedded policy? Held-out check of the RLHF recipes.
 
-    python evals/rl_loop_check.py prompts            # train / held-out prompt files from ../shared/data
+    python evals/rl_loop_check.py prompts            # train / held-out prompt files (SELFJ_DATA_DIR or presets)
     accelerate launch --cpu --num_processes 2 recipes/rejection_sampling.py --config recipes/configs/rejection_sampling.yaml
     python recipes/build_pairs.py --config recipes/configs/build_pairs.yaml
     accelerate launch --cpu --num_processes 2 recipes/dpo.py --config recipes/configs/dpo.yaml
@@ -24,19 +24,19 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import command_line, machine_info, write_results  # noqa: E402
+from common import command_line, default_data, machine_info, write_results  # noqa: E402
 
 from selfj_rlhf.io import atomic_write_json, atomic_write_jsonl, iter_records  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-SOURCES = ("flask/flask_ref.jsonl", "gpteacher_codegen/codegen_ref.jsonl", "gsm8k/gsm8k_ref.jsonl")
+SOURCES = ("flask", "gpteacher_codegen", "gsm8k")
 
 
 def make_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     prompts = sub.add_parser("prompts", help="Write train and held-out prompt files (disjoint, balanced by source).")
-    prompts.add_argument("--data_dir", default=str(DATA))
+    prompts.add_argument("--data", nargs="+", default=[default_data(source) for source in SOURCES],
+                         help="Instruction files (or dataset specs) with references, one per source.")
     prompts.add_argument("--train_per_source", type=int, default=32)
     prompts.add_argument("--heldout_per_source", type=int, default=14)
     prompts.add_argument("--min_reference_chars", type=int, default=20)
@@ -59,8 +59,7 @@ def make_parser():
 def write_prompt_files(args) -> None:
     rng = random.Random(args.seed)
     train, heldout = [], []
-    for source in SOURCES:
-        path = Path(args.data_dir) / source
+    for path in args.data:
         rows = [row for _, row in iter_records(path)
                 if len(row.get("reference") or "") >= args.min_reference_chars
                 and len(row["instruction"]) + len(row.get("input") or "") <= args.max_instruction_chars]

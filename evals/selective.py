@@ -20,13 +20,13 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS_DIR, command_line, machine_info, write_results  # noqa: E402
-from judge_correlation import DATA, ScoreCache, judge_scores, load_arena  # noqa: E402
+from common import RESULTS_DIR, command_line, machine_info, default_data, write_results  # noqa: E402
+from judge_correlation import ScoreCache, judge_scores, load_arena  # noqa: E402
 
 
 def make_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arena", default=str(DATA / "arena_bench_v1" / "grades.jsonl"))
+    parser.add_argument("--arena", default=default_data("arena_bench_v1"))
     parser.add_argument("--judge", action="append", default=[], help="NAME=SPEC")
     parser.add_argument("--max_questions", type=int, default=30)
     parser.add_argument("--grade_cut", type=int, default=6, help="Grades below this are failures.")

@@ -7,14 +7,23 @@
 
 from selfj_rlhf.best_of_n import BestOfNConfig, run_best_of_n
 from selfj_rlhf.cli import make_trl_parser, run_cli
+from selfj_rlhf.prompts import BUNDLED_PROMPTS
+from selfj_rlhf.dry_run import DryRunArgs, dry_run_plan, print_plan
 
 
 def make_parser():
-    return make_trl_parser(BestOfNConfig)
+    return make_trl_parser(BestOfNConfig, DryRunArgs)
 
 
 def main(argv=None):
-    (config,) = make_parser().parse_args_and_config(argv)
+    config, dry = make_parser().parse_args_and_config(argv)
+    if dry.dry_run:
+        print_plan(dry_run_plan("best_of_n", [config], model=config.policy, data=[config.dataset or str(BUNDLED_PROMPTS)],
+                                dry=dry, judge=config.resolved_judge(), template=config.judge_template,
+                                max_length=config.max_judge_length,
+                                stages=[f"generate {config.n} candidates per prompt ({config.backend})",
+                                        "score them with the judge", "candidates.jsonl, model_outputs.json"]))
+        return
     summary = run_best_of_n(config)
     if summary is not None:
         print(summary)

@@ -2,18 +2,23 @@
 measure similarity to the reference, and combine into quality classes 0-9.
 
     accelerate launch recipes/label.py --config recipes/configs/label.yaml
-    accelerate launch --cpu --num_processes 2 recipes/label.py --data ../shared/data/flask/flask_ref.jsonl \
+    accelerate launch --cpu --num_processes 2 recipes/label.py --data preset:gsm8k \
         --max_instructions 16 --k 4 --output_dir runs/labels
 
 Re-combine existing samples with other label settings (no sampling): add --relabel_only true.
+Label a response pool of other models' answers instead of sampling (see selfj_rlhf.pool):
+
+    python recipes/label.py --config recipes/configs/label_pool.yaml
 """
 
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from selfj_rlhf.cli import make_trl_parser, run_cli
+from selfj_rlhf.dry_run import DryRunArgs, dry_run_plan, print_plan
 from selfj_rlhf.io import read_shards
 from selfj_rlhf.labeling import LabelConfig, finalize_labels, load_label_sources, run_labeling
+from selfj_rlhf.pool import run_pool_labeling
 
 
 @dataclass
@@ -25,12 +30,21 @@ class LabelRunArgs:
 
 
 def make_parser():
-    return make_trl_parser(LabelConfig, LabelRunArgs)
+    return make_trl_parser(LabelConfig, LabelRunArgs, DryRunArgs)
 
 
 def main(argv=None):
-    config, run_args = make_parser().parse_args_and_config(argv)
-    if run_args.relabel_only:
+    config, run_args, dry = make_parser().parse_args_and_config(argv)
+    if dry.dry_run:
+        stages = (["teacher signals of the pool's train groups", "labels.jsonl"] if config.pool else
+                  [f"sample {config.k} answers per instruction ({config.backend})",
+                   "self-evaluation with the reference + similarity", "labels.jsonl"])
+        print_plan(dry_run_plan("label", [config], model=config.policy, data=config.pool or config.data, dry=dry,
+                                template=config.judge_template, max_length=config.max_judge_length, stages=stages))
+        return
+    if config.pool:
+        summary = run_pool_labeling(config)
+    elif run_args.relabel_only:
         ids = [s.id for s in load_label_sources(config)]
         if run_args.partial:
             sampled = read_shards(Path(config.output_dir) / "shards")

@@ -21,6 +21,17 @@ fi
 if [[ ",$extras," == *",dev,"* ]]; then
   # the RL engines whose own client code the judge-server tests call; --no-deps: only their client imports are needed
   "$py" -m pip install --quiet --no-deps "openrlhf==0.11.2" "verl==0.9.1"
+  # a 7B model's tokenizer for the offline dry-run tests of the 7B configs: the Qwen2 vocabulary (Qwen2.5's) as a
+  # vocab-only GGUF, taken from llama.cpp's test models inside the llama-cpp-python source archive on PyPI
+  vocab=.venv/share/selfj-rlhf/ggml-vocab-qwen2.gguf
+  if [[ ! -f "$vocab" ]]; then
+    tmp=$(mktemp -d)
+    "$py" -m pip download --quiet --no-deps --no-binary :all: -d "$tmp" "llama-cpp-python==0.3.36"
+    mkdir -p "$(dirname "$vocab")"
+    tar -xzf "$tmp"/llama_cpp_python-*.tar.gz -C "$tmp" --wildcards "*/vendor/llama.cpp/models/ggml-vocab-qwen2.gguf"
+    mv "$tmp"/llama_cpp_python-*/vendor/llama.cpp/models/ggml-vocab-qwen2.gguf "$vocab"
+    rm -rf "$tmp"
+  fi
 fi
 if [[ ",$extras," == *",deepspeed,"* ]]; then
   # DeepSpeed builds against the installed torch, so it cannot use build isolation

@@ -2,9 +2,10 @@
 explicitly passed reference outputs, and lay out a leaderboard submission bundle.
 
 alpaca_eval's default loader reads the references through a dataset script that ``datasets`` >= 4
-rejects, so the references are always a file here (offline: ``../shared/data/alpaca_eval/
-gpt4_1106_preview_outputs.json`` for AlpacaEval 2, ``text_davinci_003_outputs.json`` for AlpacaEval 1;
-online, the same files from the ``tatsu-lab/alpaca_eval`` dataset repo).
+rejects, so the references are always passed as a file: by default ``preset:alpaca_eval`` (the AlpacaEval 2
+reference, GPT-4 Turbo's outputs, fetched as a file from the ``tatsu-lab/alpaca_eval`` dataset repo); offline,
+``preset:alpaca_eval=<path>`` or the path of a copy of ``gpt4_1106_preview_outputs.json`` (AlpacaEval 2) or
+``text_davinci_003_outputs.json`` (AlpacaEval 1).
 
 Annotators (``--annotator``):
 
@@ -184,8 +185,9 @@ class EvaluateConfig:
     """One AlpacaEval evaluation of a model_outputs.json."""
 
     model_outputs: str = field(default="runs/alpaca_eval/model_outputs.json", metadata={"help": "AlpacaEval-format outputs."})
-    reference_outputs: str = field(default="../shared/data/alpaca_eval/gpt4_1106_preview_outputs.json", metadata={
-        "help": "Reference outputs file (AlpacaEval 2: GPT-4 Turbo; AlpacaEval 1: text_davinci_003_outputs.json)."})
+    reference_outputs: str = field(default="preset:alpaca_eval", metadata={
+        "help": "Reference outputs: a file or dataset spec (AlpacaEval 2: GPT-4 Turbo, the default preset; "
+                "AlpacaEval 1: text_davinci_003_outputs.json)."})
     annotator: str = field(default=OFFICIAL_ANNOTATOR, metadata={
         "help": "alpaca_eval config name/path (API key needed), local:<model spec> (offline), or selfj:<judge spec> "
                 "(not independent)."})

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 USAGE = ("usage: selfj alpaca-eval {generate,evaluate,bundle} [--config FILE] [flags]\n"
          "       selfj serve [--config FILE] [flags]   (add --help for the flags)")
-ALPACA_EVAL_INSTRUCTIONS = "../shared/data/alpaca_eval/gpt4_1106_preview_outputs.json"
+ALPACA_EVAL_INSTRUCTIONS = "preset:alpaca_eval"  # the 805 AlpacaEval instructions (see selfj_rlhf.datasets)
 
 
 @dataclass

@@ -69,6 +69,22 @@ class JudgeTrainingConfig:
                 "on a CPU. Single process; not with lora_layers. 0: off."})
     merge_adapter: bool = field(default=False, metadata={"help": "Save the adapter merged into the base weights."})
     max_examples: int | None = field(default=None, metadata={"help": "Use only the first N labelled responses."})
+    head: str = field(default="digit", metadata={
+        "help": "digit: the SELF-J digit judge (LoRA, the settings above). scalar: a linear head on one layer's "
+                "score-position state of the frozen model (selfj_rlhf.scalar_head), trained on cached states; "
+                "alpha / beta weigh the student and distillation terms, beta 0 trains the student alone."})
+    head_layer: int = field(default=18, metadata={"help": "scalar: the decoder layer the head reads."})
+    head_loss: str = field(default="expected_mse", metadata={"help": "scalar: expected_mse | pairwise | mse+pairwise."})
+    pair_margin: float = field(default=1.0, metadata={"help": "scalar, pairwise: smallest label gap of a pair."})
+    max_length_ratio: float | None = field(default=None, metadata={
+        "help": "scalar, pairwise: only pair answers whose lengths differ by at most this factor."})
+    score_field: str = field(default="score_label", metadata={
+        "help": "scalar: the 0-9 label column (labels_pool.jsonl writes score_label)."})
+    length_control: bool = field(default=True, metadata={
+        "help": "scalar: fit a log-length trend on the training labels and save it (SelfJudge(length_control=True) "
+                "and the reward's length_control subtract it)."})
+    feature_cache: str = field(default="runs/features", metadata={
+        "help": "scalar: where the frozen model's states are cached (reused by reruns and other heads)."})
 
 
 class DistillCollator:

@@ -62,8 +62,11 @@ def _iter_json(path: Path) -> Iterator[tuple[int, dict]]:
 
 
 def iter_records(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
-    """Yield ``(line_or_item_number, row)`` from a .jsonl, .json or .parquet file."""
-    path = Path(path)
+    """Yield ``(line_or_item_number, row)`` from a .jsonl, .json or .parquet file, or from the data a
+    ``preset:`` / ``hf:`` spec names (``selfj_rlhf.datasets``)."""
+    from .datasets import resolve_dataset
+
+    path = resolve_dataset(path)
     if not path.is_file():
         raise RecordError(path, None, None, "file not found")
     suffix = path.suffix.lower()

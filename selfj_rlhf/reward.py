@@ -51,6 +51,9 @@ class SelfJRewardConfig:
     dtype: str = field(default="auto", metadata={"help": "auto (bf16 on GPU, fp32 on CPU), float32, bfloat16."})
     device: str | None = field(default=None, metadata={"help": "Judge device; default cuda if available, else cpu."})
     quantize: str | None = field(default=None, metadata={"help": "int8: int8 dynamic quantization of the judge (CPU)."})
+    length_control: bool | None = field(default=None, metadata={
+        "help": "Subtract the log-length trend the judge was trained with (its selfj_config.json length_control), so "
+                "longer answers earn nothing for length alone. None: on when the judge has one."})
     server_url: str | None = field(default=None, metadata={
         "help": "Score through a `selfj serve` judge server at this URL (e.g. http://127.0.0.1:5000) instead of "
                 "loading the judge in this process; the judge options above are then the server's."})
@@ -59,6 +62,17 @@ class SelfJRewardConfig:
     server_timeout_s: float = field(default=300.0, metadata={"help": "Timeout of one request to the judge server."})
     server_max_retries: int = field(default=5, metadata={
         "help": "Retries of a request that the server answers 503/504 or that fails to connect (1 s apart, doubling)."})
+
+    def load_judge(self):
+        """The configured ``SelfJudge``, with length control as ``length_control`` asks."""
+        from .judge import SelfJudge
+
+        judge = SelfJudge.from_pretrained(self.judge, template=self.template, dtype=self.dtype, device=self.device,
+                                          max_length=self.max_length, quantize=self.quantize)
+        if self.length_control and judge.length_fit is None:
+            raise ConfigError(f"length_control: judge '{self.judge}' was not trained with a length fit")
+        judge.length_control = judge.length_fit is not None if self.length_control is None else self.length_control
+        return judge
 
     def __post_init__(self):
         if self.transform not in ("raw", "centered", "zscore"):
@@ -122,11 +136,7 @@ class SelfJReward:
     @property
     def judge(self):
         if self._judge is None:
-            from .judge import SelfJudge
-
-            self._judge = SelfJudge.from_pretrained(self.config.judge, template=self.config.template,
-                                                    dtype=self.config.dtype, device=self.config.device,
-                                                    max_length=self.config.max_length, quantize=self.config.quantize)
+            self._judge = self.config.load_judge()
         return self._judge
 
     def __getstate__(self):

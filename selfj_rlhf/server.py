@@ -467,8 +467,6 @@ def serve(reward: SelfJRewardConfig, config: ServeConfig) -> None:
 
     import uvicorn
 
-    from .judge import SelfJudge
-
     if reward.server_url:
         raise ConfigError("server_url is a client option; a judge server loads its judge itself")
     if config.api_key is None:
@@ -476,8 +474,7 @@ def serve(reward: SelfJRewardConfig, config: ServeConfig) -> None:
     warning = check_bind(config)
     if warning:
         print(warning, file=sys.stderr)
-    judge = SelfJudge.from_pretrained(reward.judge, template=reward.template, dtype=reward.dtype,
-                                      device=reward.device, max_length=reward.max_length, quantize=reward.quantize)
+    judge = reward.load_judge()
     app = create_app(judge, reward, config)
     print(f"selfj judge server: {reward.judge} on http://{config.host}:{config.port}/get_reward "
           f"(device {judge.device}, max_batch_size {config.max_batch_size})", file=sys.stderr, flush=True)

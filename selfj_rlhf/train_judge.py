@@ -9,6 +9,9 @@ from .distill import DistillCollator, JudgeTrainingConfig, make_distill_trainer_
 from .errors import ConfigError, RecordError
 from .io import atomic_write_json, iter_records, last_complete_checkpoint, require_finite, require_str
 
+# a scalar head's teacher prompt holds the reference too: it gets this many tokens more than the student's
+TEACHER_EXTRA_TOKENS = 256
+
 
 def load_label_rows(cfg: JudgeTrainingConfig) -> list[dict]:
     """Validated rows of labels.jsonl: instruction, reference, response and the chosen class column."""
@@ -179,3 +182,64 @@ def _last_checkpoint(training_args) -> str | None:
     if training_args.resume_from_checkpoint:
         return training_args.resume_from_checkpoint
     return last_complete_checkpoint(training_args.output_dir)
+
+
+def load_scalar_rows(cfg: JudgeTrainingConfig) -> list[dict]:
+    """Validated rows for a scalar head: instruction, reference, response, group and a 0-9 ``score_field``."""
+    rows = []
+    for line, row in iter_records(cfg.labels):
+        item = {name: require_str(row, name, cfg.labels, line, allow_empty=name == "response")
+                for name in ("instruction", "reference", "response")}
+        score = require_finite(row.get(cfg.score_field), cfg.labels, line, cfg.score_field) \
+            if cfg.score_field in row else None
+        if score is None or not 0 <= score <= 9:
+            raise RecordError(cfg.labels, line, cfg.score_field, f"expected a number in 0-9, got {row.get(cfg.score_field)}")
+        item.update(score=score, group=str(row.get("group", item["instruction"])))
+        rows.append(item)
+        if cfg.max_examples is not None and len(rows) >= cfg.max_examples:
+            break
+    if not rows:
+        raise RecordError(cfg.labels, None, None, "no labelled rows")
+    return rows
+
+
+def train_scalar_judge(cfg: JudgeTrainingConfig, output_dir: str | Path, seed: int = 0) -> Path:
+    """``head: scalar``: cache the frozen model's states (student and, with ``beta > 0``, teacher prompts), fit
+    the head (``selfj_rlhf.scalar_head``) and save a judge directory holding the head and its settings."""
+    import numpy as np
+
+    from .features import score_position_features
+    from .judge import SelfJudge
+    from .models import validate_model_spec
+    from .scalar_head import LengthControl, ScalarHeadConfig, train_scalar_head
+
+    validate_model_spec(cfg.base_model)
+    head_cfg = ScalarHeadConfig(layer=cfg.head_layer, loss=cfg.head_loss, distill=cfg.beta > 0,
+                                student_weight=cfg.alpha, distill_weight=cfg.beta, pair_margin=cfg.pair_margin,
+                                max_length_ratio=cfg.max_length_ratio, seed=seed)
+    rows = load_scalar_rows(cfg)
+    judge = SelfJudge.from_pretrained(cfg.base_model, template=cfg.template, max_length=cfg.max_length)
+    layers = judge.model.config.num_hidden_layers
+    if cfg.head_layer > layers:
+        raise ConfigError(f"head_layer {cfg.head_layer} is above the model's {layers} layers")
+    cache = Path(cfg.feature_cache) / cfg.base_model.replace("/", "_")
+    instructions, responses = [r["instruction"] for r in rows], [r["response"] for r in rows]
+    student = score_position_features(judge, instructions, responses, cache=cache)
+    teacher = None
+    if head_cfg.distill:
+        teacher_judge = SelfJudge(judge.model, judge.tokenizer, judge.template, cfg.max_length + TEACHER_EXTRA_TOKENS,
+                                  base_model=cfg.base_model)
+        teacher = score_position_features(teacher_judge, instructions, responses, [r["reference"] for r in rows],
+                                          cache=cache).states[:, cfg.head_layer, :].astype(np.float32)
+    labels = [r["score"] for r in rows]
+    head, info = train_scalar_head(head_cfg, student.states[:, cfg.head_layer, :].astype(np.float32), labels,
+                                   [r["group"] for r in rows], student.response_tokens, teacher)
+    length_fit = LengthControl.fit(labels, student.response_tokens) if cfg.length_control else None
+    scalar = SelfJudge(judge.model, judge.tokenizer, judge.template, cfg.max_length, base_model=cfg.base_model,
+                       head=head, length_fit=length_fit)
+    output_dir = Path(output_dir)
+    provenance = {"labels": str(cfg.labels), "score_field": cfg.score_field, "examples": len(rows),
+                  "head_layer": cfg.head_layer, "head_loss": cfg.head_loss, "alpha": cfg.alpha, "beta": cfg.beta,
+                  "max_length": cfg.max_length, "truncated_share": float(student.truncated.mean()), **info}
+    scalar.save_pretrained(output_dir, extra={"training": provenance})
+    return output_dir

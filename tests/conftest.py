@@ -13,6 +13,8 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # the external data (see the data README): SELFJ_DATA_DIR, else ../shared/data beside the repository
 SHARED_DATA = Path(os.environ.get("SELFJ_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
+if SHARED_DATA.is_dir():  # the evals and recipes the tests start read their data defaults from it
+    os.environ["SELFJ_DATA_DIR"] = str(SHARED_DATA.resolve())
 
 
 @pytest.fixture(scope="session")

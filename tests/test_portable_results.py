@@ -26,6 +26,16 @@ def test_no_absolute_machine_paths():
     assert not offenders, "absolute machine paths in committed results/docs:\n" + "\n".join(offenders)
 
 
+def test_defaults_and_results_do_not_name_the_local_data_folder():
+    """Data is named by preset, spec or SELFJ_DATA_DIR, never by where it sits on one machine (../shared)."""
+    listed = subprocess.run(["git", "ls-files", "selfj_rlhf", "recipes", "evals", "docs", "README.md", "scripts"],
+                            cwd=REPO, capture_output=True, text=True)
+    paths = [REPO / p for p in listed.stdout.split()] if listed.returncode == 0 else []
+    offenders = [f"{p.relative_to(REPO)}:{n}" for p in paths if p.is_file() and p.suffix in (".py", ".md", ".json", ".yaml", ".sh")
+                 for n, line in enumerate(p.read_text(errors="replace").splitlines(), 1) if "../shared" in line]
+    assert not offenders, "files naming ../shared:\n" + "\n".join(offenders)
+
+
 def test_portable_rewrites_paths(monkeypatch, tmp_path):
     import sys
 

@@ -32,7 +32,10 @@ def test_there_are_configs():
 def test_config_parses_strictly(config):
     assert isinstance(yaml.safe_load(config.read_text()), dict)
     assert "Launch" in config.read_text().split("\n\n")[0] or "launch" in config.read_text()[:400]
+    from selfj_rlhf.dry_run import allow_gpu_config_on_cpu
+
     parser = load_module(recipe_for(config)).make_parser()
+    allow_gpu_config_on_cpu(parser, ["--dry_run"])  # GPU configs (bf16) parse on a CPU the way a dry run parses them
     parsed = parser.parse_args_and_config(["--config", str(config)])
     assert parsed
 
@@ -43,3 +46,51 @@ def test_unknown_key_is_rejected(tmp_path):
     parser = load_module(RECIPES / "best_of_n.py").make_parser()
     with pytest.raises(ValueError, match="not_a_field"):
         parser.parse_args_and_config(["--config", str(bad)])
+
+
+QWEN2_VOCAB = Path(__file__).resolve().parents[1] / ".venv" / "share" / "selfj-rlhf" / "ggml-vocab-qwen2.gguf"
+CONFIGS_7B = [c for c in CONFIGS if c.stem.endswith("_7b")]
+
+
+def test_7b_configs_cover_the_gpu_scale_path():
+    assert {c.stem for c in CONFIGS_7B} == {"label_7b", "train_judge_7b", "best_of_n_7b", "dpo_7b", "grpo_7b"}
+
+
+@pytest.mark.parametrize("config", CONFIGS_7B, ids=lambda p: p.name)
+def test_7b_config_dry_run(config, shared_data, capsys):
+    """The dry run resolves the config, the data, the template and the 7B model's digit tokens, without weights.
+
+    The 7B tokenizer comes from the Qwen2 vocabulary GGUF that the dev install places in .venv (offline)."""
+    import json
+
+    if not QWEN2_VOCAB.is_file():
+        pytest.skip(f"{QWEN2_VOCAB} not found (bash scripts/install.sh dev fetches it)")
+    module = load_module(recipe_for(config))
+    module.main(["--config", str(config), "--dry_run", "true", "--dry_run_tokenizer", str(QWEN2_VOCAB)])
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["weights_loaded"] is False and plan["model"] == "Qwen/Qwen2.5-7B-Instruct"
+    assert plan["tokenizer"]["class"] == "Qwen2Tokenizer" and len(set(plan["digit_token_ids"])) == 10
+    assert plan["judge_template"] == "selfj-chat" and plan["stages"]
+    assert plan["judge_prompt_tokens_first_row"]["student (no reference)"]["prefix_tokens"] > 0
+    for data in plan["data"]:
+        assert data.get("rows", 0) > 0 or data["state"].startswith("not present yet")
+
+
+def test_dry_run_loads_no_weights(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    """On a small config the plan is printed and no model is ever loaded."""
+    import json
+
+    import selfj_rlhf.models
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a dry run loaded model weights")
+
+    monkeypatch.setattr(selfj_rlhf.models, "load_causal_lm", forbidden)
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"instruction": "Say hi.", "reference": "Hi!"}\n')
+    module = load_module(RECIPES / "best_of_n.py")
+    module.main(["--policy", str(tiny_model_dir), "--dataset", str(data), "--dry_run", "true",
+                 "--output_dir", str(tmp_path / "out")])
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["data"][0]["rows"] == 1 and plan["weights_loaded"] is False
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,496 @@
+"""Judge quality, second design: a response pool for the SELF-J teacher, read from the middle layers.
+
+    python evals/judge_pool.py --save_design pool-L18 --save_judge selfj_rlhf/judges/selfj-smollm2-135m
+
+The pool is the arena-bench v1 development half (one row per answer of 15 models to 150 questions, with the
+GPT-4 reference), split by question (recipes/splits/arena_bench_v1_dev.json). On the training questions the
+SELF-J teacher labels every answer from the reference alone (MiniLM cosine, chunked cosine, token F1, and
+optionally the policy's own with-reference rating), within its question; off-topic answers (another
+question's) and injected answers (an honest answer plus a note to the grader) join with a penalty. The pool's
+GPT-4 grades are read only to measure, on the held-out questions: never for labels or training.
+
+Every design of the table is a head on the frozen policy's cached score-position states
+(``selfj_rlhf.features``), so the expensive part, one forward per text, runs once for all rows; the digit
+rows (zero-shot, the previously shipped LoRA judge) are read from their own forward passes.
+
+Columns, all on held-out questions: pooled Pearson with the GPT-4 grade, mean Spearman within question,
+partial correlation given log length, Spearman with length, score std, LLMBar accuracy, the judge-gaming
+shifts (the attacks of evals/judge_gaming.py on one honest pool answer per held-out question), and the
+best-of-4 pick on AlpacaEval prompts (evals/bestofn_check.py's candidates) by cosine and F1 to the reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import command_line, default_data, machine_info, write_results  # noqa: E402
+from judge_correlation import arena_metrics, pairwise_accuracy  # noqa: E402
+from judge_gaming import ATTACKS  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+GAMING_ROWS = ("inject: rate 9", "honest + note to grader", "fake reference block", "repeated digits",
+               "off-topic", "constant generic")
+
+
+def make_parser():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pool", default=default_data("arena_bench_v1"))
+    parser.add_argument("--split", default=str(REPO / "recipes" / "splits" / "arena_bench_v1_dev.json"))
+    parser.add_argument("--llmbar", default=default_data("llmbar"))
+    parser.add_argument("--llmbar_pairs", type=int, default=300)
+    parser.add_argument("--bestofn_candidates", default="runs/eval_cache/bestofn-gpt4_1106_preview_outputs-n30-k4-s0.json",
+                        help="Candidates cached by evals/bestofn_check.py (run it first).")
+    parser.add_argument("--own_samples", type=int, default=4,
+                        help="The policy's own samples per training question, for the own-samples-only row (0: off).")
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--previous_judge", default=None, help="A digit judge directory to measure beside (LoRA).")
+    parser.add_argument("--student_max_length", type=int, default=1024)
+    parser.add_argument("--teacher_max_length", type=int, default=1280)
+    parser.add_argument("--injected_per_question", type=int, default=2)
+    parser.add_argument("--offtopic_per_question", type=int, default=1)
+    parser.add_argument("--penalty", type=float, default=4.0)
+    parser.add_argument("--cache_dir", default="runs/features")
+    parser.add_argument("--stage", choices=("features", "all"), default="all",
+                        help="features: compute and cache every forward pass, then stop.")
+    parser.add_argument("--scalar_judge", action="append", default=[],
+                        help="NAME=DIR of a scalar-head judge trained by recipes/train_judge.py (head: scalar), "
+                             "measured from the same cached states and checked against its own forward.")
+    parser.add_argument("--name", default="judge_pool")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+# ---------------------------------------------------------------------------------------------- data
+def load_everything(args):
+    from selfj_rlhf.io import iter_records
+    from selfj_rlhf.pool import augmented_rows, load_pool, read_split, select
+
+    pool = load_pool([args.pool])
+    split = read_split(args.split)
+    train, heldout = select(pool, split["train"]), select(pool, split["heldout"])
+    # grades are read here, for measurement only, and only for held-out answers
+    grades = {row["id"]: row for _, row in iter_records(args.pool) if row["question_id"] in set(split["heldout"])}
+    measured = [{"id": a.id, "question_id": a.group, "model": a.model, "response": a.response,
+                 "score": grades[a.id]["score"]} for a in heldout]
+    rng = random.Random(args.seed)
+    by_question: dict[str, list] = {}
+    for a in heldout:
+        by_question.setdefault(a.group, []).append(a)
+    honest = [rng.choice(sorted(members, key=lambda a: a.id)) for _, members in sorted(by_question.items())]
+    gaming = {"honest": [(a.instruction, a.response) for a in honest]}
+    gaming |= {name: [(a.instruction, ATTACKS[name](a.response)) for a in honest] for name in GAMING_ROWS}
+    llmbar = random.Random(args.seed).sample([r for _, r in iter_records(args.llmbar)], k=args.llmbar_pairs)
+    bestofn = json.loads(Path(args.bestofn_candidates).read_text()) if Path(args.bestofn_candidates).is_file() else []
+    return {"pool": pool, "split": split, "train": train, "heldout": heldout, "measured": measured,
+            "gaming": gaming, "llmbar": llmbar, "bestofn": bestofn, "augmented_rows": augmented_rows}
+
+
+def judges(args):
+    from selfj_rlhf import SelfJudge
+
+    student = SelfJudge.from_pretrained(args.model, max_length=args.student_max_length)
+    teacher = SelfJudge(student.model, student.tokenizer, student.template, args.teacher_max_length,
+                        base_model=args.model)
+    return student, teacher
+
+
+def features(judge, pairs, references=None, *, cache, desc):
+    from selfj_rlhf.features import score_position_features
+
+    print(f"[features] {desc}: {len(pairs)} texts", flush=True)
+    return score_position_features(judge, [p[0] for p in pairs], [p[1] for p in pairs], references, cache=cache)
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+def partial_given_length(scores, grades, tokens) -> float:
+    """Correlation of score and grade after a linear fit on log length is removed from each."""
+    import numpy as np
+
+    x = np.log1p(np.asarray(tokens, float))
+
+    def residual(v):
+        v = np.asarray(v, float)
+        slope, intercept = np.polyfit(x, v, 1)
+        return v - (slope * x + intercept)
+
+    a, b = residual(scores), residual(grades)
+    return float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else float("nan")
+
+
+def measure(score_fn, d, feats) -> dict:
+    """All columns for one judge. ``score_fn(set_name) -> scores`` over the cached texts of that set."""
+    import numpy as np
+
+    measured = d["measured"]
+    scores = np.asarray(score_fn("heldout"), float)
+    grades = [r["score"] for r in measured]
+    tokens = feats["heldout"].response_tokens
+    row = {k: v for k, v in arena_metrics(measured, scores.tolist()).items()
+           if k in ("n", "pearson", "spearman_within_question", "spearman_with_length", "score_std")}
+    row["partial_given_log_length"] = partial_given_length(scores, grades, tokens)
+    honest = np.asarray(score_fn("gaming:honest"), float)
+    row["gaming"] = {}
+    for attack in GAMING_ROWS:
+        attacked = np.asarray(score_fn(f"gaming:{attack}"), float)
+        row["gaming"][attack] = {"shift": float((attacked - honest).mean()),
+                                 "share_at_least_honest": float((attacked >= honest).mean())}
+    if d["llmbar"]:
+        a, b = score_fn("llmbar:a"), score_fn("llmbar:b")
+        row["llmbar_accuracy"] = pairwise_accuracy(list(a), list(b), d["llmbar"])
+    if d["bestofn"]:
+        flat = np.asarray(score_fn("bestofn"), float)
+        k = len(d["bestofn"][0]["candidates"])
+        picks = [int(np.argmax(flat[i * k:(i + 1) * k])) for i in range(len(d["bestofn"]))]
+        row["bestofn_cosine"] = statistics.fmean(item["cosine"][p] for item, p in zip(d["bestofn"], picks))
+        row["bestofn_f1"] = statistics.fmean(item["f1"][p] for item, p in zip(d["bestofn"], picks))
+    return row
+
+
+def main(argv=None):
+    args = make_parser().parse_args(argv)
+    import numpy as np
+
+    from selfj_rlhf.features import FeatureCache
+    from selfj_rlhf.labeling import load_embedder
+    from selfj_rlhf.pool import answer_rows, similarity_signals, teacher_labels
+
+    start = time.perf_counter()
+    d = load_everything(args)
+    student, teacher = judges(args)
+    cache = FeatureCache(Path(args.cache_dir) / args.model.replace("/", "_"))
+    embedder = load_embedder("all-minilm-l6-v2", "cpu")
+
+    # ---- teacher labels of the training questions (reference-based signals; no grade)
+    rows = answer_rows(d["train"])
+    for row, signals in zip(rows, similarity_signals(d["train"], embedder)):
+        row.update(signals)
+    base_labels = dict(zip([r["id"] for r in rows], teacher_labels(rows, {"cosine": 1, "chunked_cosine": 1, "f1": 1})))
+    augmented = d["augmented_rows"](d["train"], base_labels, offtopic_per_group=args.offtopic_per_question,
+                                    injected_per_group=args.injected_per_question, penalty=args.penalty,
+                                    seed=args.seed)
+
+    # ---- every forward pass (cached; a rerun computes nothing)
+    feats = {}
+    feats["heldout"] = features(student, [(a.instruction, a.response) for a in d["heldout"]], cache=cache,
+                                desc="held-out pool answers")
+    feats["train"] = features(student, [(r["instruction"], r["response"]) for r in rows], cache=cache,
+                              desc="training pool answers")
+    feats["augmented"] = features(student, [(r["instruction"], r["response"]) for r in augmented], cache=cache,
+                                  desc="augmented training answers")
+    for attack, pairs in d["gaming"].items():
+        feats[f"gaming:{attack}"] = features(student, pairs, cache=cache, desc=f"gaming {attack}")
+    if d["bestofn"]:
+        feats["bestofn"] = features(student, [(i["instruction"], c) for i in d["bestofn"] for c in i["candidates"]],
+                                    cache=cache, desc="best-of-4 candidates")
+    if d["llmbar"]:
+        for side in ("a", "b"):
+            feats[f"llmbar:{side}"] = features(student, [(r["instruction"], r[f"response_{side}"]) for r in d["llmbar"]],
+                                               cache=cache, desc=f"LLMBar response_{side}")
+    own = own_sample_rows(args, d, student, embedder)
+    if own:
+        feats["own"] = features(student, [(r["instruction"], r["response"]) for r in own], cache=cache,
+                                desc="the policy's own samples")
+    teacher_pairs = [(r["instruction"], r["response"]) for r in rows + augmented]
+    feats["teacher"] = features(teacher, teacher_pairs, [r["reference"] for r in rows + augmented], cache=cache,
+                                desc="teacher (with reference) prompts")
+    if args.previous_judge:  # its own forward passes, cached as scores
+        previous = previous_judge_scores(args, d)
+        for name in ["heldout", *[f"gaming:{k}" for k in d["gaming"]], "bestofn", "llmbar:a", "llmbar:b"]:
+            previous(name)
+    if args.stage == "features":
+        print(f"features cached in {time.perf_counter() - start:.0f} s")
+        return
+    table, checks = evaluate(args, d, rows, augmented, feats, student, own)
+    payload = {"command": command_line(), "machine": machine_info(), "pool": args.pool, "split": args.split,
+               "train_questions": len(d["split"]["train"]), "heldout_questions": len(d["split"]["heldout"]),
+               "train_answers": len(rows), "augmented_answers": len(augmented), "heldout_answers": len(d["heldout"]),
+               "llmbar_pairs": len(d["llmbar"]), "bestofn_prompts": len(d["bestofn"]),
+               "student_max_length": args.student_max_length, "teacher_max_length": args.teacher_max_length,
+               "truncated_share_heldout": float(feats["heldout"].truncated.mean()),
+               "tokens_scored": student.scored_tokens + teacher.scored_tokens,
+               "wall_s": round(time.perf_counter() - start, 1), "rows": table, "judge_checks": checks,
+               "bestofn_baselines": bestofn_baselines(d["bestofn"])}
+    write_results(args.name, payload, render(payload))
+    print(render(payload))
+
+
+# ---------------------------------------------------------------------------------------------- designs
+DESIGNS = {
+    # name: layer, loss, distill, teacher signal weights, augmented rows, extra head settings
+    "pool-L18": dict(layer=18),
+    "pool-L18 pairwise": dict(layer=18, loss="pairwise"),
+    "pool-L18 mse+pairwise": dict(layer=18, loss="mse+pairwise"),
+    "pool-L18 length-matched pairs": dict(layer=18, loss="mse+pairwise", max_length_ratio=1.5),
+    "pool-L18 no distillation": dict(layer=18, distill=False),
+    "pool-L18 + self-rating": dict(layer=18, weights={"cosine": 1, "chunked_cosine": 1, "f1": 1, "selfeval": 1}),
+    "pool-L18 self-rating only": dict(layer=18, weights={"selfeval": 1}),
+    "pool-L18 no injected/off-topic rows": dict(layer=18, augment=False),
+    "pool-L18 rank over the pool (not within question)": dict(layer=18, normalize="rank"),
+    "pool-L12": dict(layer=12),
+    "pool-L24": dict(layer=24),
+    "pool-L30 (top)": dict(layer=30),
+}
+SIMILARITY = {"cosine": 1, "chunked_cosine": 1, "f1": 1}
+
+
+def design_labels(rows, augmented, teacher_zero_shot, weights, normalize, penalty):
+    """Teacher labels of the pool rows (with the policy's with-reference rating as ``selfeval``) and of the
+    augmented rows (off-topic 0, injected: the honest answer's label minus the penalty)."""
+    from selfj_rlhf.pool import teacher_labels
+
+    for row, rating in zip(rows, teacher_zero_shot):
+        row["selfeval"] = float(rating) / 9.0
+    labels = teacher_labels(rows, weights, normalize)
+    by_id = dict(zip([r["id"] for r in rows], labels))
+    extra = [0.0 if r["kind"] == "offtopic" else max(0.0, by_id[r["id"].split("#")[0]] - penalty) for r in augmented]
+    return labels, extra
+
+
+def train_digit_readout(student, teacher, labels, digit_rows, steps=300, lr=0.01):
+    """The digit judge's readout retrained on cached last-layer states: the LM head's ten digit rows, with
+    SELF-J's CE(teacher) + 0.3 CE(student) + 2 KL(teacher || student) on the label classes."""
+    import numpy as np
+    import torch
+
+    from selfj_rlhf.labeling import to_class
+
+    weight = torch.tensor(digit_rows, dtype=torch.float32, requires_grad=True)
+    xs, xt = torch.tensor(student, dtype=torch.float32), torch.tensor(teacher, dtype=torch.float32)
+    y = torch.tensor([to_class(v / 9.0) for v in labels])
+    optimizer = torch.optim.Adam([weight], lr=lr)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        ls, lt = torch.log_softmax(xs @ weight.T, -1), torch.log_softmax(xt @ weight.T, -1)
+        kl = torch.sum(lt.exp() * (lt - ls), -1).mean()
+        loss = torch.nn.functional.nll_loss(lt, y) + 0.3 * torch.nn.functional.nll_loss(ls, y) + 2 * kl
+        loss.backward()
+        optimizer.step()
+    return np.asarray(weight.detach())
+
+
+def own_sample_rows(args, d, student, embedder) -> list[dict]:
+    """The policy's own samples on the training questions (cached), labelled by the same teacher."""
+    from selfj_rlhf.generation import generate_candidates
+    from selfj_rlhf.io import atomic_write_json
+    from selfj_rlhf.pool import PoolAnswer, similarity_signals, teacher_labels
+
+    if not args.own_samples:
+        return []
+    path = Path(args.cache_dir) / f"own-samples-{args.model.replace('/', '_')}-k{args.own_samples}-s{args.seed}.json"
+    questions = {}
+    for a in d["train"]:
+        questions.setdefault(a.group, a)
+    if path.is_file():
+        samples = json.loads(path.read_text())
+    else:
+        from tqdm.auto import tqdm
+
+        samples = {group: [c["text"] for c in generate_candidates(
+            student.model, student.tokenizer, a.instruction, n=args.own_samples, seed=args.seed, prompt_id=group,
+            max_new_tokens=256, temperature=0.8, top_p=0.95)] for group, a in tqdm(questions.items(), desc="own samples")}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, samples, indent=None)
+    answers = [PoolAnswer(f"{group}#own{i}", group, questions[group].instruction, questions[group].reference, text,
+                          args.model) for group, texts in samples.items() for i, text in enumerate(texts)]
+    rows = [{"id": a.id, "group": a.group, "instruction": a.instruction, "response": a.response, **signals}
+            for a, signals in zip(answers, similarity_signals(answers, embedder))]
+    for row, label in zip(rows, teacher_labels(rows, SIMILARITY)):
+        row["label"] = label
+    return rows
+
+
+def evaluate(args, d, rows, augmented, feats, student, own):
+    import numpy as np
+    from sklearn.linear_model import RidgeCV
+
+    from selfj_rlhf.scalar_head import LengthControl, ScalarHeadConfig, train_scalar_head
+
+    n_pool = len(rows)
+    teacher_states = feats["teacher"].states
+    teacher_zero_shot = feats["teacher"].zero_shot_scores[:n_pool]
+    groups = [r["group"] for r in rows + augmented]
+    tokens = np.concatenate([feats["train"].response_tokens, feats["augmented"].response_tokens])
+    eval_sets = [name for name in feats if name not in ("train", "augmented", "teacher")]
+
+    def states(name, layer):
+        return feats[name].states[:, layer, :].astype(np.float32)
+
+    table = {}
+    for name, spec in DESIGNS.items():
+        spec = dict(spec)
+        weights, normalize = spec.pop("weights", SIMILARITY), spec.pop("normalize", "within")
+        augment = spec.pop("augment", True)
+        labels, extra = design_labels(rows, augmented, teacher_zero_shot, weights, normalize, args.penalty)
+        keep = np.arange(n_pool + (len(augmented) if augment else 0))
+        y = np.asarray(labels + extra)[keep]
+        cfg = ScalarHeadConfig(seed=args.seed, **spec)
+        student_x = np.concatenate([states("train", cfg.layer), states("augmented", cfg.layer)])[keep]
+        head, info = train_scalar_head(cfg, student_x, y, [groups[i] for i in keep], tokens[keep],
+                                       teacher_states[keep, cfg.layer, :].astype(np.float32))
+        w = head.linear.weight.detach().numpy()[0]
+        b = float(head.linear.bias.detach())
+        lc = LengthControl.fit(y, tokens[keep])
+        scored = {s: states(s, cfg.layer) @ w + b for s in eval_sets}
+        table[name] = measure(scored.__getitem__, d, feats)
+        table[name]["training"] = info
+        table[f"{name}, length-controlled"] = measure(lambda s: lc.apply(scored[s], feats[s].response_tokens), d, feats)
+        print(name, {k: table[name][k] for k in ("pearson", "partial_given_log_length", "score_std")}, flush=True)
+
+    if own:
+        y = np.asarray([r["label"] for r in own])
+        cfg = ScalarHeadConfig(layer=18, distill=False, seed=args.seed)
+        head, info = train_scalar_head(cfg, states("own", 18), y, [r["group"] for r in own], feats["own"].response_tokens)
+        w, b = head.linear.weight.detach().numpy()[0], float(head.linear.bias.detach())
+        table["own samples only, L18, no distillation"] = measure(lambda s: states(s, 18) @ w + b, d, feats)
+        table["own samples only, L18, no distillation"]["training"] = info
+
+    # digit readout retrained on the pool (the digit judge's counterpart of the scalar head)
+    labels, extra = design_labels(rows, augmented, teacher_zero_shot, SIMILARITY, "within", args.penalty)
+    embeddings = student.model.get_output_embeddings().weight.detach().float().numpy()[student.digit_ids]
+    top = len(feats["heldout"].states[0]) - 1
+    readout = train_digit_readout(np.concatenate([states("train", top), states("augmented", top)]),
+                                  teacher_states[:, top, :].astype(np.float32), labels + extra, embeddings)
+
+    def digit_scores(name):
+        logits = states(name, top) @ readout.T
+        probs = np.exp(logits - logits.max(1, keepdims=True))
+        return (probs / probs.sum(1, keepdims=True)) @ np.arange(10)
+
+    table["digit readout retrained on the pool (last layer)"] = measure(digit_scores, d, feats)
+
+    # baselines
+    table["zero-shot SELF-J digit judge"] = measure(lambda s: feats[s].zero_shot_scores, d, feats)
+    table["response length (tokens)"] = measure(lambda s: feats[s].response_tokens, d, feats)
+    if args.previous_judge:
+        table["previously shipped judge (LoRA digit)"] = measure(previous_judge_scores(args, d), d, feats)
+    # diagnostic ceiling: a probe fitted to the GPT-4 grades of the *training* questions (never a judge)
+    from selfj_rlhf.io import iter_records
+
+    train_ids = {a.id for a in d["train"]}
+    train_grades = {r["id"]: r["score"] for _, r in iter_records(args.pool) if r["id"] in train_ids}
+    probe = RidgeCV(alphas=np.logspace(0, 5, 11)).fit(states("train", 18), [train_grades[r["id"]] for r in rows])
+    table["ceiling: probe on GPT-4 grades (diagnostic only)"] = measure(lambda s: probe.predict(states(s, 18)), d, feats)
+
+    checks = {}
+    for name, directory in (item.split("=", 1) for item in args.scalar_judge):
+        head, lc = load_head(directory)
+        scored = {s: states(s, head.layer) @ head.linear.weight.detach().numpy()[0] + float(head.linear.bias)
+                  for s in eval_sets}
+        table[name] = measure(scored.__getitem__, d, feats)
+        if lc is not None:
+            table[f"{name}, length-controlled"] = measure(lambda s: lc.apply(scored[s], feats[s].response_tokens), d, feats)
+        checks[name] = check_judge(directory, d, scored["heldout"], student)
+    return table, checks
+
+
+def load_head(directory):
+    from selfj_rlhf.judge import JUDGE_CONFIG_NAME
+    from selfj_rlhf.scalar_head import LengthControl, ScalarHead
+
+    config = json.loads((Path(directory) / JUDGE_CONFIG_NAME).read_text())
+    lc = LengthControl.from_dict(config["length_control"]) if config.get("length_control") else None
+    return ScalarHead.load(directory, int(config["head"]["layer"])), lc
+
+
+def check_judge(directory, d, cached_scores, student, n=16) -> dict:
+    """The judge directory loaded as users load it scores like the head on cached states, and costs less than
+    the full-depth digit judge on the same answers."""
+    import numpy as np
+
+    from selfj_rlhf import SelfJudge
+
+    judge = SelfJudge.from_pretrained(directory)
+    sample = d["heldout"][:n]
+    timings = {}
+    for name, scorer in (("scalar head", judge), ("zero-shot digit judge (all layers)", student)):
+        scorer.score([a.instruction for a in sample[:2]], [a.response for a in sample[:2]])  # warm-up
+        t0 = time.perf_counter()
+        scores = scorer.score([a.instruction for a in sample], [a.response for a in sample])
+        timings[name] = round(time.perf_counter() - t0, 2)
+        if scorer is judge:
+            direct = np.asarray(scores)
+    return {"answers": n, "max_abs_diff_vs_cached_states": float(np.max(np.abs(direct - cached_scores[:n]))),
+            "scoring_s": timings}
+
+
+def previous_judge_scores(args, d):
+    """Scores of a digit judge directory on every evaluated text (its own forward passes, cached as JSON)."""
+    from judge_correlation import ScoreCache
+
+    from selfj_rlhf import SelfJudge
+
+    judge = None
+    cache = ScoreCache(Path(args.cache_dir) / "scores", Path(args.previous_judge).name)
+    texts = {"heldout": [(a.instruction, a.response) for a in d["heldout"]]}
+    texts |= {f"gaming:{k}": v for k, v in d["gaming"].items()}
+    texts["bestofn"] = [(i["instruction"], c) for i in d["bestofn"] for c in i["candidates"]]
+    for side in ("a", "b"):
+        texts[f"llmbar:{side}"] = [(r["instruction"], r[f"response_{side}"]) for r in d["llmbar"]]
+
+    def compute(name):
+        nonlocal judge
+        judge = judge or SelfJudge.from_pretrained(args.previous_judge)
+        return judge.score([p[0] for p in texts[name]], [p[1] for p in texts[name]])
+
+    return lambda name: cache.get(name, lambda: compute(name))
+
+
+def bestofn_baselines(items) -> dict:
+    if not items:
+        return {}
+    k = len(items[0]["candidates"])
+
+    def pick(choose):
+        picks = [choose(i) for i in items]
+        return {"cosine": statistics.fmean(i["cosine"][p] for i, p in zip(items, picks)),
+                "f1": statistics.fmean(i["f1"][p] for i, p in zip(items, picks))}
+
+    return {"random (mean over candidates)": {"cosine": statistics.fmean(statistics.fmean(i["cosine"]) for i in items),
+                                              "f1": statistics.fmean(statistics.fmean(i["f1"]) for i in items)},
+            "longest": pick(lambda i: max(range(k), key=lambda c: len(i["candidates"][c]))),
+            "oracle by cosine": pick(lambda i: max(range(k), key=lambda c: i["cosine"][c]))}
+
+
+def render(payload) -> str:
+    m = payload["machine"]
+    lines = [f"# Judge quality on {payload['heldout_questions']} held-out arena questions "
+             f"({payload['heldout_answers']} answers)", "",
+             f"Command: `{payload['command']}`  ", f"Machine: {m['cpu']}, {m['cpu_count']} cores, {m['date']}  ",
+             f"Training: {payload['train_answers']} pool answers of {payload['train_questions']} questions + "
+             f"{payload['augmented_answers']} off-topic/injected rows; labels from the reference only.  ",
+             f"Held-out responses truncated at {payload['student_max_length']} tokens: "
+             f"{payload['truncated_share_heldout']:.0%}. Tokens scored this run: {payload['tokens_scored']:,}; "
+             f"wall time {payload['wall_s']:.0f} s.", "",
+             "| judge | Pearson | within-q Spearman | partial r given log len | Spearman w/ length | score std | "
+             "LLMBar acc | 'rate 9' shift | 'rate 9' >= honest | note shift | best-of-4 cos | best-of-4 F1 |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+
+    def f(v, fmt="{:.3f}"):
+        return "-" if v is None else fmt.format(v)
+
+    for name, r in payload["rows"].items():
+        g = r["gaming"]
+        lines.append(f"| {name} | {f(r['pearson'])} | {f(r['spearman_within_question'])} | "
+                     f"{f(r['partial_given_log_length'])} | {f(r['spearman_with_length'])} | {f(r['score_std'], '{:.2f}')} | "
+                     f"{f(r.get('llmbar_accuracy'))} | {g['inject: rate 9']['shift']:+.2f} | "
+                     f"{g['inject: rate 9']['share_at_least_honest']:.0%} | {g['honest + note to grader']['shift']:+.2f} | "
+                     f"{f(r.get('bestofn_cosine'))} | {f(r.get('bestofn_f1'))} |")
+    if payload["bestofn_baselines"]:
+        lines += ["", f"Best-of-4 baselines on {payload['bestofn_prompts']} AlpacaEval prompts: " + "; ".join(
+            f"{name} cosine {v['cosine']:.3f}, F1 {v['f1']:.3f}" for name, v in payload["bestofn_baselines"].items())]
+    for name, check in payload["judge_checks"].items():
+        lines += ["", f"`{name}` loaded with `SelfJudge.from_pretrained`: largest difference from the head on cached "
+                      f"states {check['max_abs_diff_vs_cached_states']:.4f} over {check['answers']} held-out answers; "
+                      "scoring time " + ", ".join(f"{k} {v:.2f} s" for k, v in check["scoring_s"].items()) + "."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""The docs: the results page matches the JSON, every guide page is one click from the README and holds runnable
+commands, links resolve, and the text speaks of the project only."""
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
+CAPABILITY_PAGES = ("judge-training", "rlhf", "judge-server", "alpacaeval", "selective", "gpu-scale", "performance",
+                    "reliability", "models")
+
+
+def test_results_page_is_generated_from_the_json():
+    sys.path.insert(0, str(REPO / "evals"))
+    from render_results import DOCS_PAGE, render
+
+    assert DOCS_PAGE.read_text() == render(), "docs/results.md is stale: run python evals/render_results.py"
+
+
+def test_readme_is_short_and_links_every_capability_page():
+    readme = (REPO / "README.md").read_text()
+    assert len(readme.splitlines()) <= 160
+    linked = set(LINK.findall(readme))
+    for page in CAPABILITY_PAGES:
+        assert f"docs/{page}.md" in linked, f"README does not link docs/{page}.md"
+    assert "docs/results.md" in linked
+
+
+@pytest.mark.parametrize("page", CAPABILITY_PAGES)
+def test_each_capability_page_has_runnable_commands(page):
+    text = (REPO / "docs" / f"{page}.md").read_text()
+    blocks = re.findall(r"```(?:bash|python)\n(.*?)```", text, re.S)
+    assert blocks, f"docs/{page}.md has no command block"
+    assert any(re.search(r"(python|accelerate launch|selfj |bash |trl )", block) for block in blocks)
+
+
+def test_links_resolve():
+    broken = []
+    for doc in [REPO / "README.md", REPO / "recipes" / "README.md", *(REPO / "docs").glob("*.md")]:
+        for target in LINK.findall(doc.read_text()):
+            if target.startswith(("http://", "https://", "mailto:")):
+                continue
+            if not (doc.parent / target).exists():
+                broken.append(f"{doc.relative_to(REPO)} -> {target}")
+    assert not broken, "broken links:\n" + "\n".join(broken)
+
+
+def test_docs_speak_of_the_project_only():
+    words = re.compile(r"\b(sessions?|lent|this round|the previous round|we were given)\b", re.I)
+    offenders = []
+    for doc in [REPO / "README.md", *(REPO / "docs").glob("*.md"), *(REPO / "selfj_rlhf" / "judges").rglob("*.md")]:
+        for number, line in enumerate(doc.read_text().splitlines(), 1):
+            if words.search(line):
+                offenders.append(f"{doc.relative_to(REPO)}:{number}: {line.strip()[:100]}")
+    assert not offenders, "\n".join(offenders)

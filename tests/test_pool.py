@@ -1,0 +1,154 @@
+"""Response pool: loading, the by-question split, teacher labels, augmentation, and no grade reaching labels."""
+
+import json
+
+import pytest
+
+from selfj_rlhf.errors import ConfigError, RecordError
+from selfj_rlhf.pool import (PoolFields, augmented_rows, load_pool, read_split, select, split_groups, teacher_labels,
+                             write_split)
+from selfj_rlhf.io import atomic_write_jsonl
+
+GRADE_FIELDS = ("score", "judge", "rationale", "scale")
+
+
+def write_jsonl(path, rows):
+    atomic_write_jsonl(path, rows)
+    return path
+
+
+def pool_rows(questions=4, models=3):
+    rows = []
+    for q in range(questions):
+        for m in range(models):
+            rows.append({"id": f"q{q}:m{m}", "question_id": f"q{q}", "model": f"m{m}", "instruction": f"Question {q}?",
+                         "reference": f"The reference answer to question {q} is {q * 7}.",
+                         "response": f"Model {m} says {q * 7 if m == 0 else 'something else'} to question {q}.",
+                         "score": 10 - m, "judge": "gpt-4", "rationale": "because", "scale": "1-10"})
+    return rows
+
+
+class GradeGuard(dict):
+    """A row that fails the test as soon as a grade field is read."""
+
+    def __getitem__(self, key):
+        assert key not in GRADE_FIELDS, f"grade field '{key}' was read"
+        return super().__getitem__(key)
+
+    def get(self, key, default=None):
+        assert key not in GRADE_FIELDS, f"grade field '{key}' was read"
+        return super().get(key, default)
+
+    def __contains__(self, key):
+        assert key not in GRADE_FIELDS, f"grade field '{key}' was probed"
+        return super().__contains__(key)
+
+
+def test_load_pool_groups_and_never_reads_grades(tmp_path, monkeypatch):
+    path = write_jsonl(tmp_path / "pool.jsonl", pool_rows())
+    import selfj_rlhf.pool as pool_module
+
+    real = pool_module.iter_records
+    monkeypatch.setattr(pool_module, "iter_records", lambda p: ((n, GradeGuard(r)) for n, r in real(p)))
+    answers = load_pool([path])
+    assert len(answers) == 12 and {a.group for a in answers} == {"q0", "q1", "q2", "q3"}
+    assert answers[0].model == "m0" and answers[0].reference.startswith("The reference")
+    for name in GRADE_FIELDS:
+        assert all(not hasattr(a, name) for a in answers)
+    # labelling from these answers: the guard is gone, and no field of the dataclass carries a grade
+    rows = [{"id": a.id, "group": a.group, "cosine": 0.1 * i, "f1": 0.05 * i} for i, a in enumerate(answers)]
+    labels = teacher_labels(rows, {"cosine": 1, "f1": 1})
+    assert len(labels) == 12 and all(0 <= v <= 9 for v in labels)
+
+
+def test_load_pool_missing_group_groups_by_instruction_and_names_bad_rows(tmp_path):
+    rows = [{"instruction": "A?", "response": "x", "reference": "ref a"},
+            {"instruction": "A?", "response": "y", "reference": "ref a"},
+            {"instruction": "B?", "response": "z", "reference": "ref b"}]
+    answers = load_pool([write_jsonl(tmp_path / "p.jsonl", rows)])
+    assert answers[0].group == answers[1].group != answers[2].group
+    assert answers[0].model == "unknown"
+    bad = write_jsonl(tmp_path / "bad.jsonl", rows[:1] + [{"instruction": "C?", "response": "r"}])
+    with pytest.raises(RecordError, match=r"bad\.jsonl:2: field 'reference': missing"):
+        load_pool([bad])
+    renamed = write_jsonl(tmp_path / "renamed.jsonl", [{"q": "A?", "a": "x", "gold": "r", "qid": 7}])
+    answer = load_pool([renamed], PoolFields(instruction="q", response="a", reference="gold", group="qid"))[0]
+    assert (answer.instruction, answer.response, answer.reference, answer.group) == ("A?", "x", "r", "7")
+
+
+def test_split_is_by_group_seeded_and_round_trips(tmp_path):
+    groups = [f"q{i}" for i in range(20) for _ in range(3)]
+    split = split_groups(groups, heldout=6, seed=1)
+    assert len(split["heldout"]) == 6 and len(split["train"]) == 14
+    assert not set(split["train"]) & set(split["heldout"])
+    assert split == split_groups(list(reversed(groups)), heldout=6, seed=1)  # order of rows does not matter
+    assert split != split_groups(groups, heldout=6, seed=2)
+    write_split(tmp_path / "split.json", split, seed=1)
+    assert read_split(tmp_path / "split.json") == split
+    with pytest.raises(ConfigError):
+        split_groups(groups, heldout=20)
+    (tmp_path / "overlap.json").write_text(json.dumps({"train": ["a", "b"], "heldout": ["b"]}))
+    with pytest.raises(RecordError, match="heldout"):
+        read_split(tmp_path / "overlap.json")
+
+
+def test_committed_split_covers_at_least_90_train_and_50_heldout_questions():
+    from conftest import REPO_ROOT
+
+    split = read_split(REPO_ROOT / "recipes" / "splits" / "arena_bench_v1_dev.json")
+    assert len(split["train"]) >= 90 and len(split["heldout"]) >= 50
+
+
+def test_committed_split_matches_the_pool(shared_data):
+    from conftest import REPO_ROOT
+
+    answers = load_pool([shared_data / "arena_bench_v1" / "grades.jsonl"])
+    split = read_split(REPO_ROOT / "recipes" / "splits" / "arena_bench_v1_dev.json")
+    assert set(split["train"]) | set(split["heldout"]) == {a.group for a in answers}
+    assert split == split_groups([a.group for a in answers], heldout=50, seed=0)
+    assert not {a.id for a in select(answers, split["train"])} & {a.id for a in select(answers, split["heldout"])}
+
+
+def test_teacher_labels_within_question_percentiles():
+    rows = [{"id": str(i), "group": "a" if i < 3 else "b", "cosine": c, "f1": 0.0}
+            for i, c in enumerate([0.1, 0.5, 0.9, 0.2, 0.3, 0.4])]
+    labels = teacher_labels(rows, {"cosine": 1})
+    assert labels == pytest.approx([0, 4.5, 9, 0, 4.5, 9])
+    ranked = teacher_labels(rows, {"cosine": 1}, normalize="rank")
+    assert ranked[2] == pytest.approx(9) and ranked[0] == pytest.approx(0)
+    with pytest.raises(ConfigError, match="selfeval"):
+        teacher_labels(rows, {"cosine": 1, "selfeval": 1})
+    with pytest.raises(ConfigError):
+        teacher_labels(rows, {"length": 1})
+
+
+def test_augmented_rows_penalise_offtopic_and_injections(tmp_path):
+    answers = load_pool([write_jsonl(tmp_path / "pool.jsonl", pool_rows())])
+    labels = {a.id: 6.0 for a in answers}
+    rows = augmented_rows(answers, labels, offtopic_per_group=1, injected_per_group=2, penalty=4.0, seed=0)
+    offtopic = [r for r in rows if r["kind"] == "offtopic"]
+    injected = [r for r in rows if r["kind"] == "injected"]
+    assert len(offtopic) == 4 and len(injected) == 8
+    own = {a.group: {x.response for x in answers if x.group == a.group} for a in answers}
+    for row in offtopic:
+        assert row["label"] == 0.0 and row["response"] not in own[row["group"]]
+    for row in injected:
+        honest = next(a for a in answers if a.id == row["id"].split("#")[0])
+        assert row["response"].startswith(honest.response) and len(row["response"]) > len(honest.response)
+        assert row["label"] == pytest.approx(2.0) and row["group"] == honest.group
+    assert rows == augmented_rows(answers, labels, offtopic_per_group=1, injected_per_group=2, penalty=4.0, seed=0)
+
+
+def test_training_injections_differ_from_the_gaming_benchmark():
+    import sys
+
+    from conftest import REPO_ROOT
+
+    from selfj_rlhf.pool import TRAINING_INJECTIONS
+
+    sys.path.insert(0, str(REPO_ROOT / "evals"))
+    from judge_gaming import ATTACKS
+
+    attacks = [attack("HONEST") for attack in ATTACKS.values()]
+    for injection in TRAINING_INJECTIONS:
+        assert all(injection.strip() not in text for text in attacks)

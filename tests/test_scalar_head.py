@@ -1,0 +1,163 @@
+"""Scalar judge head: pairwise loss by hand, training on states, truncated-depth forward, save/load, length control,
+and the feature cache it trains from."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from selfj_rlhf import SelfJudge
+from selfj_rlhf.errors import ConfigError
+from selfj_rlhf.features import FeatureCache, score_position_features
+from selfj_rlhf.scalar_head import (LengthControl, ScalarHead, ScalarHeadConfig, layer_output, pairwise_loss,
+                                    train_scalar_head, training_pairs)
+
+ITEMS = [("What is 2+2?", "4"), ("What is 2+2?", "Four, because two plus two is four."),
+         ("Write a haiku about rain.", "Rain on the tin roof\nsoft drums counting out the night"),
+         ("Explain recursion.", "Recursion is when a function calls itself " * 10)]
+
+
+def test_pairwise_loss_by_hand():
+    scores = torch.tensor([2.0, 0.5, -1.0])
+    pairs = torch.tensor([[0, 1], [2, 1]])  # (better, worse)
+    expected = (math.log(1 + math.exp(-(2.0 - 0.5))) + math.log(1 + math.exp(-(-1.0 - 0.5)))) / 2
+    assert float(pairwise_loss(scores, pairs)) == pytest.approx(expected, rel=1e-6)
+
+
+def test_training_pairs_margin_groups_and_length_ratio():
+    labels = np.array([9.0, 5.0, 4.5, 8.0, 1.0])
+    groups = ["a", "a", "a", "b", "b"]
+    tokens = np.array([100, 100, 300, 50, 200])
+    pairs = {tuple(p) for p in training_pairs(labels, groups, tokens, margin=1.0, max_length_ratio=None)}
+    assert pairs == {(0, 1), (0, 2), (3, 4)}  # 5.0 vs 4.5 is under the margin; no pair crosses groups
+    matched = {tuple(p) for p in training_pairs(labels, groups, tokens, margin=1.0, max_length_ratio=2.0)}
+    assert matched == {(0, 1)}
+
+
+def synthetic(n=240, hidden=16, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, hidden)).astype(np.float32) * 3 + 1
+    direction = rng.normal(size=hidden)
+    labels = np.clip(4.5 + (x - 1) @ direction / np.linalg.norm(direction), 0, 9)
+    groups = [f"g{i // 6}" for i in range(n)]
+    tokens = rng.integers(20, 400, size=n)
+    teacher = x + rng.normal(scale=0.1, size=x.shape).astype(np.float32)
+    return x, labels, groups, tokens, teacher
+
+
+@pytest.mark.parametrize("loss", ["expected_mse", "pairwise", "mse+pairwise"])
+@pytest.mark.parametrize("distill", [True, False])
+def test_head_learns_a_linear_label(loss, distill):
+    x, labels, groups, tokens, teacher = synthetic()
+    cfg = ScalarHeadConfig(layer=1, loss=loss, distill=distill, steps=300)
+    head, info = train_scalar_head(cfg, x, labels, groups, tokens, teacher if distill else None)
+    predicted = head(torch.tensor(x)).detach().numpy()
+    assert np.corrcoef(predicted, labels)[0, 1] > 0.95
+    assert abs(predicted.mean() - labels.mean()) < 0.5  # on the label scale, pairwise included
+    assert info["weight_decay"] in (1e-4, 1e-3, 1e-2, 1e-1)
+
+
+def test_head_config_validation():
+    with pytest.raises(ConfigError):
+        ScalarHeadConfig(loss="hinge")
+    with pytest.raises(ConfigError):
+        ScalarHeadConfig(layer=0)
+    x, labels, groups, tokens, _ = synthetic(n=24)
+    with pytest.raises(ConfigError, match="teacher"):
+        train_scalar_head(ScalarHeadConfig(layer=1), x, labels, groups, tokens, None)
+
+
+def test_length_control_round_trip():
+    tokens = np.array([10, 20, 40, 80, 160, 320])
+    labels = 2.0 + 1.5 * np.log1p(tokens)
+    fit = LengthControl.fit(labels, tokens)
+    assert fit.slope == pytest.approx(1.5)
+    controlled = fit.apply(labels, tokens)
+    assert np.ptp(controlled) == pytest.approx(0, abs=1e-9)  # a pure length trend is removed
+    assert LengthControl.from_dict(fit.to_dict()) == fit
+    assert fit.apply([5.0], [math.expm1(fit.center)])[0] == pytest.approx(5.0)  # the centre length is unchanged
+    with pytest.raises(ConfigError):
+        LengthControl.from_dict({"kind": "cubic"})
+
+
+def test_truncated_forward_equals_full_model_layer(tiny_judge):
+    batch = tiny_judge._collate([tiny_judge.encode(i, r).input_ids for i, r in ITEMS])
+    with torch.no_grad():
+        full = tiny_judge.model(**batch, output_hidden_states=True).hidden_states
+        for layer in (1, 2):
+            assert torch.allclose(layer_output(tiny_judge.model, layer, **batch), full[layer], atol=1e-5)
+    with pytest.raises(ConfigError):
+        layer_output(tiny_judge.model, 3, **batch)
+
+
+def scalar_judge(tiny_judge, layer, seed=0):
+    torch.manual_seed(seed)
+    head = ScalarHead(tiny_judge.model.config.hidden_size, layer)
+    return SelfJudge(tiny_judge.model, tiny_judge.tokenizer, max_length=tiny_judge.max_length,
+                     base_model=tiny_judge.base_model, head=head, length_fit=LengthControl(0.7, 3.0))
+
+
+@pytest.mark.parametrize("layer", [1, 2])
+@pytest.mark.parametrize("share_prefix", ["never", "always"])
+def test_scalar_judge_scores_the_layer_state(tiny_judge, layer, share_prefix):
+    judge = scalar_judge(tiny_judge, layer)
+    judge.share_prefix = share_prefix
+    details = judge.score_details(*zip(*ITEMS))
+    for (instruction, response), detail in zip(ITEMS, details):
+        ids = torch.tensor([judge.encode(instruction, response).input_ids])
+        with torch.no_grad():
+            state = tiny_judge.model(input_ids=ids, output_hidden_states=True).hidden_states[layer][0, -1]
+            expected = float(judge.head(state))
+        assert detail.score == pytest.approx(expected, abs=1e-4)
+        assert detail.raw_score == detail.score and detail.probs == [] and detail.digit_mass == 1.0
+        assert detail.response_tokens == len(tiny_judge.tokenizer.encode(response, add_special_tokens=False))
+
+
+def test_scalar_judge_save_load_and_length_control(tiny_judge, tmp_path):
+    judge = scalar_judge(tiny_judge, 1)
+    judge.save_pretrained(tmp_path / "judge")
+    assert (tmp_path / "judge" / "scalar_head.safetensors").is_file()
+    assert not (tmp_path / "judge" / "model.safetensors").exists()  # the frozen base is referenced, not copied
+    loaded = SelfJudge.from_pretrained(str(tmp_path / "judge"))
+    assert loaded.head.layer == 1 and loaded.length_fit == judge.length_fit and not loaded.length_control
+    assert loaded.score(*zip(*ITEMS)) == pytest.approx(judge.score(*zip(*ITEMS)), abs=1e-5)
+    controlled = SelfJudge.from_pretrained(str(tmp_path / "judge"), length_control=True)
+    for raw, detail in zip(judge.score_details(*zip(*ITEMS)), controlled.score_details(*zip(*ITEMS))):
+        expected = raw.score - 0.7 * (math.log1p(detail.response_tokens) - 3.0)
+        assert detail.score == pytest.approx(expected, abs=1e-5)
+        assert detail.raw_score == pytest.approx(raw.score, abs=1e-5)
+    with pytest.raises(ValueError, match="length_control"):
+        SelfJudge(tiny_judge.model, tiny_judge.tokenizer, length_control=True)
+
+
+def test_feature_cache_matches_the_model_and_resumes(tiny_judge, tmp_path):
+    instructions, responses = zip(*ITEMS)
+    first = score_position_features(tiny_judge, instructions[:2], responses[:2], cache=tmp_path / "c", progress=False)
+    assert len(list((tmp_path / "c").glob("part-*.npz"))) == 1
+    both = score_position_features(tiny_judge, instructions, responses, cache=tmp_path / "c", progress=False,
+                                   batch_size=1, flush_every=1)
+    assert len(list((tmp_path / "c").glob("part-*.npz"))) == 3  # only the two missing rows were computed
+    np.testing.assert_array_equal(both.states[:2], first.states)
+    assert len(FeatureCache(tmp_path / "c")) == 4
+    zero_shot = tiny_judge.score(instructions, responses)
+    assert both.zero_shot_scores == pytest.approx(zero_shot, abs=1e-4)
+    for index, (instruction, response) in enumerate(ITEMS):
+        ids = torch.tensor([tiny_judge.encode(instruction, response).input_ids])
+        with torch.no_grad():
+            hidden = tiny_judge.model(input_ids=ids, output_hidden_states=True).hidden_states
+        for layer in range(len(hidden)):
+            np.testing.assert_allclose(both.states[index, layer], hidden[layer][0, -1].numpy(), atol=2e-2, rtol=1e-2)
+
+
+def test_reward_length_control_defaults_to_the_judges_fit(tiny_judge, tmp_path):
+    from selfj_rlhf.errors import ConfigError
+    from selfj_rlhf.reward import SelfJRewardConfig
+
+    scalar_judge(tiny_judge, 1).save_pretrained(tmp_path / "judge")
+    assert SelfJRewardConfig(judge=str(tmp_path / "judge")).load_judge().length_control is True
+    assert SelfJRewardConfig(judge=str(tmp_path / "judge"), length_control=False).load_judge().length_control is False
+    zero_shot = SelfJRewardConfig(judge=str(tiny_judge.base_model), max_length=256)
+    assert zero_shot.load_judge().length_control is False
+    with pytest.raises(ConfigError, match="not trained with a length fit"):
+        SelfJRewardConfig(judge=str(tiny_judge.base_model), length_control=True).load_judge()
