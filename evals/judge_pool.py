@@ -49,6 +49,10 @@ def make_parser():
                         help="Candidates cached by evals/bestofn_check.py (run it first).")
     parser.add_argument("--own_samples", type=int, default=4,
                         help="The policy's own samples per training question, for the own-samples-only row (0: off).")
+    parser.add_argument("--own_questions", type=int, default=50, help="Training questions the policy answers itself.")
+    parser.add_argument("--teacher_questions", type=int, default=30,
+                        help="Training questions whose teacher (with-reference) prompts are run, for the distillation "
+                             "and self-rating rows (each costs a forward over reference + answer).")
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--previous_judge", default=None, help="A digit judge directory to measure beside (LoRA).")
     parser.add_argument("--student_max_length", type=int, default=1024)
@@ -109,6 +113,22 @@ def features(judge, pairs, references=None, *, cache, desc):
 
 
 # ---------------------------------------------------------------------------------------------- metrics
+def cached_signals(cache_dir: Path, answers, embedder) -> list[dict]:
+    """The teacher's similarity signals of the answers, cached as JSON by answer id (MiniLM runs once)."""
+    import hashlib
+
+    from selfj_rlhf.io import atomic_write_json
+    from selfj_rlhf.pool import similarity_signals
+
+    key = hashlib.sha1(json.dumps([[a.id, a.response, a.reference] for a in answers]).encode()).hexdigest()[:16]
+    path = cache_dir / f"signals-{key}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    signals = similarity_signals(answers, embedder)
+    atomic_write_json(path, signals, indent=None)
+    return signals
+
+
 def partial_given_length(scores, grades, tokens) -> float:
     """Correlation of score and grade after a linear fit on log length is removed from each."""
     import numpy as np
@@ -159,7 +179,7 @@ def main(argv=None):
 
     from selfj_rlhf.features import FeatureCache
     from selfj_rlhf.labeling import load_embedder
-    from selfj_rlhf.pool import answer_rows, similarity_signals, teacher_labels
+    from selfj_rlhf.pool import answer_rows, teacher_labels
 
     start = time.perf_counter()
     d = load_everything(args)
@@ -169,7 +189,7 @@ def main(argv=None):
 
     # ---- teacher labels of the training questions (reference-based signals; no grade)
     rows = answer_rows(d["train"])
-    for row, signals in zip(rows, similarity_signals(d["train"], embedder)):
+    for row, signals in zip(rows, cached_signals(Path(args.cache_dir), d["train"], embedder)):
         row.update(signals)
     base_labels = dict(zip([r["id"] for r in rows], teacher_labels(rows, {"cosine": 1, "chunked_cosine": 1, "f1": 1})))
     augmented = d["augmented_rows"](d["train"], base_labels, offtopic_per_group=args.offtopic_per_question,
@@ -197,9 +217,9 @@ def main(argv=None):
     if own:
         feats["own"] = features(student, [(r["instruction"], r["response"]) for r in own], cache=cache,
                                 desc="the policy's own samples")
-    teacher_pairs = [(r["instruction"], r["response"]) for r in rows + augmented]
-    feats["teacher"] = features(teacher, teacher_pairs, [r["reference"] for r in rows + augmented], cache=cache,
-                                desc="teacher (with reference) prompts")
+    subset = teacher_subset(args, rows + augmented)
+    feats["teacher"] = features(teacher, [(r["instruction"], r["response"]) for r in subset],
+                                [r["reference"] for r in subset], cache=cache, desc="teacher (with reference) prompts")
     if args.previous_judge:  # its own forward passes, cached as scores
         previous = previous_judge_scores(args, d)
         for name in ["heldout", *[f"gaming:{k}" for k in d["gaming"]], "bestofn", "llmbar:a", "llmbar:b"]:
@@ -223,54 +243,72 @@ def main(argv=None):
 
 # ---------------------------------------------------------------------------------------------- designs
 DESIGNS = {
-    # name: layer, loss, distill, teacher signal weights, augmented rows, extra head settings
-    "pool-L18": dict(layer=18),
-    "pool-L18 pairwise": dict(layer=18, loss="pairwise"),
-    "pool-L18 mse+pairwise": dict(layer=18, loss="mse+pairwise"),
-    "pool-L18 length-matched pairs": dict(layer=18, loss="mse+pairwise", max_length_ratio=1.5),
-    "pool-L18 no distillation": dict(layer=18, distill=False),
-    "pool-L18 + self-rating": dict(layer=18, weights={"cosine": 1, "chunked_cosine": 1, "f1": 1, "selfeval": 1}),
-    "pool-L18 self-rating only": dict(layer=18, weights={"selfeval": 1}),
-    "pool-L18 no injected/off-topic rows": dict(layer=18, augment=False),
-    "pool-L18 rank over the pool (not within question)": dict(layer=18, normalize="rank"),
-    "pool-L12": dict(layer=12),
-    "pool-L24": dict(layer=24),
-    "pool-L30 (top)": dict(layer=30),
+    # name: ScalarHeadConfig fields, plus weights (teacher signals), normalize, augment (off-topic/injected rows)
+    # and subset (only the teacher_questions whose with-reference prompts ran: the distillation comparisons)
+    "pool-L18": dict(layer=18, distill=False),
+    "pool-L18 pairwise": dict(layer=18, distill=False, loss="pairwise"),
+    "pool-L18 mse+pairwise": dict(layer=18, distill=False, loss="mse+pairwise"),
+    "pool-L18 length-matched pairs": dict(layer=18, distill=False, loss="mse+pairwise", max_length_ratio=1.5),
+    "pool-L18 no injected/off-topic rows": dict(layer=18, distill=False, augment=False),
+    "pool-L18 rank over the pool (not within question)": dict(layer=18, distill=False, normalize="rank"),
+    "pool-L12": dict(layer=12, distill=False),
+    "pool-L24": dict(layer=24, distill=False),
+    "pool-L30 (top)": dict(layer=30, distill=False),
+    "subset-L18 no distillation": dict(layer=18, distill=False, subset=True),
+    "subset-L18 distillation": dict(layer=18, distill=True, subset=True),
+    "subset-L18 distillation + self-rating": dict(layer=18, distill=True, subset=True,
+                                                  weights={"cosine": 1, "chunked_cosine": 1, "f1": 1, "selfeval": 1}),
+    "subset-L18 self-rating only": dict(layer=18, distill=False, subset=True, weights={"selfeval": 1}),
 }
 SIMILARITY = {"cosine": 1, "chunked_cosine": 1, "f1": 1}
 
 
-def design_labels(rows, augmented, teacher_zero_shot, weights, normalize, penalty):
-    """Teacher labels of the pool rows (with the policy's with-reference rating as ``selfeval``) and of the
-    augmented rows (off-topic 0, injected: the honest answer's label minus the penalty)."""
+def teacher_subset(args, rows: list[dict]) -> list[dict]:
+    """The rows of the first ``teacher_questions`` training questions (sorted ids): the distillation subset."""
+    groups = sorted({r["group"] for r in rows})[: args.teacher_questions]
+    return [r for r in rows if r["group"] in set(groups)]
+
+
+def design_rows(rows, augmented, teacher_rows, teacher_zero_shot, spec, penalty):
+    """(row indices into rows + augmented, labels, teacher positions or None) of one design.
+
+    Labels are the teacher's over the design's pool rows (with the policy's with-reference rating as
+    ``selfeval`` on the teacher subset); augmented rows: off-topic 0, injected the honest answer's label minus the
+    penalty."""
     from selfj_rlhf.pool import teacher_labels
 
-    for row, rating in zip(rows, teacher_zero_shot):
-        row["selfeval"] = float(rating) / 9.0
-    labels = teacher_labels(rows, weights, normalize)
-    by_id = dict(zip([r["id"] for r in rows], labels))
-    extra = [0.0 if r["kind"] == "offtopic" else max(0.0, by_id[r["id"].split("#")[0]] - penalty) for r in augmented]
-    return labels, extra
+    teacher_position = {r["id"]: k for k, r in enumerate(teacher_rows)}
+    groups = {r["group"] for r in teacher_rows} if spec.get("subset") else {r["group"] for r in rows}
+    pool = [i for i, r in enumerate(rows) if r["group"] in groups]
+    for i in pool:
+        k = teacher_position.get(rows[i]["id"])
+        rows[i]["selfeval"] = None if k is None else float(teacher_zero_shot[k]) / 9.0
+    labels = teacher_labels([rows[i] for i in pool], spec.get("weights", SIMILARITY), spec.get("normalize", "within"))
+    by_id = {rows[i]["id"]: v for i, v in zip(pool, labels)}
+    extra = [(len(rows) + j, 0.0 if r["kind"] == "offtopic" else max(0.0, by_id[r["id"].split("#")[0]] - penalty))
+             for j, r in enumerate(augmented) if r["group"] in groups] if spec.get("augment", True) else []
+    index = pool + [i for i, _ in extra]
+    y = labels + [v for _, v in extra]
+    all_rows = rows + augmented
+    teacher = [teacher_position[all_rows[i]["id"]] for i in index] if spec.get("subset") else None
+    return index, y, teacher
 
 
-def train_digit_readout(student, teacher, labels, digit_rows, steps=300, lr=0.01):
-    """The digit judge's readout retrained on cached last-layer states: the LM head's ten digit rows, with
-    SELF-J's CE(teacher) + 0.3 CE(student) + 2 KL(teacher || student) on the label classes."""
+def train_digit_readout(student, labels, digit_rows, steps=300, lr=0.01):
+    """The digit judge's readout retrained on cached last-layer states of the student prompts: the LM head's ten
+    digit rows (initialised from the model's), cross-entropy on the label classes; scored as the expected digit."""
     import numpy as np
     import torch
 
     from selfj_rlhf.labeling import to_class
 
     weight = torch.tensor(digit_rows, dtype=torch.float32, requires_grad=True)
-    xs, xt = torch.tensor(student, dtype=torch.float32), torch.tensor(teacher, dtype=torch.float32)
+    xs = torch.tensor(student, dtype=torch.float32)
     y = torch.tensor([to_class(v / 9.0) for v in labels])
     optimizer = torch.optim.Adam([weight], lr=lr)
     for _ in range(steps):
         optimizer.zero_grad()
-        ls, lt = torch.log_softmax(xs @ weight.T, -1), torch.log_softmax(xt @ weight.T, -1)
-        kl = torch.sum(lt.exp() * (lt - ls), -1).mean()
-        loss = torch.nn.functional.nll_loss(lt, y) + 0.3 * torch.nn.functional.nll_loss(ls, y) + 2 * kl
-        loss.backward()
+        torch.nn.functional.cross_entropy(xs @ weight.T, y).backward()
         optimizer.step()
     return np.asarray(weight.detach())
 
@@ -279,14 +317,16 @@ def own_sample_rows(args, d, student, embedder) -> list[dict]:
     """The policy's own samples on the training questions (cached), labelled by the same teacher."""
     from selfj_rlhf.generation import generate_candidates
     from selfj_rlhf.io import atomic_write_json
-    from selfj_rlhf.pool import PoolAnswer, similarity_signals, teacher_labels
+    from selfj_rlhf.pool import PoolAnswer, teacher_labels
 
     if not args.own_samples:
         return []
-    path = Path(args.cache_dir) / f"own-samples-{args.model.replace('/', '_')}-k{args.own_samples}-s{args.seed}.json"
+    path = Path(args.cache_dir) / (f"own-samples-{args.model.replace('/', '_')}-q{args.own_questions}-k{args.own_samples}"
+                                   f"-s{args.seed}.json")
     questions = {}
     for a in d["train"]:
         questions.setdefault(a.group, a)
+    questions = {g: questions[g] for g in sorted(questions)[: args.own_questions]}
     if path.is_file():
         samples = json.loads(path.read_text())
     else:
@@ -294,13 +334,13 @@ def own_sample_rows(args, d, student, embedder) -> list[dict]:
 
         samples = {group: [c["text"] for c in generate_candidates(
             student.model, student.tokenizer, a.instruction, n=args.own_samples, seed=args.seed, prompt_id=group,
-            max_new_tokens=256, temperature=0.8, top_p=0.95)] for group, a in tqdm(questions.items(), desc="own samples")}
+            max_new_tokens=192, temperature=0.8, top_p=0.95)] for group, a in tqdm(questions.items(), desc="own samples")}
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path, samples, indent=None)
     answers = [PoolAnswer(f"{group}#own{i}", group, questions[group].instruction, questions[group].reference, text,
                           args.model) for group, texts in samples.items() for i, text in enumerate(texts)]
     rows = [{"id": a.id, "group": a.group, "instruction": a.instruction, "response": a.response, **signals}
-            for a, signals in zip(answers, similarity_signals(answers, embedder))]
+            for a, signals in zip(answers, cached_signals(Path(args.cache_dir), answers, embedder))]
     for row, label in zip(rows, teacher_labels(rows, SIMILARITY)):
         row["label"] = label
     return rows
@@ -312,9 +352,9 @@ def evaluate(args, d, rows, augmented, feats, student, own):
 
     from selfj_rlhf.scalar_head import LengthControl, ScalarHeadConfig, train_scalar_head
 
-    n_pool = len(rows)
+    teacher_rows = teacher_subset(args, rows + augmented)
     teacher_states = feats["teacher"].states
-    teacher_zero_shot = feats["teacher"].zero_shot_scores[:n_pool]
+    teacher_zero_shot = feats["teacher"].zero_shot_scores
     groups = [r["group"] for r in rows + augmented]
     tokens = np.concatenate([feats["train"].response_tokens, feats["augmented"].response_tokens])
     eval_sets = [name for name in feats if name not in ("train", "augmented", "teacher")]
@@ -324,19 +364,16 @@ def evaluate(args, d, rows, augmented, feats, student, own):
 
     table = {}
     for name, spec in DESIGNS.items():
-        spec = dict(spec)
-        weights, normalize = spec.pop("weights", SIMILARITY), spec.pop("normalize", "within")
-        augment = spec.pop("augment", True)
-        labels, extra = design_labels(rows, augmented, teacher_zero_shot, weights, normalize, args.penalty)
-        keep = np.arange(n_pool + (len(augmented) if augment else 0))
-        y = np.asarray(labels + extra)[keep]
-        cfg = ScalarHeadConfig(seed=args.seed, **spec)
-        student_x = np.concatenate([states("train", cfg.layer), states("augmented", cfg.layer)])[keep]
-        head, info = train_scalar_head(cfg, student_x, y, [groups[i] for i in keep], tokens[keep],
-                                       teacher_states[keep, cfg.layer, :].astype(np.float32))
+        index, y, teacher = design_rows(rows, augmented, teacher_rows, teacher_zero_shot, spec, args.penalty)
+        y = np.asarray(y)
+        cfg = ScalarHeadConfig(seed=args.seed, **{k: v for k, v in spec.items()
+                                                  if k not in ("weights", "normalize", "augment", "subset")})
+        student_x = np.concatenate([states("train", cfg.layer), states("augmented", cfg.layer)])[index]
+        teacher_x = teacher_states[teacher, cfg.layer, :].astype(np.float32) if teacher is not None else None
+        head, info = train_scalar_head(cfg, student_x, y, [groups[i] for i in index], tokens[index], teacher_x)
         w = head.linear.weight.detach().numpy()[0]
         b = float(head.linear.bias.detach())
-        lc = LengthControl.fit(y, tokens[keep])
+        lc = LengthControl.fit(y, tokens[index])
         scored = {s: states(s, cfg.layer) @ w + b for s in eval_sets}
         table[name] = measure(scored.__getitem__, d, feats)
         table[name]["training"] = info
@@ -352,11 +389,11 @@ def evaluate(args, d, rows, augmented, feats, student, own):
         table["own samples only, L18, no distillation"]["training"] = info
 
     # digit readout retrained on the pool (the digit judge's counterpart of the scalar head)
-    labels, extra = design_labels(rows, augmented, teacher_zero_shot, SIMILARITY, "within", args.penalty)
+    index, y, _ = design_rows(rows, augmented, teacher_rows, teacher_zero_shot, {}, args.penalty)
     embeddings = student.model.get_output_embeddings().weight.detach().float().numpy()[student.digit_ids]
     top = len(feats["heldout"].states[0]) - 1
-    readout = train_digit_readout(np.concatenate([states("train", top), states("augmented", top)]),
-                                  teacher_states[:, top, :].astype(np.float32), labels + extra, embeddings)
+    readout = train_digit_readout(np.concatenate([states("train", top), states("augmented", top)])[index], y,
+                                  embeddings)
 
     def digit_scores(name):
         logits = states(name, top) @ readout.T
@@ -379,14 +416,19 @@ def evaluate(args, d, rows, augmented, feats, student, own):
     table["ceiling: probe on GPT-4 grades (diagnostic only)"] = measure(lambda s: probe.predict(states(s, 18)), d, feats)
 
     checks = {}
-    for name, directory in (item.split("=", 1) for item in args.scalar_judge):
+    from selfj_rlhf.shipped import resolve_judge_dir
+
+    for name, spec in (item.split("=", 1) for item in args.scalar_judge):
+        directory = resolve_judge_dir(spec)
+        if directory is None:
+            raise SystemExit(f"--scalar_judge {name}={spec}: not a judge directory or shipped alias")
         head, lc = load_head(directory)
         scored = {s: states(s, head.layer) @ head.linear.weight.detach().numpy()[0] + float(head.linear.bias)
                   for s in eval_sets}
         table[name] = measure(scored.__getitem__, d, feats)
         if lc is not None:
             table[f"{name}, length-controlled"] = measure(lambda s: lc.apply(scored[s], feats[s].response_tokens), d, feats)
-        checks[name] = check_judge(directory, d, scored["heldout"], student)
+        checks[name] = check_judge(str(directory), d, scored["heldout"], student)
     return table, checks
 
 

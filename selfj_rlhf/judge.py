@@ -187,21 +187,23 @@ class SelfJudge:
                 quantize_int8_dynamic(model)
             return cls(model, tokenizer, template or DEFAULT_TEMPLATE, max_length or 2048, base_model=spec_or_dir)
         config = json.loads((judge_dir / JUDGE_CONFIG_NAME).read_text())
-        if config.get("head", {}).get("kind") == "scalar" or (judge_dir / "adapter_config.json").is_file():
-            from peft import PeftModel
+        scalar = config.get("head", {}).get("kind") == "scalar"
+        has_adapter = (judge_dir / "adapter_config.json").is_file()
+        if scalar or has_adapter:  # the base model named in the config, plus the adapter or head on top
+            model, tokenizer = load_causal_lm(config["base_model"], dtype=dtype, device=device,
+                                              trust_remote_code=trust_remote_code)
+            if has_adapter:
+                from peft import PeftModel
 
-            base, tokenizer = load_causal_lm(config["base_model"], dtype=dtype, device=device,
-                                             trust_remote_code=trust_remote_code)
-            # merged once at load: scoring then costs what the base model costs (no adapter matmuls)
-            model = (PeftModel.from_pretrained(base, str(judge_dir)).merge_and_unload().eval()
-                     if (judge_dir / "adapter_config.json").is_file() else base)
+                # merged once at load: scoring then costs what the base model costs (no adapter matmuls)
+                model = PeftModel.from_pretrained(model, str(judge_dir)).merge_and_unload().eval()
         else:
             model, tokenizer = load_causal_lm(str(judge_dir), dtype=dtype, device=device,
                                               trust_remote_code=trust_remote_code)
         if quantize:
             quantize_int8_dynamic(model)
         head = None
-        if config.get("head", {}).get("kind") == "scalar":
+        if scalar:
             from .scalar_head import ScalarHead
 
             head = ScalarHead.load(judge_dir, int(config["head"]["layer"])).to(next(model.parameters()).device)

@@ -150,6 +150,7 @@ def test_every_preset_is_tested_here():
 
 
 def test_spec_errors_are_one_clear_line(tmp_path, monkeypatch):
+    monkeypatch.delenv("SELFJ_DATA_DIR", raising=False)
     with pytest.raises(ConfigError, match="unknown dataset preset 'nope'; presets: alpaca_eval"):
         resolve_dataset("preset:nope")
     with pytest.raises(ConfigError, match="no hub copy: pass the raw files"):
@@ -163,6 +164,15 @@ def test_spec_errors_are_one_clear_line(tmp_path, monkeypatch):
         resolve_dataset("$SELFJ_UNSET_VAR/x.jsonl")
     monkeypatch.setenv("SELFJ_SOME_DIR", str(tmp_path))
     assert resolve_dataset("$SELFJ_SOME_DIR/x.jsonl") == tmp_path / "x.jsonl"
+
+
+def test_preset_reads_converted_files_under_selfj_data_dir(tmp_path, monkeypatch):
+    (tmp_path / "gsm8k").mkdir()
+    (tmp_path / "gsm8k" / "gsm8k_ref.jsonl").write_text('{"id": "gsm8k:train:0", "instruction": "q", "reference": "r"}\n')
+    monkeypatch.setenv("SELFJ_DATA_DIR", str(tmp_path))
+    assert resolve_dataset("preset:gsm8k") == tmp_path / "gsm8k" / "gsm8k_ref.jsonl"
+    with pytest.raises(ConfigError, match="set SELFJ_DATA_DIR to a folder holding flask/flask_ref.jsonl"):
+        resolve_dataset("preset:flask")  # not in that folder, no hub copy
 
 
 def test_hub_spec_goes_through_load_dataset(tmp_path, monkeypatch):

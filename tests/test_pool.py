@@ -152,3 +152,30 @@ def test_training_injections_differ_from_the_gaming_benchmark():
     attacks = [attack("HONEST") for attack in ATTACKS.values()]
     for injection in TRAINING_INJECTIONS:
         assert all(injection.strip() not in text for text in attacks)
+
+
+def test_pool_labeling_run_reads_no_grade_and_writes_labels(tmp_path, monkeypatch):
+    """The whole labelling run (signals, teacher labels, augmentation, labels.jsonl) never reads a grade field."""
+    import selfj_rlhf.pool as pool_module
+    from selfj_rlhf.io import iter_records
+    from selfj_rlhf.labeling import LabelConfig
+
+    path = write_jsonl(tmp_path / "pool.jsonl", pool_rows(questions=4, models=3))
+    split = {"train": ["q0", "q1", "q2"], "heldout": ["q3"]}
+    write_split(tmp_path / "split.json", split)
+    real = pool_module.iter_records
+    monkeypatch.setattr(pool_module, "iter_records", lambda p: ((n, GradeGuard(r)) for n, r in real(p)))
+    cfg = LabelConfig(pool=[str(path)], pool_split=str(tmp_path / "split.json"), normalize="within",
+                      similarity_weight=1.0, chunked_similarity_weight=1.0, overlap_weight=1.0, selfeval_weight=0.0,
+                      pool_offtopic_per_instruction=1, pool_injected_per_instruction=1, seed=0,
+                      output_dir=str(tmp_path / "out"), labels_name="labels.jsonl")
+    summary = pool_module.run_pool_labeling(cfg)
+    rows = [row for _, row in iter_records(tmp_path / "out" / "labels.jsonl")]
+    assert summary["pool_answers"] == 9 and summary["augmented"] == 6 and len(rows) == 15
+    assert {r["group"] for r in rows} == {"q0", "q1", "q2"}  # held-out questions are never labelled
+    for row in rows:
+        assert not set(GRADE_FIELDS) & set(row)
+        assert 0 <= row["score_label"] <= 9 and row["label"] in range(10)
+    pool = [r for r in rows if r["kind"] == "pool"]
+    best = {g: max((r for r in pool if r["group"] == g), key=lambda r: r["score_label"])["model"] for g in ("q0", "q1", "q2")}
+    assert set(best.values()) == {"m0"}  # the answer that states the reference's number ranks first

@@ -14,8 +14,12 @@ def test_shipped_judge_files_and_provenance():
     directory = JUDGES_DIR / SHIPPED_JUDGES["selfj-smollm2-135m"][0]
     config = json.loads((directory / "selfj_config.json").read_text())
     assert config["base_model"] == "smollm2-135m-instruct" and config["template"] == "selfj-chat"
-    assert (directory / "adapter_model.safetensors").stat().st_size < 20_000_000
-    assert "Command" in (directory / "PROVENANCE.md").read_text()
+    assert config["head"] == {"kind": "scalar", "layer": 18} and config["length_control"]["kind"] == "log_length_linear"
+    assert (directory / "scalar_head.safetensors").stat().st_size < 100_000
+    provenance = (directory / "PROVENANCE.md").read_text()
+    for needed in ("Command", "arena_bench_v1/grades.jsonl", "recipes/splits/arena_bench_v1_dev.json",
+                   "recipes/configs/label_pool.yaml", "recipes/configs/train_judge_pool.yaml"):
+        assert needed in provenance
 
 
 def test_shipped_judge_is_the_default_for_the_embedded_policy():
@@ -34,5 +38,6 @@ def test_shipped_judge_loads_offline_and_differs_from_base():
     base = SelfJudge.from_pretrained("smollm2-135m-instruct", device="cpu")
     items = (["Name a primary colour."] * 2, ["Red is a primary colour.", "colour colour colour colour"])
     trained, untrained = judge.score(*items), base.score(*items)
-    assert all(0 <= s <= 9 for s in trained)
+    assert all(-2 <= s <= 11 for s in trained)  # the label scale 0-9; a linear head may step slightly outside
     assert trained != pytest.approx(untrained, abs=1e-3)
+    assert trained[0] > trained[1]
