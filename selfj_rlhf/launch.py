@@ -61,12 +61,32 @@ def spawn_cpu_workers_if_requested() -> int | None:
     if world <= 1:
         return None
     threads = max(1, (os.cpu_count() or 1) // world)
+    port = os.environ["MASTER_PORT"] if _port_was_asked_for() else str(_free_port())
     workers = []
     for rank in range(world):
         env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
-                   LOCAL_WORLD_SIZE=str(world), OMP_NUM_THREADS=str(threads))
+                   LOCAL_WORLD_SIZE=str(world), OMP_NUM_THREADS=str(threads), MASTER_PORT=port)
         workers.append(subprocess.Popen([sys.executable, *sys.argv], env=env))
     return _wait_all(workers)
+
+
+def _port_was_asked_for() -> bool:
+    """Whether the launch named its port (``--main_process_port``); otherwise accelerate's fixed default 29500
+    would make two CPU jobs on one machine collide, so the workers get a free port instead."""
+    try:
+        import psutil
+
+        return "--main_process_port" in _flag_values(psutil.Process(os.getppid()).cmdline())
+    except Exception:
+        return True
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _wait_all(workers: list[subprocess.Popen]) -> int:

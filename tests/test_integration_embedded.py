@@ -1,6 +1,7 @@
 """Integration tests on the real embedded SmolLM2-135M-Instruct (converted once, then cached)."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -45,7 +46,7 @@ def test_best_of_n_recipe_is_independent_of_process_count(tmp_path):
     assert len(runs[2]) == 4 and all(len(r["candidates"]) == 2 for r in runs[2])
     for row in runs[2]:
         scores = [c["score"] for c in row["candidates"]]
-        assert all(0 <= s <= 9 for s in scores) and row["chosen"] == scores.index(max(scores))
+        assert all(math.isfinite(s) for s in scores) and row["chosen"] == scores.index(max(scores))
     for two, one in zip(runs[2], runs[1]):  # same samples and scores whatever the process count
         assert [c["text"] for c in two["candidates"]] == [c["text"] for c in one["candidates"]]
         assert [c["score"] for c in two["candidates"]] == pytest.approx([c["score"] for c in one["candidates"]], abs=1e-4)
