@@ -42,6 +42,26 @@ def make_parser():
     return parser
 
 
+def pick_quality(items: list[dict], picks: list[int]) -> dict:
+    """Mean cosine and F1 to the reference of the picked candidate of each item."""
+    return {"cosine": statistics.fmean(item["cosine"][p] for item, p in zip(items, picks)),
+            "f1": statistics.fmean(item["f1"][p] for item, p in zip(items, picks))}
+
+
+def baselines(items: list[dict]) -> dict:
+    """The reference-free picks a judge must beat, and the oracle."""
+    k = len(items[0]["candidates"])
+
+    def picks(choose):
+        return pick_quality(items, [choose(item) for item in items])
+
+    return {"random (mean over candidates)": {"cosine": statistics.fmean(statistics.fmean(i["cosine"]) for i in items),
+                                              "f1": statistics.fmean(statistics.fmean(i["f1"]) for i in items)},
+            "longest": picks(lambda i: max(range(k), key=lambda c: len(i["candidates"][c]))),
+            "shortest": picks(lambda i: min(range(k), key=lambda c: len(i["candidates"][c]))),
+            "oracle by cosine": picks(lambda i: max(range(k), key=lambda c: i["cosine"][c]))}
+
+
 def main(argv=None):
     args = make_parser().parse_args(argv)
     from selfj_rlhf import SelfJudge
@@ -71,18 +91,7 @@ def main(argv=None):
                           "f1": [token_f1(t, reference) for t in texts]})
         atomic_write_json(cache, items, indent=None)
 
-    def summarise(choose) -> dict:
-        picks = [choose(item) for item in items]
-        return {"cosine": statistics.fmean(item["cosine"][p] for item, p in zip(items, picks)),
-                "f1": statistics.fmean(item["f1"][p] for item, p in zip(items, picks))}
-
-    table = {
-        "random (mean over candidates)": {"cosine": statistics.fmean(statistics.fmean(i["cosine"]) for i in items),
-                                          "f1": statistics.fmean(statistics.fmean(i["f1"]) for i in items)},
-        "longest": summarise(lambda i: max(range(args.k), key=lambda c: len(i["candidates"][c]))),
-        "shortest": summarise(lambda i: min(range(args.k), key=lambda c: len(i["candidates"][c]))),
-        "oracle by cosine": summarise(lambda i: max(range(args.k), key=lambda c: i["cosine"][c])),
-    }
+    table = baselines(items)
     for name, spec in (item.split("=", 1) for item in args.judge):
         score_path = Path(args.cache_dir) / f"{cache.stem}__{spec.replace('/', '_')}.json"
         if score_path.is_file():
@@ -92,8 +101,7 @@ def main(argv=None):
             scores = [judge.score([i["instruction"]] * args.k, i["candidates"])
                       for i in tqdm(items, desc=f"judge {name}", unit="prompt")]
             atomic_write_json(score_path, scores, indent=None)
-        by_item = {id(i): s for i, s in zip(items, scores)}
-        table[f"judge: {name}"] = summarise(lambda i: max(range(args.k), key=lambda c: (by_item[id(i)][c], -c)))
+        table[f"judge: {name}"] = pick_quality(items, [max(range(args.k), key=lambda c: (s[c], -c)) for s in scores])
     payload = {"command": command_line(), "machine": machine_info(), "policy": args.policy, "prompts": len(items),
                "k": args.k, "max_new_tokens": args.max_new_tokens, "references": args.references, "rows": table}
     m = payload["machine"]

@@ -24,13 +24,13 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import command_line, default_data, machine_info, write_results  # noqa: E402
+from bestofn_check import baselines, pick_quality  # noqa: E402
 from judge_correlation import arena_metrics, pairwise_accuracy  # noqa: E402
 from judge_gaming import ATTACKS  # noqa: E402
 
@@ -168,15 +168,13 @@ def measure(score_fn, d, feats) -> dict:
         flat = np.asarray(score_fn("bestofn"), float)
         k = len(d["bestofn"][0]["candidates"])
         picks = [int(np.argmax(flat[i * k:(i + 1) * k])) for i in range(len(d["bestofn"]))]
-        row["bestofn_cosine"] = statistics.fmean(item["cosine"][p] for item, p in zip(d["bestofn"], picks))
-        row["bestofn_f1"] = statistics.fmean(item["f1"][p] for item, p in zip(d["bestofn"], picks))
+        quality = pick_quality(d["bestofn"], picks)
+        row["bestofn_cosine"], row["bestofn_f1"] = quality["cosine"], quality["f1"]
     return row
 
 
 def main(argv=None):
     args = make_parser().parse_args(argv)
-    import numpy as np
-
     from selfj_rlhf.features import FeatureCache
     from selfj_rlhf.labeling import load_embedder
     from selfj_rlhf.pool import answer_rows, teacher_labels
@@ -236,7 +234,7 @@ def main(argv=None):
                "truncated_share_heldout": float(feats["heldout"].truncated.mean()),
                "tokens_scored": student.scored_tokens + teacher.scored_tokens,
                "wall_s": round(time.perf_counter() - start, 1), "rows": table, "judge_checks": checks,
-               "bestofn_baselines": bestofn_baselines(d["bestofn"])}
+               "bestofn_baselines": baselines(d["bestofn"]) if d["bestofn"] else {}}
     write_results(args.name, payload, render(payload))
     print(render(payload))
 
@@ -482,22 +480,6 @@ def previous_judge_scores(args, d):
         return judge.score([p[0] for p in texts[name]], [p[1] for p in texts[name]])
 
     return lambda name: cache.get(name, lambda: compute(name))
-
-
-def bestofn_baselines(items) -> dict:
-    if not items:
-        return {}
-    k = len(items[0]["candidates"])
-
-    def pick(choose):
-        picks = [choose(i) for i in items]
-        return {"cosine": statistics.fmean(i["cosine"][p] for i, p in zip(items, picks)),
-                "f1": statistics.fmean(i["f1"][p] for i, p in zip(items, picks))}
-
-    return {"random (mean over candidates)": {"cosine": statistics.fmean(statistics.fmean(i["cosine"]) for i in items),
-                                              "f1": statistics.fmean(statistics.fmean(i["f1"]) for i in items)},
-            "longest": pick(lambda i: max(range(k), key=lambda c: len(i["candidates"][c]))),
-            "oracle by cosine": pick(lambda i: max(range(k), key=lambda c: i["cosine"][c]))}
 
 
 def render(payload) -> str:
