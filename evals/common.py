@@ -87,6 +87,14 @@ def write_results(name: str, payload: dict, markdown: str, json_path: str | None
         atomic_write_json(json_path, payload)
 
 
+def judges_measured(specs: dict[str, str]) -> list[dict]:
+    """What a result records of the judges it measured: ``[{"label", "name", "hash"}]`` (versioned name and content
+    hash, ``selfj_rlhf.shipped.judge_identity``), so it never names a judge other than the one it measured."""
+    from selfj_rlhf.shipped import judge_identity
+
+    return [{"label": label, **judge_identity(spec)} for label, spec in specs.items()]
+
+
 def command_line() -> str:
     return " ".join(["python", *sys.argv])
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import statistics
 import sys
 from pathlib import Path
@@ -26,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import command_line, default_data, machine_info, write_results  # noqa: E402
 
-from selfj_rlhf.io import atomic_write_json, atomic_write_jsonl, iter_records  # noqa: E402
+from selfj_rlhf.io import atomic_write_json, iter_records  # noqa: E402
 
 SOURCES = ("flask", "gpteacher_codegen", "gsm8k")
 
@@ -57,20 +56,14 @@ def make_parser():
 
 
 def write_prompt_files(args) -> None:
-    rng = random.Random(args.seed)
-    train, heldout = [], []
-    for path in args.data:
-        rows = [row for _, row in iter_records(path)
-                if len(row.get("reference") or "") >= args.min_reference_chars
-                and len(row["instruction"]) + len(row.get("input") or "") <= args.max_instruction_chars]
-        picked = rng.sample(rows, args.train_per_source + args.heldout_per_source)
-        keep = ("id", "instruction", "input", "reference", "category")
-        train += [{k: r[k] for k in keep if k in r} for r in picked[:args.train_per_source]]
-        heldout += [{k: r[k] for k in keep if k in r} for r in picked[args.train_per_source:]]
-    out = Path(args.output_dir)
-    atomic_write_jsonl(out / "prompts_train.jsonl", train)
-    atomic_write_jsonl(out / "prompts_heldout.jsonl", heldout)
-    print(f"{len(train)} train and {len(heldout)} held-out prompts in {out}")
+    from selfj_rlhf.prompts import write_prompt_split
+
+    train, heldout = write_prompt_split(dict(zip(SOURCES, args.data)), args.output_dir,
+                                        train_per_source=args.train_per_source,
+                                        heldout_per_source=args.heldout_per_source,
+                                        min_reference_chars=args.min_reference_chars,
+                                        max_instruction_chars=args.max_instruction_chars, seed=args.seed)
+    print(f"train and held-out prompts: {train}, {heldout}")
 
 
 def greedy_outputs(name: str, spec: str, prompts, args) -> list[dict]:

@@ -14,13 +14,16 @@ from pathlib import Path
 
 from .io import ShardWriter, atomic_write_json, atomic_write_jsonl, read_shards, start_sharded_run
 from .errors import ConfigError
+from .judge import LENGTH_CONTROL_HELP
 from .models import DEFAULT_POLICY
 from .prompts import load_prompts
 from .selective import DEFAULT_DECLINE_MESSAGE
 
 RESULT_FIELDS = ("policy", "judge", "judge_template", "dataset", "dataset_split", "n", "max_new_tokens",
                  "temperature", "top_p", "seed", "use_reference", "max_judge_length", "dtype", "judge_quantize",
-                 "backend")
+                 "backend", "length_control")
+# sampling temperature of n > 1 candidates when none is given (n = 1 is greedy)
+SAMPLING_TEMPERATURE = 0.7
 
 
 @dataclass
@@ -40,12 +43,15 @@ class BestOfNConfig:
     n: int = field(default=4, metadata={"help": "Candidates per prompt."})
     max_prompts: int | None = field(default=None, metadata={"help": "Use only the first N prompts."})
     max_new_tokens: int = field(default=256, metadata={"help": "Generation length cap per candidate."})
-    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature (0 = greedy)."})
+    temperature: float | None = field(default=None, metadata={
+        "help": f"Sampling temperature (0 = greedy). Unset: {SAMPLING_TEMPERATURE} when n > 1, greedy when n = 1. "
+                "n > 1 at temperature 0 is an error (n copies of one answer)."})
     top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling threshold."})
     seed: int = field(default=42, metadata={"help": "Run seed; each prompt is seeded from (seed, prompt id)."})
     use_reference: bool = field(default=False, metadata={
         "help": "Judge with the with-reference template using the dataset's `reference` column."})
     judge_batch_size: int = field(default=8, metadata={"help": "Judge batch size."})
+    length_control: bool | None = field(default=None, metadata={"help": LENGTH_CONTROL_HELP})
     max_judge_length: int = field(default=2048, metadata={"help": "Longest judge prompt in tokens."})
     dtype: str = field(default="auto", metadata={"help": "auto (bf16 on GPU, fp32 on CPU), float32, bfloat16."})
     backend: str = field(default="hf", metadata={
@@ -71,8 +77,13 @@ class BestOfNConfig:
             raise ConfigError(f"n must be >= 1, got {self.n}")
         if self.max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature is None:
+            self.temperature = SAMPLING_TEMPERATURE if self.n > 1 else 0.0
         if self.temperature < 0:
             raise ConfigError(f"temperature must be >= 0, got {self.temperature}")
+        if self.n > 1 and self.temperature == 0:
+            raise ConfigError(f"--n {self.n} with --temperature 0: greedy decoding gives {self.n} copies of one answer; "
+                              "leave --temperature unset (or > 0) to sample, or use --n 1")
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.backend not in ("hf", "vllm"):
@@ -114,11 +125,13 @@ def _judged_row(judge, cfg: BestOfNConfig, prompt, candidates: list[dict]) -> di
     details = judge.score_details([prompt.instruction] * cfg.n, [c["text"] for c in candidates], refs,
                                   batch_size=cfg.judge_batch_size)
     for candidate, detail in zip(candidates, details):
-        candidate.update(score=detail.score, probs=detail.probs, digit_mass=detail.digit_mass,
-                         truncated=detail.truncated)
+        candidate.update(score=detail.score, raw_score=detail.raw_score, probs=detail.probs,
+                         digit_mass=detail.digit_mass, truncated=detail.truncated,
+                         judge_tokens=detail.response_tokens)
     chosen = max(range(cfg.n), key=lambda i: (candidates[i]["score"], -i))  # first best on ties
     row = {"id": prompt.id, "instruction": prompt.instruction, "dataset": prompt.dataset,
-           "candidates": candidates, "chosen": chosen, "chosen_score": candidates[chosen]["score"]}
+           "candidates": candidates, "chosen": chosen, "chosen_score": candidates[chosen]["score"],
+           "length_control": judge.length_control}
     if prompt.reference is not None:
         row["reference"] = prompt.reference
     if prompt.meta:
@@ -131,7 +144,7 @@ def run_best_of_n(cfg: BestOfNConfig, accelerator=None) -> dict | None:
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
-    from .judge import SelfJudge
+    from .judge import SelfJudge, resolve_length_control
     from .models import validate_model_spec
     from .shipped import resolve_judge_dir
 
@@ -156,11 +169,12 @@ def run_best_of_n(cfg: BestOfNConfig, accelerator=None) -> dict | None:
                 if judge_spec == cfg.policy and policy is not None and not cfg.judge_quantize:
                     # self-judging shares the policy's weights
                     judge = SelfJudge(policy, tokenizer, cfg.judge_template or "selfj-chat", cfg.max_judge_length,
-                                      base_model=cfg.policy)
+                                      base_model=cfg.policy,
+                                      length_control=resolve_length_control(cfg.length_control, None, cfg.policy))
                 else:
                     judge = SelfJudge.from_pretrained(judge_spec, template=cfg.judge_template, dtype=cfg.dtype,
                                                       device=str(accelerator.device), max_length=cfg.max_judge_length,
-                                                      quantize=cfg.judge_quantize)
+                                                      quantize=cfg.judge_quantize, length_control=cfg.length_control)
             with ShardWriter(shard_dir / f"part-{accelerator.process_index:03d}.jsonl") as writer:
                 bar = tqdm(total=len(mine), desc=f"best-of-{cfg.n} [rank {accelerator.process_index}]", unit="prompt",
                            position=accelerator.process_index)
@@ -190,6 +204,7 @@ def run_best_of_n(cfg: BestOfNConfig, accelerator=None) -> dict | None:
                "mean_chosen_score": sum(r["chosen_score"] for r in ordered) / len(ordered),
                "mean_candidate_score": sum(c["score"] for r in ordered for c in r["candidates"]) / (len(ordered) * cfg.n),
                "answered": sum(r["answered"] for r in ordered), "abstain_below": cfg.abstain_below,
+               "length_control": ordered[0]["length_control"],
                "wall_s_this_run": round(time.perf_counter() - start, 2)}
     atomic_write_json(out / "summary.json", summary)
     return summary

@@ -1,4 +1,5 @@
-"""The ``selfj`` command line: ``selfj alpaca-eval generate|evaluate|bundle`` and ``selfj serve``.
+"""The ``selfj`` command line: ``selfj alpaca-eval generate|evaluate|bundle``, ``selfj serve`` and
+``selfj data prepare``.
 
     selfj alpaca-eval generate --policy smollm2-135m-instruct --n 4 --max_prompts 20 --output_dir runs/ae
     selfj alpaca-eval evaluate --model_outputs runs/ae/model_outputs.json --annotator local:smollm2-135m-instruct \
@@ -6,6 +7,8 @@
     selfj alpaca-eval bundle --model_outputs runs/ae/model_outputs.json --eval_dir runs/ae/eval --output_dir runs/ae/bundle
 
     selfj serve --judge selfj-smollm2-135m --port 5000     # the judge as an HTTP reward service (selfj_rlhf/server.py)
+
+    selfj data prepare --data_dir data --check             # a SELFJ_DATA_DIR for every preset (selfj_rlhf/data_prepare.py)
 
 ``generate`` is best-of-n (recipes/best_of_n.py) with AlpacaEval defaults: the 805 AlpacaEval instructions
 and greedy decoding when ``--n 1``. Every subcommand takes ``--config file.yaml`` like the recipes.
@@ -17,7 +20,8 @@ import sys
 from dataclasses import dataclass, field
 
 USAGE = ("usage: selfj alpaca-eval {generate,evaluate,bundle} [--config FILE] [flags]\n"
-         "       selfj serve [--config FILE] [flags]   (add --help for the flags)")
+         "       selfj serve [--config FILE] [flags]\n"
+         "       selfj data prepare [--data_dir DIR] [--raw NAME=PATH ...] [--check]   (add --help for the flags)")
 ALPACA_EVAL_INSTRUCTIONS = "preset:alpaca_eval"  # the 805 AlpacaEval instructions (see selfj_rlhf.datasets)
 
 
@@ -39,8 +43,8 @@ def _generate(argv: list[str]) -> None:
     from .cli import make_trl_parser
 
     parser = make_trl_parser(BestOfNConfig)
-    parser.set_defaults(dataset=ALPACA_EVAL_INSTRUCTIONS, n=1, temperature=0.0, max_new_tokens=512,
-                        output_dir="runs/alpaca_eval")
+    # temperature stays unset: greedy for --n 1, best-of-n's sampling temperature for --n > 1
+    parser.set_defaults(dataset=ALPACA_EVAL_INSTRUCTIONS, n=1, max_new_tokens=512, output_dir="runs/alpaca_eval")
     (config,) = parser.parse_args_and_config(argv)
     summary = run_best_of_n(config)
     if summary is not None:
@@ -76,6 +80,17 @@ def _serve(argv: list[str]) -> None:
     serve(reward, config)
 
 
+def _data_prepare(argv: list[str]) -> None:
+    from .cli import make_trl_parser
+    from .data_prepare import DataPrepareConfig, check, prepare, print_report
+
+    (config,) = make_trl_parser(DataPrepareConfig).parse_args_and_config(argv)
+    if not config.check:
+        print_report(prepare(config), config.target())
+        print("then: export SELFJ_DATA_DIR=" + str(config.target().resolve()))
+    print_report(check(config), config.target())
+
+
 COMMANDS = {"generate": _generate, "evaluate": _evaluate, "bundle": _bundle}
 
 
@@ -85,6 +100,9 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["serve"]:
         run_cli(lambda: _serve(argv[1:]))
+        return
+    if argv[:2] == ["data", "prepare"]:
+        run_cli(lambda: _data_prepare(argv[2:]))
         return
     if len(argv) < 2 or argv[0] != "alpaca-eval" or argv[1] not in COMMANDS:
         print(USAGE, file=sys.stderr)

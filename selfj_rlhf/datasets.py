@@ -76,6 +76,7 @@ class Preset:
     convert: Callable[[Path], Iterator[dict]]
     hub_download: Callable[[], Path] | None
     description: str
+    origin: str  # where the raw files are, for a user who must fetch them
 
 
 # ---------------------------------------------------------------------------------------------- raw readers
@@ -214,12 +215,20 @@ def _hub_gsm8k() -> Path:
 
 PRESETS: dict[str, Preset] = {
     "alpaca_eval": Preset(convert_alpaca_eval, lambda: _hub_file("tatsu-lab/alpaca_eval", "alpaca_eval_gpt4_baseline.json"),
-                          "AlpacaEval's 805 instructions, GPT-4 Turbo outputs as references"),
-    "gsm8k": Preset(convert_gsm8k, _hub_gsm8k, "GSM8K maths word problems with worked solutions"),
-    "arena_bench_v1": Preset(convert_arena_bench_v1, None, "arena-bench v1 GPT-4 1-10 grades with references"),
-    "llmbar": Preset(convert_llmbar, None, "LLMBar pairwise gold preferences"),
-    "flask": Preset(convert_flask, None, "FLASK instructions with reference answers"),
-    "gpteacher_codegen": Preset(convert_gpteacher_codegen, None, "GPTeacher code instructions with GPT-4 answers"),
+                          "AlpacaEval's 805 instructions, GPT-4 Turbo outputs as references",
+                          "hub dataset tatsu-lab/alpaca_eval, file alpaca_eval_gpt4_baseline.json"),
+    "gsm8k": Preset(convert_gsm8k, _hub_gsm8k, "GSM8K maths word problems with worked solutions",
+                    "hub dataset openai/gsm8k (main), or github.com/openai/grade-school-math: "
+                    "grade_school_math/data/{train,test}.jsonl"),
+    "arena_bench_v1": Preset(convert_arena_bench_v1, None, "arena-bench v1 GPT-4 1-10 grades with references",
+                             "github.com/lm-sys/arena-hard-auto at commit 4a705dd: pass the folder "
+                             "data/arena-bench-v1/model_judgment"),
+    "llmbar": Preset(convert_llmbar, None, "LLMBar pairwise gold preferences",
+                     "github.com/princeton-nlp/LLMBar: pass the folder Dataset (or one dataset.json)"),
+    "flask": Preset(convert_flask, None, "FLASK instructions with reference answers",
+                    "github.com/kaistAI/FLASK: pass evaluation_set/flask_evaluation.jsonl"),
+    "gpteacher_codegen": Preset(convert_gpteacher_codegen, None, "GPTeacher code instructions with GPT-4 answers",
+                                "github.com/teknium1/GPTeacher: pass Codegen/codegen-instruct.json"),
 }
 
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from .judge import left_pad
+from .top_layers import decoder_layers
 
 
 @dataclass
@@ -47,9 +48,11 @@ class Features:
         return self.digit_probs @ np.arange(10, dtype=np.float32)
 
 
-def feature_key(judge, instruction: str, response: str, reference: str | None) -> str:
-    payload = json.dumps([judge.base_model, judge.template.name, judge.max_length, judge.sanitize, instruction,
-                          response, reference], ensure_ascii=False)
+def feature_key(judge, instruction: str, response: str, reference: str | None, max_layer: int | None = None) -> str:
+    fields = [judge.base_model, judge.template.name, judge.max_length, judge.sanitize, instruction, response, reference]
+    if max_layer is not None:  # a truncated forward stores fewer layers: never mixed with full rows
+        fields.append(max_layer)
+    payload = json.dumps(fields, ensure_ascii=False)
     return hashlib.sha1(payload.encode("utf-8")).hexdigest()
 
 
@@ -93,14 +96,53 @@ class FeatureCache:
                         response_tokens=np.array([r[2] for r in rows]), truncated=np.array([r[3] for r in rows]))
 
 
+class _StopForward(Exception):
+    pass
+
+
+def _truncated_states(judge, batch: dict, max_layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[B, max_layer + 1, hidden]`` score-position states from a forward that stops after layer ``max_layer``,
+    and NaN digit probabilities (the LM head never runs)."""
+
+    base = judge.model.get_base_model() if hasattr(judge.model, "get_base_model") else judge.model
+    layers = decoder_layers(base)
+    captured: list[torch.Tensor] = []
+
+    def embedding(module, args, kwargs):
+        captured.append((args[0] if args else kwargs["hidden_states"])[:, -1, :])
+
+    def output(module, args, kwargs, result):
+        captured.append((result[0] if isinstance(result, tuple) else result)[:, -1, :])
+
+    def stop(module, args, kwargs):
+        raise _StopForward
+
+    handles = [layers[0].register_forward_pre_hook(embedding, with_kwargs=True),
+               layers[max_layer].register_forward_pre_hook(stop, with_kwargs=True)]
+    handles += [layers[i].register_forward_hook(output, with_kwargs=True) for i in range(max_layer)]
+    try:
+        base.model(**batch, use_cache=False)
+    except _StopForward:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    states = torch.stack(captured, 1)
+    return states, torch.full((states.shape[0], 10), float("nan"))
+
+
 @torch.inference_mode()
 def score_position_features(judge, instructions: Sequence[str], responses: Sequence[str],
                             references: Sequence[str | None] | None = None, *, cache: FeatureCache | str | Path,
-                            batch_size: int = 8, flush_every: int = 8, progress: bool = True) -> Features:
+                            batch_size: int = 8, flush_every: int = 8, progress: bool = True,
+                            max_layer: int | None = None) -> Features:
     """Hidden states of every layer at the score position of each judge prompt (see ``Features``).
 
     Rows already in ``cache`` are not recomputed; new rows are stored every ``flush_every`` batches, so a kill
-    loses at most that much work. Batches are sorted by length to keep padding small.
+    loses at most that much work. Batches are sorted by length to keep padding small. ``max_layer`` (below the
+    model's layer count) stops each forward after that decoder layer: ``states`` then hold layers
+    ``0..max_layer`` only, ``digit_probs`` are NaN, and the layers above never run (a head on a middle layer
+    needs no more).
     """
     from tqdm.auto import tqdm
 
@@ -109,7 +151,9 @@ def score_position_features(judge, instructions: Sequence[str], responses: Seque
     refs = list(references) if references is not None else [None] * len(responses)
     if not len(instructions) == len(responses) == len(refs):
         raise ValueError(f"{len(instructions)} instructions, {len(responses)} responses, {len(refs)} references")
-    keys = [feature_key(judge, i, r, ref) for i, r, ref in zip(instructions, responses, refs)]
+    if max_layer is not None and not 1 <= max_layer < judge.model.config.num_hidden_layers:
+        raise ValueError(f"max_layer must be in 1..{judge.model.config.num_hidden_layers - 1}, got {max_layer}")
+    keys = [feature_key(judge, i, r, ref, max_layer) for i, r, ref in zip(instructions, responses, refs)]
     todo: dict[str, tuple[str, str, str | None]] = {}
     for key, item in zip(keys, zip(instructions, responses, refs)):
         if key not in cache and key not in todo:
@@ -126,10 +170,16 @@ def score_position_features(judge, instructions: Sequence[str], responses: Seque
         for number, start in enumerate(tqdm(batches, desc="features", unit="batch", disable=not progress), 1):
             chunk = order[start:start + batch_size]
             batch = {k: v.to(judge.device) for k, v in left_pad([encoded[k].input_ids for k in chunk], pad).items()}
-            out = judge.model(**batch, output_hidden_states=True, use_cache=False, logits_to_keep=1)
             judge.scored_tokens += int(batch["attention_mask"].sum())
-            states = torch.stack([h[:, -1, :] for h in out.hidden_states], 1).to(torch.float16).cpu().numpy()
-            probs = torch.softmax(out.logits[:, -1, :].float()[:, digit_index.to(out.logits.device)], -1).cpu().numpy()
+            if max_layer is None:
+                out = judge.model(**batch, output_hidden_states=True, use_cache=False, logits_to_keep=1)
+                hidden = torch.stack([h[:, -1, :] for h in out.hidden_states], 1)
+                digits = out.logits[:, -1, :].float()[:, digit_index.to(out.logits.device)]
+                probs = torch.softmax(digits, -1).cpu().numpy()
+            else:
+                hidden, nan_probs = _truncated_states(judge, batch, max_layer)
+                probs = nan_probs.numpy()
+            states = hidden.to(torch.float16).cpu().numpy()
             for row, key in enumerate(chunk):
                 pending[key] = (states[row], probs[row], lengths[key], encoded[key].truncated)
             if number % flush_every == 0:

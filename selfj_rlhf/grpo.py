@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ConfigError
+from .judge import LENGTH_CONTROL_HELP
 
 
 @dataclass
@@ -34,6 +35,7 @@ class GRPOScriptConfig:
         "help": "> 0 adds TRL's soft overlong punishment reward over the last N tokens before max_completion_length."})
     judge_batch_size: int = field(default=8, metadata={"help": "Judge batch size."})
     max_judge_length: int = field(default=2048, metadata={"help": "Longest judge prompt in tokens."})
+    length_control: bool | None = field(default=None, metadata={"help": LENGTH_CONTROL_HELP})
 
     def __post_init__(self):
         if self.overlong_cache < 0:
@@ -66,7 +68,8 @@ def reward_functions(cfg: GRPOScriptConfig, policy: str, max_completion_length: 
     rewards = [SelfJReward(judge=cfg.judge or default_judge_for(policy), template=cfg.judge_template,
                            use_reference=cfg.reward_use_reference, transform=cfg.reward_transform,
                            length_penalty=cfg.reward_length_penalty, batch_size=cfg.judge_batch_size,
-                           max_length=cfg.max_judge_length, server_url=cfg.judge_server_url)]
+                           max_length=cfg.max_judge_length, length_control=cfg.length_control,
+                           server_url=cfg.judge_server_url)]
     if cfg.overlong_cache:
         if cfg.overlong_cache >= max_completion_length:
             raise ConfigError(f"overlong_cache ({cfg.overlong_cache}) must be below max_completion_length "

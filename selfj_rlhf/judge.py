@@ -19,7 +19,7 @@ from typing import Sequence
 
 import torch
 
-from .errors import DigitTokenError
+from .errors import ConfigError, DigitTokenError
 from .models import DEFAULT_POLICY, load_causal_lm, quantize_int8_dynamic
 from .templates import DEFAULT_TEMPLATE, JudgeTemplate, get_template, render_judge_prompt
 
@@ -29,6 +29,23 @@ JUDGE_CONFIG_NAME = "selfj_config.json"
 # section markers of the judge templates ([Question], [Answer], [End of Answer], [Reference], ...), any case
 TEMPLATE_MARKERS = r"\[\s*(?:end\s+of\s+)?(?:question|answer|reference|response|instruction)\s*\]"
 DIGITS = tuple(str(d) for d in range(10))
+# Whether a judge trained with a length fit scores with its length trend removed when the caller leaves
+# ``length_control`` unset. One default for every scoring path (best-of-n, rounds, pairs, AlpacaEval generate, the
+# TRL reward, the server); docs/rlhf.md gives the measurement behind it (evals/results/improvement.md).
+LENGTH_CONTROL_DEFAULT = True
+LENGTH_CONTROL_HELP = ("Score with the log-length trend the judge was trained with removed (its selfj_config.json "
+                       "length_control), so longer answers earn nothing for length alone. Unset: the library default "
+                       "(selfj_rlhf.judge.LENGTH_CONTROL_DEFAULT), on when the judge has a fit.")
+
+
+def resolve_length_control(requested: bool | None, length_fit, judge_name: str) -> bool:
+    """The length-control setting a judge scores with: ``requested``, or the default when it is None (on only for
+    a judge that has a fit). Asking for it from a judge without a fit is an error."""
+    if requested is None:
+        return LENGTH_CONTROL_DEFAULT and length_fit is not None
+    if requested and length_fit is None:
+        raise ConfigError(f"length_control: judge '{judge_name}' was not trained with a length fit")
+    return bool(requested)
 
 
 def digit_token_ids(tokenizer) -> list[int]:
@@ -80,15 +97,17 @@ class ScoreDetails:
     """One judged item.
 
     Attributes:
-        score: expected digit under the softmax restricted to the ten digit tokens, in [0, 9] (a scalar-head
-            judge: the head's score; with length control on, the length-controlled score).
+        score: the judge's rating, always in [0, 9]: the expected digit under the softmax restricted to the ten
+            digit tokens, or a scalar head's output put on the 0-9 scale by its ``ScoreMap``; with length control
+            on, after the length trend is removed (see ``SelfJudge``).
         probs: that 10-way distribution (index = digit); empty for a scalar-head judge.
         digit_mass: probability the full vocabulary puts on the ten digits (format adherence); 1.0 for a
             scalar-head judge, which always answers.
-        argmax: most likely digit (a scalar-head judge: the score rounded into 0-9).
+        argmax: most likely digit (a scalar-head judge: the score rounded).
         truncated: whether the response was cut to fit ``max_length``.
-        raw_score: the score before length control (equal to ``score`` without it).
+        raw_score: before length control and the score map: the expected digit, or the head's own output.
         response_tokens: the response's length in tokens before truncation.
+        length_control: whether ``score`` has the length trend removed.
     """
 
     score: float
@@ -98,6 +117,7 @@ class ScoreDetails:
     truncated: bool = False
     raw_score: float | None = None
     response_tokens: int = 0
+    length_control: bool = False
 
 
 @dataclass
@@ -130,11 +150,16 @@ class SelfJudge:
             decoder layers above it are not run).
         length_fit: a ``LengthControl`` fitted when the judge was trained (saved in ``selfj_config.json``).
         length_control: subtract the length trend of ``length_fit`` from every score.
+        score_map: a scalar head's ``ScoreMap`` onto 0-9 (saved in ``selfj_config.json``). Without one, scores
+            are clipped into [0, 9].
+
+    Text normalisation: the instruction, response and reference are stripped of surrounding whitespace (after
+    ``sanitize``), so an item scores the same in-process and through every form of the judge server.
     """
 
     def __init__(self, model, tokenizer, template: str | JudgeTemplate = DEFAULT_TEMPLATE, max_length: int = 2048,
                  base_model: str | None = None, share_prefix: str = "auto", min_shared_prefix: int = 64,
-                 sanitize: bool = True, head=None, length_fit=None, length_control: bool = False):
+                 sanitize: bool = True, head=None, length_fit=None, length_control: bool = False, score_map=None):
         if share_prefix not in ("auto", "always", "never"):
             raise ValueError(f"share_prefix must be auto, always or never, got {share_prefix!r}")
         self.model = model
@@ -156,6 +181,7 @@ class SelfJudge:
         if length_control and length_fit is None:
             raise ValueError("length_control needs a length_fit (a judge trained with one saves it)")
         self.length_control = length_control
+        self.score_map = score_map
         special = sorted({t for t in getattr(tokenizer, "all_special_tokens", []) if t and len(t) > 1}, key=len,
                          reverse=True)
         self._markers = re.compile("|".join([re.escape(t) for t in special] + [TEMPLATE_MARKERS]), re.IGNORECASE)
@@ -165,13 +191,14 @@ class SelfJudge:
     def from_pretrained(cls, spec_or_dir: str = DEFAULT_POLICY, *, template: str | None = None, dtype: str = "auto",
                         device: str | None = None, max_length: int | None = None,
                         trust_remote_code: bool = False, quantize: str | None = None,
-                        length_control: bool = False) -> "SelfJudge":
+                        length_control: bool | None = None) -> "SelfJudge":
         """Load a zero-shot judge from a model spec, or a trained judge from a judge directory.
 
         A judge directory holds ``selfj_config.json`` (base model, template, digit ids) and either a
         peft adapter (loaded on top of the base and merged into it), a full/merged checkpoint, or, for a
         scalar-head judge, ``scalar_head.safetensors`` read on the frozen base model.
-        ``length_control=True`` scores with the length control fitted at training (the directory must have one).
+        ``length_control``: score with the length control fitted at training (True; the directory must have one),
+        without it (False), or as ``LENGTH_CONTROL_DEFAULT`` says (None: on when the judge has a fit).
         ``quantize="int8"``: int8 dynamic quantization of the decoder's linear layers (CPU only; see
         evals/results/bench_int8.md for its speedup and score drift).
         """
@@ -185,7 +212,8 @@ class SelfJudge:
                                               trust_remote_code=trust_remote_code)
             if quantize:
                 quantize_int8_dynamic(model)
-            return cls(model, tokenizer, template or DEFAULT_TEMPLATE, max_length or 2048, base_model=spec_or_dir)
+            return cls(model, tokenizer, template or DEFAULT_TEMPLATE, max_length or 2048, base_model=spec_or_dir,
+                       length_control=resolve_length_control(length_control, None, spec_or_dir))
         config = json.loads((judge_dir / JUDGE_CONFIG_NAME).read_text())
         scalar = config.get("head", {}).get("kind") == "scalar"
         has_adapter = (judge_dir / "adapter_config.json").is_file()
@@ -207,15 +235,13 @@ class SelfJudge:
             from .scalar_head import ScalarHead
 
             head = ScalarHead.load(judge_dir, int(config["head"]["layer"])).to(next(model.parameters()).device)
-        length_fit = None
-        if config.get("length_control"):
-            from .scalar_head import LengthControl
+        from .scalar_head import LengthControl, ScoreMap
 
-            length_fit = LengthControl.from_dict(config["length_control"])
-        if length_control and length_fit is None:
-            raise ValueError(f"{judge_dir / JUDGE_CONFIG_NAME} has no 'length_control' fit; train the judge with one")
+        length_fit = LengthControl.from_dict(config["length_control"]) if config.get("length_control") else None
+        score_map = ScoreMap.from_dict(config["score_map"]) if config.get("score_map") else None
         judge = cls(model, tokenizer, template or config["template"], max_length or config.get("max_length", 2048),
-                    base_model=config["base_model"], head=head, length_fit=length_fit, length_control=length_control)
+                    base_model=config["base_model"], head=head, length_fit=length_fit, score_map=score_map,
+                    length_control=resolve_length_control(length_control, length_fit, spec_or_dir))
         if judge.digit_ids != config["digit_token_ids"]:
             raise DigitTokenError(
                 f"{judge_dir / JUDGE_CONFIG_NAME}: field 'digit_token_ids' {config['digit_token_ids']} does not match "
@@ -230,6 +256,8 @@ class SelfJudge:
             config["head"] = {"kind": "scalar", "layer": self.head.layer}
         if self.length_fit is not None:
             config["length_control"] = self.length_fit.to_dict()
+        if self.score_map is not None:
+            config["score_map"] = self.score_map.to_dict()
         return config
 
     def save_pretrained(self, directory: str | Path, *, merge_adapter: bool = False, extra: dict | None = None) -> None:
@@ -257,8 +285,9 @@ class SelfJudge:
         return next(self.model.parameters()).device
 
     def clean(self, text: str) -> str:
-        """User text with special-token strings and template markers removed (when ``sanitize`` is on)."""
-        return self._markers.sub("", text) if self.sanitize else text
+        """User text with special-token strings and template markers removed (when ``sanitize`` is on), and
+        surrounding whitespace stripped (the one text normalisation of every scoring path)."""
+        return (self._markers.sub("", text) if self.sanitize else text).strip()
 
     def _prefix_suffix_ids(self, instruction: str, reference: str | None) -> tuple[list[int], list[int]]:
         key = (instruction, reference, self.sanitize)
@@ -310,17 +339,22 @@ class SelfJudge:
         probs = torch.softmax(digit, dim=-1).cpu()
         return probs @ self._digit_values, probs, log_mass.cpu()
 
-    def _details(self, score: float, probs: torch.Tensor | None, log_mass: torch.Tensor | None,
+    def on_scale(self, value: float) -> float:
+        """A raw (or length-controlled) score on 0-9: through the score map when the judge has one, else clipped."""
+        if self.score_map is not None:
+            return float(self.score_map.apply([value])[0])
+        return min(9.0, max(0.0, value))
+
+    def _details(self, raw: float, probs: torch.Tensor | None, log_mass: torch.Tensor | None,
                  item: EncodedItem) -> ScoreDetails:
-        raw = score
-        if self.length_control:
-            score = float(self.length_fit.apply([raw], [item.response_tokens])[0])
+        adjusted = float(self.length_fit.apply([raw], [item.response_tokens])[0]) if self.length_control else raw
+        score = self.on_scale(adjusted)
+        common = dict(score=score, truncated=item.truncated, raw_score=raw, response_tokens=item.response_tokens,
+                      length_control=self.length_control)
         if probs is None:
-            return ScoreDetails(score=score, probs=[], digit_mass=1.0, argmax=min(9, max(0, round(raw))),
-                                truncated=item.truncated, raw_score=raw, response_tokens=item.response_tokens)
-        return ScoreDetails(score=score, probs=probs.tolist(), digit_mass=float(log_mass.exp()),
-                            argmax=int(probs.argmax()), truncated=item.truncated, raw_score=raw,
-                            response_tokens=item.response_tokens)
+            return ScoreDetails(probs=[], digit_mass=1.0, argmax=round(score), **common)
+        return ScoreDetails(probs=probs.tolist(), digit_mass=float(log_mass.exp()), argmax=int(probs.argmax()),
+                            **common)
 
     def score_details(self, instructions: Sequence[str], responses: Sequence[str],
                       references: Sequence[str | None] | None = None, batch_size: int = 8,

@@ -141,7 +141,7 @@ def parse_scored_row(row: dict, path, line: int) -> ScoredPrompt:
         candidates = [ScoredCandidate(text := _completion_text(c, path, line, f"completions[{i}]"),
                                       require_finite(s, path, line, f"scores[{i}]"), _length(text, None))
                       for i, (c, s) in enumerate(zip(completions, scores))]
-    extra = {k: row[k] for k in ("reference", "dataset") if k in row}
+    extra = {k: row[k] for k in ("reference", "dataset", "length_control") if k in row}
     return ScoredPrompt(str(raw_id), prompt, candidates, extra)
 
 
@@ -223,5 +223,7 @@ def build_pairs(prompts: list[ScoredPrompt], cfg: PairConfig) -> tuple[list[dict
                      "length_chosen": chosen.length, "length_rejected": rejected.length, **item.extra})
     report = {"prompts": len(prompts), "pairs": len(rows),
               "dropped": {reason: dropped[reason] for reason in DROP_REASONS if dropped[reason]},
-              "strategy": cfg.strategy}
+              "strategy": cfg.strategy,
+              "length_control": sorted({str(item.extra["length_control"]) for item in prompts
+                                        if "length_control" in item.extra}) or "not recorded"}
     return rows, report

@@ -26,6 +26,7 @@ from pathlib import Path
 from .best_of_n import BestOfNConfig, run_best_of_n
 from .errors import ConfigError
 from .io import atomic_write_json, atomic_write_jsonl, iter_records, last_complete_checkpoint
+from .judge import LENGTH_CONTROL_HELP
 from .pairs import PairConfig, build_pairs, load_scored_prompts
 
 
@@ -49,6 +50,7 @@ class LoopConfig:
     sampling_top_p: float = field(default=0.95, metadata={"help": "Nucleus threshold of the candidates."})
     judge_batch_size: int = field(default=8, metadata={"help": "Judge batch size."})
     max_judge_length: int = field(default=2048, metadata={"help": "Longest judge prompt in tokens."})
+    length_control: bool | None = field(default=None, metadata={"help": LENGTH_CONTROL_HELP})
     rounds: int = field(default=1, metadata={"help": "Rounds of generate -> score -> select -> train."})
 
     def __post_init__(self):
@@ -99,7 +101,8 @@ def _sample_and_score(cfg: LoopConfig, policy: str, judge: str, directory: Path,
                                     instruction_field=cfg.instruction_field, n=cfg.n, max_prompts=cfg.max_prompts,
                                     max_new_tokens=cfg.max_new_tokens, temperature=cfg.sampling_temperature,
                                     top_p=cfg.sampling_top_p, seed=seed, judge_batch_size=cfg.judge_batch_size,
-                                    max_judge_length=cfg.max_judge_length, output_dir=str(out)), accelerator=state)
+                                    max_judge_length=cfg.max_judge_length, length_control=cfg.length_control,
+                                    output_dir=str(out)), accelerator=state)
     state.wait_for_everyone()
     return out / "candidates.jsonl"
 

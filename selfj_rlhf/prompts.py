@@ -79,3 +79,35 @@ def load_prompts(dataset: str | None = None, *, split: str = "train", instructio
     if not records:
         raise RecordError(dataset or BUNDLED_PROMPTS, None, None, "dataset is empty: no prompts to answer")
     return records
+
+
+PROMPT_FIELDS = ("id", "instruction", "input", "reference", "category")
+
+
+def write_prompt_split(sources: dict[str, str], output_dir: str | Path, *, train_per_source: int,
+                       heldout_per_source: int, min_reference_chars: int = 20, max_instruction_chars: int = 1200,
+                       seed: int = 7) -> tuple[Path, Path]:
+    """Disjoint train and held-out prompt files (``prompts_train.jsonl``, ``prompts_heldout.jsonl``) with references,
+    the same number from each source (a name -> data spec map), seeded. Rows keep ``PROMPT_FIELDS``; rows with a
+    short reference or a long instruction are skipped. Written atomically; an error names a source that has too few
+    usable rows."""
+    import random
+
+    from .io import atomic_write_jsonl
+
+    rng = random.Random(seed)
+    train, heldout = [], []
+    for name, spec in sources.items():
+        rows = [row for _, row in iter_records(spec)
+                if len(row.get("reference") or "") >= min_reference_chars
+                and len(row["instruction"]) + len(row.get("input") or "") <= max_instruction_chars]
+        wanted = train_per_source + heldout_per_source
+        if len(rows) < wanted:
+            raise ConfigError(f"{name} ({spec}): {len(rows)} usable rows, {wanted} wanted")
+        picked = [{k: r[k] for k in PROMPT_FIELDS if k in r} for r in rng.sample(rows, wanted)]
+        train += picked[:train_per_source]
+        heldout += picked[train_per_source:]
+    out = Path(output_dir)
+    atomic_write_jsonl(out / "prompts_train.jsonl", train)
+    atomic_write_jsonl(out / "prompts_heldout.jsonl", heldout)
+    return out / "prompts_train.jsonl", out / "prompts_heldout.jsonl"

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, Sequence, runtime_checkable
 
 from .errors import ConfigError
+from .judge import LENGTH_CONTROL_HELP
 from .models import DEFAULT_POLICY
 from .shipped import default_judge_for
 
@@ -51,9 +52,7 @@ class SelfJRewardConfig:
     dtype: str = field(default="auto", metadata={"help": "auto (bf16 on GPU, fp32 on CPU), float32, bfloat16."})
     device: str | None = field(default=None, metadata={"help": "Judge device; default cuda if available, else cpu."})
     quantize: str | None = field(default=None, metadata={"help": "int8: int8 dynamic quantization of the judge (CPU)."})
-    length_control: bool | None = field(default=None, metadata={
-        "help": "Subtract the log-length trend the judge was trained with (its selfj_config.json length_control), so "
-                "longer answers earn nothing for length alone. None: on when the judge has one."})
+    length_control: bool | None = field(default=None, metadata={"help": LENGTH_CONTROL_HELP})
     server_url: str | None = field(default=None, metadata={
         "help": "Score through a `selfj serve` judge server at this URL (e.g. http://127.0.0.1:5000) instead of "
                 "loading the judge in this process; the judge options above are then the server's."})
@@ -67,12 +66,9 @@ class SelfJRewardConfig:
         """The configured ``SelfJudge``, with length control as ``length_control`` asks."""
         from .judge import SelfJudge
 
-        judge = SelfJudge.from_pretrained(self.judge, template=self.template, dtype=self.dtype, device=self.device,
-                                          max_length=self.max_length, quantize=self.quantize)
-        if self.length_control and judge.length_fit is None:
-            raise ConfigError(f"length_control: judge '{self.judge}' was not trained with a length fit")
-        judge.length_control = judge.length_fit is not None if self.length_control is None else self.length_control
-        return judge
+        return SelfJudge.from_pretrained(self.judge, template=self.template, dtype=self.dtype, device=self.device,
+                                         max_length=self.max_length, quantize=self.quantize,
+                                         length_control=self.length_control)
 
     def __post_init__(self):
         if self.transform not in ("raw", "centered", "zscore"):

@@ -92,6 +92,53 @@ class LengthControl:
         return cls(slope=float(data["slope"]), center=float(data["center"]))
 
 
+@dataclass
+class ScoreMap:
+    """``9 * sigmoid((raw - center) / scale)``: a scalar head's unbounded score put on the 0-9 scale.
+
+    Strictly increasing, so it never changes which of two answers ranks higher; fitted at training by least
+    squares to the teacher's labels, so a mapped score reads like a label. The head's own output stays available
+    as ``ScoreDetails.raw_score``.
+    """
+
+    center: float
+    scale: float
+
+    @classmethod
+    def fit(cls, raw: Sequence[float], labels: Sequence[float]) -> "ScoreMap":
+        from scipy.optimize import least_squares
+        from scipy.special import expit
+
+        x = np.asarray(raw, dtype=np.float64)
+        y = np.asarray(labels, dtype=np.float64)
+        if len(x) < 2 or x.std() == 0:
+            raise ValueError("a score map needs at least two rows with different scores")
+
+        def residuals(params):
+            return 9.0 * expit((x - params[0]) / np.exp(params[1])) - y
+
+        # start from the line through the label mean with slope 1 (a head already on the label scale)
+        fit = least_squares(residuals, x0=[float(y.mean()), np.log(2.25)])
+        return cls(center=float(fit.x[0]), scale=float(np.exp(fit.x[1])))
+
+    def apply(self, raw) -> np.ndarray:
+        from scipy.special import expit
+
+        return 9.0 * expit((np.asarray(raw, dtype=np.float64) - self.center) / self.scale)
+
+    def to_dict(self) -> dict:
+        return {"kind": "logistic", **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ScoreMap":
+        if data.get("kind") != "logistic":
+            raise ConfigError(f"unknown score_map kind {data.get('kind')!r}")
+        scale = float(data["scale"])
+        if not scale > 0:
+            raise ConfigError(f"score_map scale must be > 0, got {scale}")
+        return cls(center=float(data["center"]), scale=scale)
+
+
 class ScalarHead(torch.nn.Module):
     """``score = weight . state + bias`` on the raw (unstandardised) state of decoder layer ``layer``."""
 

@@ -407,7 +407,8 @@ def create_app(judge, reward: SelfJRewardConfig | None = None, config: ServeConf
     @app.get("/health/")
     async def health():
         return {"status": "ok", "judge": reward.judge, "template": judge.template.name,
-                "device": str(judge.device), "use_reference": reward.use_reference}
+                "device": str(judge.device), "use_reference": reward.use_reference,
+                "length_control": judge.length_control}
 
     @app.get("/metrics")
     async def metrics_route(request: Request, format: str = "prometheus"):

@@ -88,3 +88,21 @@ def test_outputs_not_in_the_reference_set_are_refused(tmp_path, references):
     path.write_text(json.dumps([{"instruction": "Not an AlpacaEval instruction", "output": "x"}]))
     with pytest.raises(ConfigError, match="not in"):
         matched_references(load_outputs(path, role="model"), references)
+
+
+def test_generate_samples_when_n_is_above_one(tiny_model_dir, references, tmp_path, capsys):
+    from selfj_rlhf.console import main
+    from selfj_rlhf.errors import ConfigError
+
+    out = tmp_path / "gen4"
+    main(["alpaca-eval", "generate", "--policy", str(tiny_model_dir), "--dataset", str(references), "--n", "4",
+          "--max_prompts", "2", "--max_new_tokens", "8", "--output_dir", str(out)])
+    settings = json.loads((out / "run_config.json").read_text())
+    assert settings["temperature"] == 0.7 and settings["n"] == 4  # best-of-n's sampling temperature
+    rows = [json.loads(line) for line in (out / "candidates.jsonl").read_text().splitlines()]
+    assert any(len({c["text"] for c in row["candidates"]}) > 1 for row in rows)  # not 4 copies of one answer
+    with pytest.raises((SystemExit, ConfigError)):
+        main(["alpaca-eval", "generate", "--policy", str(tiny_model_dir), "--dataset", str(references), "--n", "4",
+              "--temperature", "0", "--output_dir", str(tmp_path / "greedy4")])
+    assert "--n 4 with --temperature 0" in capsys.readouterr().err
+    assert not (tmp_path / "greedy4").exists()

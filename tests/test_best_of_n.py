@@ -76,3 +76,11 @@ def test_vllm_backend_without_vllm_is_a_clear_error(tiny_model_dir, prompt_file,
     with pytest.raises(ConfigError, match="needs the vllm package"):
         run_best_of_n(config(tiny_model_dir, prompt_file, tmp_path / "run", backend="vllm"))
     assert not (tmp_path / "run" / "model_outputs.json").exists()
+
+
+def test_temperature_follows_n_unless_given():
+    assert BestOfNConfig(n=1).temperature == 0.0  # one answer: greedy
+    assert BestOfNConfig(n=4).temperature == 0.7  # several: sampled
+    assert BestOfNConfig(n=4, temperature=1.0).temperature == 1.0
+    with pytest.raises(ConfigError, match=r"--n 4 with --temperature 0"):
+        BestOfNConfig(n=4, temperature=0.0)

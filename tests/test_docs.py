@@ -56,3 +56,28 @@ def test_docs_speak_of_the_project_only():
             if words.search(line):
                 offenders.append(f"{doc.relative_to(REPO)}:{number}: {line.strip()[:100]}")
     assert not offenders, "\n".join(offenders)
+
+
+def test_results_name_the_judge_version_they_measured():
+    """A result that ran a shipped judge by its alias records the versioned name and content hash it measured, and
+    the results page marks every result measured with a judge other than the current one."""
+    import json
+
+    sys.path.insert(0, str(REPO / "evals"))
+    from render_results import judge_cell
+
+    from selfj_rlhf.shipped import JUDGE_ALIASES, judge_identity
+
+    for path in sorted((REPO / "evals" / "results").glob("*.json")):
+        payload = json.loads(path.read_text())
+        values = json.dumps({k: v for k, v in payload.items() if k not in ("command", "commands")})
+        for alias in JUDGE_ALIASES:
+            assert f'"{alias}"' not in values, f"{path.name} names the alias {alias} instead of a version"
+            ran = re.search(rf"(?<![\w/.-]){re.escape(alias)}(?![\w-])", json.dumps(payload.get("command") or
+                                                                                 payload.get("commands") or ""))
+            if ran:  # the alias itself, not a run directory that happens to share its name
+                assert payload.get("judges_measured"), f"{path.name} ran {alias} but records no judges_measured"
+    current = judge_identity("selfj-smollm2-135m")
+    assert judge_cell({"judges_measured": [{"label": "j", **current}]}) == current["name"]
+    old = {"label": "j", "name": "selfj-smollm2-135m-v1", "hash": "0" * 16}
+    assert judge_cell({"judges_measured": [old]}) == "selfj-smollm2-135m-v1 (not the current judge)"

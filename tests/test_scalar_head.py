@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from selfj_rlhf import SelfJudge
+from selfj_rlhf.judge import LENGTH_CONTROL_DEFAULT
 from selfj_rlhf.errors import ConfigError
 from selfj_rlhf.features import FeatureCache, score_position_features
-from selfj_rlhf.scalar_head import (LengthControl, ScalarHead, ScalarHeadConfig, layer_output, pairwise_loss,
+from selfj_rlhf.scalar_head import (LengthControl, ScalarHead, ScoreMap, ScalarHeadConfig, layer_output, pairwise_loss,
                                     train_scalar_head, training_pairs)
 
 ITEMS = [("What is 2+2?", "4"), ("What is 2+2?", "Four, because two plus two is four."),
@@ -91,11 +92,12 @@ def test_truncated_forward_equals_full_model_layer(tiny_judge):
         layer_output(tiny_judge.model, 3, **batch)
 
 
-def scalar_judge(tiny_judge, layer, seed=0):
+def scalar_judge(tiny_judge, layer, seed=0, score_map=None):
     torch.manual_seed(seed)
     head = ScalarHead(tiny_judge.model.config.hidden_size, layer)
     return SelfJudge(tiny_judge.model, tiny_judge.tokenizer, max_length=tiny_judge.max_length,
-                     base_model=tiny_judge.base_model, head=head, length_fit=LengthControl(0.7, 3.0))
+                     base_model=tiny_judge.base_model, head=head, length_fit=LengthControl(0.7, 3.0),
+                     score_map=score_map)
 
 
 @pytest.mark.parametrize("layer", [1, 2])
@@ -109,24 +111,28 @@ def test_scalar_judge_scores_the_layer_state(tiny_judge, layer, share_prefix):
         with torch.no_grad():
             state = tiny_judge.model(input_ids=ids, output_hidden_states=True).hidden_states[layer][0, -1]
             expected = float(judge.head(state))
-        assert detail.score == pytest.approx(expected, abs=1e-4)
-        assert detail.raw_score == detail.score and detail.probs == [] and detail.digit_mass == 1.0
-        assert detail.response_tokens == len(tiny_judge.tokenizer.encode(response, add_special_tokens=False))
+        assert detail.raw_score == pytest.approx(expected, abs=1e-4)
+        assert detail.score == pytest.approx(min(9.0, max(0.0, expected)), abs=1e-4)  # no score map: clipped
+        assert detail.probs == [] and detail.digit_mass == 1.0
+        assert detail.response_tokens == len(tiny_judge.tokenizer.encode(response.strip(), add_special_tokens=False))
 
 
 def test_scalar_judge_save_load_and_length_control(tiny_judge, tmp_path):
-    judge = scalar_judge(tiny_judge, 1)
+    judge = scalar_judge(tiny_judge, 1, score_map=ScoreMap(center=0.2, scale=0.5))
     judge.save_pretrained(tmp_path / "judge")
     assert (tmp_path / "judge" / "scalar_head.safetensors").is_file()
     assert not (tmp_path / "judge" / "model.safetensors").exists()  # the frozen base is referenced, not copied
-    loaded = SelfJudge.from_pretrained(str(tmp_path / "judge"))
+    loaded = SelfJudge.from_pretrained(str(tmp_path / "judge"), length_control=False)
     assert loaded.head.layer == 1 and loaded.length_fit == judge.length_fit and not loaded.length_control
+    assert loaded.score_map == judge.score_map
     assert loaded.score(*zip(*ITEMS)) == pytest.approx(judge.score(*zip(*ITEMS)), abs=1e-5)
+    assert SelfJudge.from_pretrained(str(tmp_path / "judge")).length_control is LENGTH_CONTROL_DEFAULT
     controlled = SelfJudge.from_pretrained(str(tmp_path / "judge"), length_control=True)
     for raw, detail in zip(judge.score_details(*zip(*ITEMS)), controlled.score_details(*zip(*ITEMS))):
-        expected = raw.score - 0.7 * (math.log1p(detail.response_tokens) - 3.0)
-        assert detail.score == pytest.approx(expected, abs=1e-5)
-        assert detail.raw_score == pytest.approx(raw.score, abs=1e-5)
+        adjusted = raw.raw_score - 0.7 * (math.log1p(detail.response_tokens) - 3.0)
+        assert detail.score == pytest.approx(float(judge.score_map.apply([adjusted])[0]), abs=1e-5)
+        assert detail.raw_score == pytest.approx(raw.raw_score, abs=1e-5)
+        assert 0 <= detail.score <= 9 and detail.length_control and not raw.length_control
     with pytest.raises(ValueError, match="length_control"):
         SelfJudge(tiny_judge.model, tiny_judge.tokenizer, length_control=True)
 
@@ -161,3 +167,30 @@ def test_reward_length_control_defaults_to_the_judges_fit(tiny_judge, tmp_path):
     assert zero_shot.load_judge().length_control is False
     with pytest.raises(ConfigError, match="not trained with a length fit"):
         SelfJRewardConfig(judge=str(tiny_judge.base_model), length_control=True).load_judge()
+
+
+def test_truncated_features_equal_the_full_forward_below_the_cut(tiny_judge, tmp_path):
+    instructions, responses = zip(*ITEMS)
+    full = score_position_features(tiny_judge, instructions, responses, cache=tmp_path / "full", progress=False)
+    cut = score_position_features(tiny_judge, instructions, responses, cache=tmp_path / "cut", progress=False,
+                                  max_layer=1)
+    assert cut.states.shape[1] == 2  # the embedding output and layer 1; layer 2 never ran
+    np.testing.assert_allclose(cut.states.astype(np.float32), full.states[:, :2].astype(np.float32), atol=1e-3)
+    assert np.isnan(cut.digit_probs).all()
+    with pytest.raises(ValueError, match="max_layer"):
+        score_position_features(tiny_judge, instructions, responses, cache=tmp_path / "cut", max_layer=2)
+
+
+def test_score_map_is_increasing_bounded_and_fits_the_labels():
+    rng = np.random.default_rng(0)
+    raw = rng.normal(4.0, 3.0, 400)
+    labels = np.clip(9 / (1 + np.exp(-(raw - 4.5) / 1.5)) + rng.normal(0, 0.3, 400), 0, 9)
+    fitted = ScoreMap.fit(raw, labels)
+    assert fitted.center == pytest.approx(4.5, abs=0.2) and fitted.scale == pytest.approx(1.5, abs=0.2)
+    grid = fitted.apply(np.linspace(-1e3, 1e3, 2001))
+    assert np.all(np.diff(grid) >= 0) and grid.min() >= 0 and grid.max() <= 9
+    assert ScoreMap.from_dict(fitted.to_dict()) == fitted
+    with pytest.raises(ConfigError, match="scale"):
+        ScoreMap.from_dict({"kind": "logistic", "center": 0.0, "scale": 0.0})
+    with pytest.raises(ValueError, match="two rows"):
+        ScoreMap.fit([1.0, 1.0], [2.0, 3.0])

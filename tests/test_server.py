@@ -111,7 +111,7 @@ def test_health_routes(server):
     for route in ("/health", "/health/"):
         answer = httpx.get(server + route).json()
         assert answer["status"] == "ok" and answer["judge"] == "tiny" and answer["device"] == "cpu"
-        assert answer["template"]
+        assert answer["template"] and answer["length_control"] is False  # a zero-shot judge has no length fit
 
 
 def test_openrlhf_protocol_and_equality(server, tiny_judge):

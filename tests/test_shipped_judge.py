@@ -6,12 +6,32 @@ import pytest
 
 from selfj_rlhf.best_of_n import BestOfNConfig
 from selfj_rlhf.reward import SelfJRewardConfig
-from selfj_rlhf.shipped import JUDGES_DIR, SHIPPED_JUDGES, default_judge_for, shipped_judge_available
+from selfj_rlhf.shipped import (JUDGE_ALIASES, JUDGES_DIR, SHIPPED_JUDGES, default_judge_for, directory_hash,
+                                judge_identity, resolve_judge_dir, shipped_judge_available)
+
+
+def test_alias_names_the_newest_version_and_identities_carry_a_content_hash(tmp_path):
+    newest = JUDGE_ALIASES["selfj-smollm2-135m"]
+    versions = sorted((n for n in SHIPPED_JUDGES if n.startswith("selfj-smollm2-135m-v")),
+                      key=lambda n: int(n.rsplit("-v", 1)[1]))
+    assert newest == versions[-1]
+    assert resolve_judge_dir("selfj-smollm2-135m") == resolve_judge_dir(newest)
+    identity = judge_identity("selfj-smollm2-135m")
+    assert identity == {"name": newest, "hash": directory_hash(JUDGES_DIR / SHIPPED_JUDGES[newest][0])}
+    assert judge_identity("org/some-model") == {"name": "org/some-model", "hash": None}
+    # the hash follows the judge's content, not its provenance notes
+    (tmp_path / "selfj_config.json").write_text("{}")
+    first = directory_hash(tmp_path)
+    (tmp_path / "PROVENANCE.md").write_text("notes")
+    assert directory_hash(tmp_path) == first
+    (tmp_path / "selfj_config.json").write_text('{"a": 1}')
+    assert directory_hash(tmp_path) != first
+    assert judge_identity(str(tmp_path))["name"] == tmp_path.name
 
 
 def test_shipped_judge_files_and_provenance():
     assert shipped_judge_available("selfj-smollm2-135m")
-    directory = JUDGES_DIR / SHIPPED_JUDGES["selfj-smollm2-135m"][0]
+    directory = resolve_judge_dir("selfj-smollm2-135m")
     config = json.loads((directory / "selfj_config.json").read_text())
     assert config["base_model"] == "smollm2-135m-instruct" and config["template"] == "selfj-chat"
     assert config["head"] == {"kind": "scalar", "layer": 18} and config["length_control"]["kind"] == "log_length_linear"
@@ -38,6 +58,6 @@ def test_shipped_judge_loads_offline_and_differs_from_base():
     base = SelfJudge.from_pretrained("smollm2-135m-instruct", device="cpu")
     items = (["Name a primary colour."] * 2, ["Red is a primary colour.", "colour colour colour colour"])
     trained, untrained = judge.score(*items), base.score(*items)
-    assert all(-2 <= s <= 11 for s in trained)  # the label scale 0-9; a linear head may step slightly outside
+    assert all(0 <= s <= 9 for s in trained)
     assert trained != pytest.approx(untrained, abs=1e-3)
     assert trained[0] > trained[1]
