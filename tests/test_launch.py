@@ -36,3 +36,14 @@ def test_no_fan_out_outside_multi_process_cpu_launches(monkeypatch, env, expecte
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     assert launch.spawn_cpu_workers_if_requested() is expected
+
+
+def test_selfj_env_reports_the_stack(capsys):
+    import json
+
+    from selfj_rlhf.console import main
+
+    main(["env"])
+    found = json.loads(capsys.readouterr().out)
+    assert found["torch"] and found["gpus"] == len(found["gpu_names"])
+    assert {"vllm", "deepspeed", "flash-attn", "transformers", "trl"} <= set(found)

@@ -53,7 +53,8 @@ CONFIGS_7B = [c for c in CONFIGS if c.stem.endswith("_7b")]
 
 
 def test_7b_configs_cover_the_gpu_scale_path():
-    assert {c.stem for c in CONFIGS_7B} == {"label_7b", "train_judge_7b", "best_of_n_7b", "dpo_7b", "grpo_7b"}
+    assert {c.stem for c in CONFIGS_7B} == {"label_7b", "train_judge_7b", "best_of_n_7b", "dpo_7b", "grpo_7b",
+                                           "label_pool_7b", "train_judge_pool_7b"}
 
 
 @pytest.mark.parametrize("config", CONFIGS_7B, ids=lambda p: p.name)
