@@ -18,11 +18,8 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
+from typing import Callable
 
-USAGE = ("usage: selfj alpaca-eval {generate,evaluate,bundle} [--config FILE] [flags]\n"
-         "       selfj serve [--config FILE] [flags]\n"
-         "       selfj data prepare [--data_dir DIR] [--raw NAME=PATH ...] [--check]   (add --help for the flags)\n"
-         "       selfj env   (what this machine has: torch and CUDA, GPUs, vLLM, DeepSpeed, flash-attn)")
 ALPACA_EVAL_INSTRUCTIONS = "preset:alpaca_eval"  # the 805 AlpacaEval instructions (see selfj_rlhf.datasets)
 
 
@@ -39,57 +36,49 @@ class BundleConfig:
     link: str = field(default="", metadata={"help": "URL describing the model and its decoding."})
 
 
-def _generate(argv: list[str]) -> None:
-    from .best_of_n import BestOfNConfig, run_best_of_n
-    from .cli import make_trl_parser
+def _generate(config) -> None:
+    from .best_of_n import run_best_of_n
 
-    parser = make_trl_parser(BestOfNConfig)
-    # temperature stays unset: greedy for --n 1, best-of-n's sampling temperature for --n > 1
-    parser.set_defaults(dataset=ALPACA_EVAL_INSTRUCTIONS, n=1, max_new_tokens=512, output_dir="runs/alpaca_eval")
-    (config,) = parser.parse_args_and_config(argv)
     summary = run_best_of_n(config)
     if summary is not None:
         print(f"{config.output_dir}/model_outputs.json: {summary['prompts']} outputs")
 
 
-def _evaluate(argv: list[str]) -> None:
+def _evaluate(config) -> None:
     import json
 
-    from .alpacaeval import EvaluateConfig, evaluate_outputs
-    from .cli import make_trl_parser
+    from .alpacaeval import evaluate_outputs
 
-    (config,) = make_trl_parser(EvaluateConfig).parse_args_and_config(argv)
     print(json.dumps(evaluate_outputs(config), indent=2))
 
 
-def _bundle(argv: list[str]) -> None:
+def _bundle(config) -> None:
     from .alpacaeval import write_bundle
-    from .cli import make_trl_parser
 
-    (config,) = make_trl_parser(BundleConfig).parse_args_and_config(argv)
     out = write_bundle(config.model_outputs, config.eval_dir, config.output_dir, name=config.name,
                        policy=config.policy, pretty_name=config.pretty_name, link=config.link)
     print(f"bundle written to {out} (see its README.md for the submission checklist)")
 
 
-def _serve(argv: list[str]) -> None:
-    from .cli import make_trl_parser
-    from .reward import SelfJRewardConfig
-    from .server import ServeConfig, serve
+def _serve(reward, config) -> None:
+    from .server import serve
 
-    reward, config = make_trl_parser(SelfJRewardConfig, ServeConfig).parse_args_and_config(argv)
     serve(reward, config)
 
 
-def _data_prepare(argv: list[str]) -> None:
-    from .cli import make_trl_parser
-    from .data_prepare import DataPrepareConfig, check, prepare, print_report
+def _data_prepare(config) -> None:
+    from .data_prepare import check, prepare, print_report
 
-    (config,) = make_trl_parser(DataPrepareConfig).parse_args_and_config(argv)
     if not config.check:
         print_report(prepare(config), config.target())
         print("then: export SELFJ_DATA_DIR=" + str(config.target().resolve()))
     print_report(check(config), config.target())
+
+
+def _env() -> None:
+    import json
+
+    print(json.dumps(environment(), indent=2))
 
 
 def environment() -> dict:
@@ -113,28 +102,69 @@ def environment() -> dict:
                                                 "deepspeed", "flash-attn")}}
 
 
-COMMANDS = {"generate": _generate, "evaluate": _evaluate, "bundle": _bundle}
+@dataclass
+class Subcommand:
+    """One ``selfj`` subcommand: what it does, the config dataclasses its flags come from (``module:Class``, imported
+    when used), defaults that differ from those dataclasses', and the function called with the parsed configs."""
+
+    help: str
+    configs: tuple[str, ...]
+    run: Callable
+    defaults: dict = field(default_factory=dict)
+
+    def config_classes(self) -> list[type]:
+        import importlib
+
+        classes = []
+        for spec in self.configs:
+            module, name = spec.split(":")
+            classes.append(getattr(importlib.import_module(module, __package__), name))
+        return classes
+
+    def parser(self):
+        from .cli import make_trl_parser
+
+        parser = make_trl_parser(*self.config_classes())
+        parser.set_defaults(**self.defaults)
+        return parser
+
+
+SUBCOMMANDS: dict[str, Subcommand] = {
+    # temperature stays unset: greedy for --n 1, best-of-n's sampling temperature for --n > 1
+    "alpaca-eval generate": Subcommand("Best-of-n outputs for AlpacaEval (its 805 instructions by default).",
+                                       (".best_of_n:BestOfNConfig",), _generate,
+                                       dict(dataset=ALPACA_EVAL_INSTRUCTIONS, n=1, max_new_tokens=512,
+                                            output_dir="runs/alpaca_eval")),
+    "alpaca-eval evaluate": Subcommand("Win rates against reference outputs (official, local or SELF-J annotator).",
+                                       (".alpacaeval:EvaluateConfig",), _evaluate),
+    "alpaca-eval bundle": Subcommand("The leaderboard submission layout of evaluated outputs.",
+                                     (".console:BundleConfig",), _bundle),
+    "serve": Subcommand("The judge as an HTTP reward service (OpenRLHF, verl, TRL, slime).",
+                        (".reward:SelfJRewardConfig", ".server:ServeConfig"), _serve),
+    "data prepare": Subcommand("A SELFJ_DATA_DIR with every preset and the RL prompt files; --check reports.",
+                               (".data_prepare:DataPrepareConfig",), _data_prepare),
+    "env": Subcommand("What this machine has: torch and CUDA, GPUs, vLLM, DeepSpeed, flash-attn.", (), _env),
+}
+USAGE = "usage:\n" + "\n".join(f"  selfj {name}{' [--config FILE] [flags]' if sub.configs else ''}    {sub.help}"
+                                for name, sub in SUBCOMMANDS.items()) + "\n(add --help to a subcommand for its flags)"
 
 
 def main(argv: list[str] | None = None) -> None:
     from .cli import run_cli
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["serve"]:
-        run_cli(lambda: _serve(argv[1:]))
-        return
-    if argv[:1] == ["env"]:
-        import json
-
-        print(json.dumps(environment(), indent=2))
-        return
-    if argv[:2] == ["data", "prepare"]:
-        run_cli(lambda: _data_prepare(argv[2:]))
-        return
-    if len(argv) < 2 or argv[0] != "alpaca-eval" or argv[1] not in COMMANDS:
+    name = next((n for n in SUBCOMMANDS if argv[:len(n.split())] == n.split()), None)
+    if name is None:
         print(USAGE, file=sys.stderr)
         sys.exit(2)
-    run_cli(lambda: COMMANDS[argv[1]](argv[2:]))
+    sub, rest = SUBCOMMANDS[name], argv[len(name.split()):]
+
+    def run():
+        if not sub.configs:
+            return sub.run()
+        return sub.run(*sub.parser().parse_args_and_config(rest))
+
+    run_cli(run)
 
 
 if __name__ == "__main__":

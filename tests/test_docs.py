@@ -81,3 +81,13 @@ def test_results_name_the_judge_version_they_measured():
     assert judge_cell({"judges_measured": [{"label": "j", **current}]}) == current["name"]
     old = {"label": "j", "name": "selfj-smollm2-135m-v1", "hash": "0" * 16}
     assert judge_cell({"judges_measured": [old]}) == "selfj-smollm2-135m-v1 (not the current judge)"
+
+
+def test_flag_reference_is_generated_from_the_config_dataclasses():
+    sys.path.insert(0, str(REPO / "scripts"))
+    from render_reference import PAGE, render
+
+    page = render()
+    assert PAGE.read_text() == page, "docs/reference.md is stale: run python scripts/render_reference.py"
+    for flag in ("--length_control", "--max_batch_tokens", "--raw", "--n", "--head_layer"):
+        assert f"`{flag}`" in page
