@@ -35,7 +35,7 @@ def make_parser():
     parser.add_argument("--num_items", type=int, default=32)
     parser.add_argument("--answer_tokens", type=int, default=128)
     parser.add_argument("--batch_size", type=int, default=8)
-    parser.add_argument("--max_length", type=int, default=1024, help="Judge prompt cap (the shipped judge's is 448).")
+    parser.add_argument("--max_length", type=int, default=1024, help="Judge prompt cap (the shipped judge's is 1,024).")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--name", default="bench_cpu")
     parser.add_argument("--worker", nargs=3, metavar=("RANK", "WORLD", "OUT"), help=argparse.SUPPRESS)

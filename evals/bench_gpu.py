@@ -3,7 +3,7 @@
     python evals/bench_gpu.py                      # cuda, bf16 (what evals/gpu_check.sh runs)
     python evals/bench_gpu.py --device cpu --dtype float32 --batch_size 2 --seq_len 64 --steps 2   # smoke test
 
-Throughput does not depend on weight values, and the real weights cannot be carried to a lent GPU, so the
+Throughput does not depend on weight values, so the check needs no weights to be downloaded or copied: the
 model is SmolLM2-135M's architecture (30 layers, hidden 576, 9 heads / 3 KV heads, vocabulary 49152) with
 random weights. The forward is SelfJudge's: left-padded batch, explicit position ids, logits for the last
 position only, digit logits gathered. Reported: tokens/s, achieved TFLOP/s and its share of the bf16 matmul

@@ -31,7 +31,7 @@ def make_parser():
     parser.add_argument("--prompts_per_setting", type=int, default=1)
     parser.add_argument("--answer_tokens", type=int, default=128)
     parser.add_argument("--batch_size", type=int, default=8)
-    parser.add_argument("--max_length", type=int, default=2048, help="Judge prompt cap (the shipped judge's is 448).")
+    parser.add_argument("--max_length", type=int, default=2048, help="Judge prompt cap (the shipped judge's is 1,024).")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--name", default="bench_prefix")
     return parser

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU check for a lent device (see evals/bench_gpu.py): judge-scoring throughput in bf16 on a random model of the
+# GPU check on a CUDA machine (see evals/bench_gpu.py): judge-scoring throughput in bf16 on a random model of the
 # embedded model's architecture, against the GPU's measured bf16 matmul peak. Needs torch + transformers with CUDA.
 #   bash evals/gpu_check.sh            # prints one JSON per setting; results go to $OUT when set
 set -euo pipefail

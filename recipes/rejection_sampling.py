@@ -12,15 +12,27 @@ Restarting the same command after a kill resumes: finished stages of every round
 from trl import ModelConfig, SFTConfig
 
 from selfj_rlhf.cli import cpu_training_defaults, make_trl_parser, run_cli
+from selfj_rlhf.dry_run import DryRunArgs, allow_gpu_config_on_cpu, dry_run_plan, print_plan
 from selfj_rlhf.policy_loop import RejectionSamplingConfig, run_rejection_sampling
+from selfj_rlhf.prompts import BUNDLED_PROMPTS
 
 
 def make_parser():
-    return cpu_training_defaults(make_trl_parser(RejectionSamplingConfig, SFTConfig, ModelConfig))
+    return cpu_training_defaults(make_trl_parser(RejectionSamplingConfig, SFTConfig, ModelConfig, DryRunArgs))
 
 
 def main(argv=None):
-    config, training_args, model_args = make_parser().parse_args_and_config(argv)
+    parser = make_parser()
+    allow_gpu_config_on_cpu(parser, argv)
+    config, training_args, model_args, dry = parser.parse_args_and_config(argv)
+    if dry.dry_run:
+        stages = [f"round {k}: sample {config.n} answers per prompt, judge, keep the best"
+                  f"{'' if config.score_threshold is None else f' scoring >= {config.score_threshold}'}, SFT, "
+                  "publish the merged policy" for k in range(config.rounds)]
+        print_plan(dry_run_plan("rejection_sampling", [config, training_args], model=model_args.model_name_or_path,
+                                data=[config.dataset or str(BUNDLED_PROMPTS)], dry=dry, judge=config.judge,
+                                template=config.judge_template, max_length=config.max_judge_length, stages=stages))
+        return
     print(f"final policy: {run_rejection_sampling(config, training_args, model_args)}")
 
 

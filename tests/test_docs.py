@@ -91,3 +91,36 @@ def test_flag_reference_is_generated_from_the_config_dataclasses():
     assert PAGE.read_text() == page, "docs/reference.md is stale: run python scripts/render_reference.py"
     for flag in ("--length_control", "--max_batch_tokens", "--raw", "--n", "--head_layer"):
         assert f"`{flag}`" in page
+
+
+MEASUREMENT = re.compile(r"(?<![\w.])\d[\d,]*(?:\.\d+)?(?:\s?(?:s|min|%)(?!\w)|x(?!\w))")
+RESULT_CITATION = re.compile(r"evals/results/\w+\.(?:md|json|png)|results\.md|\b(?:%s)\.md\b" % "|".join(
+    sorted(p.stem for p in (REPO / "evals" / "results").glob("*.json"))))
+
+
+def measurement_blocks(text: str):
+    """Paragraphs, list items and tables (each with the paragraph before it) outside code fences."""
+    text = re.sub(r"```.*?```", "", text, flags=re.S)
+    blocks = [b for b in re.split(r"\n\s*\n", text) if b.strip()]
+    merged = []
+    for block in blocks:
+        if block.lstrip().startswith("|") and merged:
+            merged[-1] += "\n" + block
+        else:
+            merged.append(block)
+    return merged
+
+
+def test_every_measured_number_cites_its_result():
+    """A number with a unit (s, min, %, x) in the guide is a measurement: its paragraph (or table with its caption)
+    names the committed result it comes from. Estimates say so and are exempt."""
+    pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    unbacked = []
+    for page in pages:
+        if page.name in ("results.md", "reference.md"):  # generated from the results and the code
+            continue
+        for block in measurement_blocks(page.read_text()):
+            if MEASUREMENT.search(block) and not RESULT_CITATION.search(block) and "estimate" not in block.lower():
+                unbacked.append(f"{page.relative_to(REPO)}: {MEASUREMENT.search(block).group(0)!r} in "
+                                f"{' '.join(block.split())[:120]}")
+    assert not unbacked, "measurements without a cited result:\n" + "\n".join(unbacked)

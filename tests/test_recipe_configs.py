@@ -77,6 +77,33 @@ def test_7b_config_dry_run(config, shared_data, capsys):
         assert data.get("rows", 0) > 0 or data["state"].startswith("not present yet")
 
 
+DRY_RUN_RECIPES = {"best_of_n", "dpo", "grpo", "label", "train_judge", "rejection_sampling"}
+EMBEDDED_CONFIGS = [c for c in CONFIGS if c not in CONFIGS_7B and recipe_for(c).stem in DRY_RUN_RECIPES]
+
+
+@pytest.mark.parametrize("config", EMBEDDED_CONFIGS, ids=lambda p: p.name)
+def test_every_config_dry_runs_when_its_data_is_there(config, shared_data, tmp_path, capsys, monkeypatch):
+    """Each recipe config of the embedded model resolves its config, data, template and digit tokens without
+    weights. The data folder is the external data plus the RL prompt files that `selfj data prepare` writes."""
+    import json
+
+    from selfj_rlhf.data_prepare import DataPrepareConfig, rl_prompt_files
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for item in shared_data.iterdir():
+        if item.is_dir():
+            (data / item.name).symlink_to(item)
+    rl_prompt_files(DataPrepareConfig(), data)
+    monkeypatch.setenv("SELFJ_DATA_DIR", str(data))
+    module = load_module(recipe_for(config))
+    module.main(["--config", str(config), "--dry_run", "true"])
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["weights_loaded"] is False and len(set(plan["digit_token_ids"])) == 10
+    for entry in plan["data"]:
+        assert entry.get("rows", 0) > 0 or entry["state"].startswith("not present yet"), entry
+
+
 def test_dry_run_loads_no_weights(tiny_model_dir, tmp_path, capsys, monkeypatch):
     """On a small config the plan is printed and no model is ever loaded."""
     import json

@@ -1,0 +1,244 @@
+"""Does the judge improve what the policy outputs, on signals the judge never sees?
+
+    python evals/rl_loop_check.py prompts --heldout_per_source 22 --output_dir runs/improvement
+    python evals/improvement.py sample                  # 16 samples per held-out prompt (resumable)
+    python evals/improvement.py bestofn                 # judge the samples, picks at n = 1, 4, 8, 16
+
+`sample` draws n answers per held-out prompt (FLASK, GPTeacher codegen, GSM8K; never trained on) from the
+policy at the best-of-n recipe's sampling settings. `bestofn` scores every sample with the judge (reference-free)
+and compares its pick at n = 1, 4, 8 and 16 (the first n samples of each prompt) with random (the mean over the
+n candidates), the longest and the shortest answer in tokens, and the oracle by cosine, on the MiniLM cosine and
+the token F1 to the reference answer and, for GSM8K, exact match of the final number. Every difference to random
+and to longest gets a 95 % bootstrap interval over prompts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import command_line, judges_measured, machine_info, write_results  # noqa: E402
+
+from selfj_rlhf.io import ShardWriter, read_shards  # noqa: E402
+
+RUN_DIR = Path("runs/improvement")
+PICK_SIZES = (1, 4, 8, 16)
+SIGNALS = ("cosine", "f1", "gsm8k_exact")
+NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+def make_parser():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sample = sub.add_parser("sample", help="Sample n answers per held-out prompt (resumable).")
+    sample.add_argument("--prompts", default=str(RUN_DIR / "prompts_heldout.jsonl"))
+    sample.add_argument("--policy", default="smollm2-135m-instruct")
+    sample.add_argument("--n", type=int, default=16)
+    sample.add_argument("--temperature", type=float, default=0.7)
+    sample.add_argument("--top_p", type=float, default=0.95)
+    sample.add_argument("--max_new_tokens", type=int, default=256)
+    sample.add_argument("--seed", type=int, default=42)
+    sample.add_argument("--output_dir", default=str(RUN_DIR / "samples"))
+    bestofn = sub.add_parser("bestofn", help="Judge the samples; picks at n = 1, 4, 8, 16 on independent signals.")
+    bestofn.add_argument("--samples", default=str(RUN_DIR / "samples"))
+    bestofn.add_argument("--judge", default="selfj-smollm2-135m")
+    bestofn.add_argument("--batch_size", type=int, default=8)
+    bestofn.add_argument("--bootstrap", type=int, default=2000)
+    bestofn.add_argument("--name", default="improvement_best_of_n")
+    return parser
+
+
+def sample(args) -> None:
+    """n samples per prompt, one shard row per prompt; a rerun skips the prompts already written."""
+    from tqdm.auto import tqdm
+
+    from selfj_rlhf.generation import generate_candidates
+    from selfj_rlhf.models import load_causal_lm
+    from selfj_rlhf.prompts import load_prompts
+
+    prompts = load_prompts(args.prompts)
+    out = Path(args.output_dir)
+    done = read_shards(out) if out.is_dir() else {}
+    todo = [p for p in prompts if p.id not in done]
+    policy, tokenizer = load_causal_lm(args.policy)
+    with ShardWriter(out / "part-000.jsonl") as writer:
+        for prompt in tqdm(todo, desc=f"sample {args.n}", unit="prompt"):
+            candidates = generate_candidates(policy, tokenizer, prompt.instruction, n=args.n, seed=args.seed,
+                                             prompt_id=prompt.id, max_new_tokens=args.max_new_tokens,
+                                             temperature=args.temperature, top_p=args.top_p)
+            writer.write({"id": prompt.id, "instruction": prompt.instruction, "reference": prompt.reference,
+                          "meta": prompt.meta, "policy": args.policy, "temperature": args.temperature,
+                          "candidates": candidates})
+    print(f"{len(prompts)} prompts sampled in {out} ({len(todo)} this run)")
+
+
+def final_number(text: str) -> str | None:
+    """The last number in a text, without thousands separators or a trailing ``.0`` (GSM8K answers are integers)."""
+    found = NUMBER.findall(text)
+    if not found:
+        return None
+    value = found[-1].replace(",", "")
+    return value[:-2] if value.endswith(".0") else value
+
+
+def reference_answer(reference: str) -> str | None:
+    """The final number of a GSM8K reference, which ends "The answer is N."."""
+    match = re.search(r"The answer is (.+?)\.?$", reference.strip())
+    return final_number(match.group(1)) if match else None
+
+
+def judge_scores(args, prompts: list[dict]) -> dict[str, dict]:
+    """Per prompt: every candidate's raw judge score and judge-token length, cached per judge identity (resumable)."""
+    from tqdm.auto import tqdm
+
+    from selfj_rlhf import SelfJudge
+    from selfj_rlhf.shipped import judge_identity
+
+    identity = judge_identity(args.judge)
+    out = RUN_DIR / f"scores-{identity['name'].replace('/', '_')}-{identity['hash']}"
+    done = read_shards(out) if out.is_dir() else {}
+    todo = [p for p in prompts if p["id"] not in done]
+    if todo:
+        judge = SelfJudge.from_pretrained(args.judge, length_control=False)
+        with ShardWriter(out / "part-000.jsonl") as writer:
+            for prompt in tqdm(todo, desc="judge", unit="prompt"):
+                texts = [c["text"] for c in prompt["candidates"]]
+                details = judge.score_details([prompt["instruction"]] * len(texts), texts, batch_size=args.batch_size)
+                writer.write({"id": prompt["id"], "raw": [d.raw_score for d in details],
+                              "tokens": [d.response_tokens for d in details]})
+        done = read_shards(out)
+    return done
+
+
+def prompt_signals(prompts: list[dict]) -> dict[str, dict]:
+    """Per prompt and candidate: MiniLM cosine and token F1 to the reference, GSM8K exact match of the final number."""
+    from selfj_rlhf.labeling import cosine_similarities, load_embedder, token_f1
+
+    embedder = load_embedder("all-minilm-l6-v2", "cpu")
+    signals = {}
+    for prompt in prompts:
+        texts = [c["text"] for c in prompt["candidates"]]
+        row = {"cosine": cosine_similarities(embedder, texts, prompt["reference"]),
+               "f1": [token_f1(t, prompt["reference"]) for t in texts]}
+        if prompt["id"].startswith("gsm8k:"):
+            answer = reference_answer(prompt["reference"])
+            row["gsm8k_exact"] = [float(answer is not None and final_number(t) == answer) for t in texts]
+        signals[prompt["id"]] = row
+    return signals
+
+
+def pickers(prompt: dict, scores: dict, length_fit) -> dict[str, np.ndarray | None]:
+    """Each picker's key over a prompt's candidates (the pick is the first maximum); None: the random pick. The
+    judge's score map is increasing, so the raw score (and its length-controlled value) picks as the score does."""
+    raw = np.asarray(scores["raw"], dtype=np.float64)
+    controlled = length_fit.apply(raw, scores["tokens"]) if length_fit is not None else raw
+    lengths = np.asarray([c["num_tokens"] for c in prompt["candidates"]], dtype=np.float64)
+    return {"random (mean over candidates)": None, "judge, length control off": raw,
+            "judge, length control on": controlled, "longest (tokens)": lengths, "shortest (tokens)": -lengths}
+
+
+def pick_values(values: list[float], key: np.ndarray | None, n: int) -> float:
+    """The signal of the pick among the first n candidates (the mean over them for the random pick)."""
+    if key is None:
+        return float(np.mean(values[:n]))
+    return float(values[int(np.argmax(key[:n]))])
+
+
+def bootstrap_ci(diff: np.ndarray, draws: int, seed: int = 0) -> list[float]:
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, len(diff), (draws, len(diff)))].mean(1)
+    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
+
+
+def bestofn(args) -> None:
+    from selfj_rlhf.judge import LENGTH_CONTROL_DEFAULT
+    from selfj_rlhf.scalar_head import LengthControl
+    from selfj_rlhf.shipped import resolve_judge_dir
+
+    prompts = sorted(read_shards(args.samples).values(), key=lambda p: p["id"])
+    scores = judge_scores(args, prompts)
+    signals = prompt_signals(prompts)
+    directory = resolve_judge_dir(args.judge)
+    config = {} if directory is None else json.loads((directory / "selfj_config.json").read_text())
+    length_fit = LengthControl.from_dict(config["length_control"]) if config.get("length_control") else None
+
+    per_prompt: dict[tuple[str, str, int], list[float]] = {}
+    for prompt in prompts:
+        keys = pickers(prompt, scores[prompt["id"]], length_fit)
+        cosine_key = np.asarray(signals[prompt["id"]]["cosine"])
+        keys["oracle by cosine"] = cosine_key
+        for signal, values in signals[prompt["id"]].items():
+            for n in PICK_SIZES:
+                for name, key in keys.items():
+                    per_prompt.setdefault((signal, name, n), []).append(pick_values(values, key, n))
+    table = {}
+    for (signal, name, n), values in per_prompt.items():
+        entry = {"mean": statistics.fmean(values), "prompts": len(values)}
+        for base in ("random (mean over candidates)", "longest (tokens)"):
+            if name != base:
+                diff = np.asarray(values) - np.asarray(per_prompt[(signal, base, n)])
+                entry[f"vs {base.split(' ')[0]}"] = {"diff": float(diff.mean()), "ci95": bootstrap_ci(diff, args.bootstrap)}
+        table.setdefault(signal, {}).setdefault(str(n), {})[name] = entry
+    first = prompts[0]
+    payload = {"command": command_line(), "machine": machine_info(),
+               "judges_measured": judges_measured({"judge": args.judge}), "policy": first["policy"],
+               "temperature": first["temperature"], "prompts": len(prompts),
+               "sources": {src: sum(p["id"].startswith(src + ":") for p in prompts)
+                           for src in ("flask", "gpteacher-codegen", "gsm8k")},
+               "samples_per_prompt": len(first["candidates"]), "length_control_default": LENGTH_CONTROL_DEFAULT,
+               "mean_tokens": statistics.fmean(c["num_tokens"] for p in prompts for c in p["candidates"]),
+               "table": table}
+    write_results(args.name, payload, render(payload))
+    print(render(payload))
+
+
+def _ci(entry: dict | None) -> str:
+    if entry is None:
+        return "-"
+    low, high = entry["ci95"]
+    mark = " *" if low > 0 or high < 0 else ""
+    return f"{entry['diff']:+.3f} [{low:+.3f}, {high:+.3f}]{mark}"
+
+
+def render(p: dict) -> str:
+    m = p["machine"]
+    judge = p["judges_measured"][0]
+    lines = [f"# Best-of-n on {p['prompts']} held-out prompts: does the judge's pick improve signals it never sees?", "",
+             f"Command: `{p['command']}`  ", f"Machine: {m['cpu']}, {m['cpu_count']} cores, {m['date']}  ",
+             f"Judge: `{judge['name']}` ({judge['hash']}), reference-free. Policy {p['policy']} samples "
+             f"{p['samples_per_prompt']} answers per prompt at temperature {p['temperature']} (mean "
+             f"{p['mean_tokens']:.0f} tokens); prompts: {p['sources']}. The pick among the first n samples is measured "
+             "against the reference answer, which the judge never sees. Random: the mean over the n candidates. "
+             "Brackets: 95 % bootstrap CI over prompts; * marks a CI that excludes 0. The library default is length "
+             f"control {'on' if p['length_control_default'] else 'off'}.", ""]
+    names = {"cosine": "MiniLM cosine to the reference", "f1": "token F1 to the reference",
+             "gsm8k_exact": "GSM8K exact match of the final number"}
+    for signal, by_n in p["table"].items():
+        count = next(iter(next(iter(by_n.values())).values()))["prompts"]
+        lines += [f"## {names[signal]} ({count} prompts)", "",
+                  "| n | pick | mean | vs random | vs longest |", "|---:|---|---:|---:|---:|"]
+        for n, rows in by_n.items():
+            for name, entry in rows.items():
+                lines.append(f"| {n} | {name} | {entry['mean']:.3f} | {_ci(entry.get('vs random'))} | "
+                             f"{_ci(entry.get('vs longest'))} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    args = make_parser().parse_args(argv)
+    if args.command == "sample":
+        sample(args)
+    else:
+        bestofn(args)
+
+
+if __name__ == "__main__":
+    main()
