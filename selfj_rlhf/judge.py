@@ -7,7 +7,6 @@ smooth value in [0, 9] and costs one forward pass with logits kept for the last 
 
 from __future__ import annotations
 
-import copy
 import functools
 import json
 import logging
@@ -90,6 +89,23 @@ def left_pad(sequences: Sequence[list[int]], pad_token_id: int) -> dict[str, tor
     for row, ids in enumerate(sequences):
         input_ids[row, input_ids.shape[1] - len(ids):] = torch.tensor(ids, dtype=torch.long)
     return {"input_ids": input_ids, **padding}
+
+
+def token_budget_batches(lengths: Sequence[int], batch_size: int, max_batch_tokens: int | None = None) -> list[list[int]]:
+    """Indices of ``lengths`` in batches, longest first: at most ``batch_size`` items and, with ``max_batch_tokens``,
+    at most that many padded tokens (items x the batch's longest item) per batch. Sorting by length keeps padding
+    small; an item longer than the budget runs alone. The judge and the judge server batch by this one rule."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
+    batches: list[list[int]] = []
+    for index in order:
+        current = batches[-1] if batches else None
+        fits = current is not None and len(current) < batch_size and (
+            max_batch_tokens is None or (len(current) + 1) * lengths[current[0]] <= max_batch_tokens)
+        if fits:
+            current.append(index)
+        else:
+            batches.append([index])
+    return batches
 
 
 @dataclass
@@ -358,14 +374,21 @@ class SelfJudge:
 
     def score_details(self, instructions: Sequence[str], responses: Sequence[str],
                       references: Sequence[str | None] | None = None, batch_size: int = 8,
-                      progress: bool = False) -> list[ScoreDetails]:
-        """Score each (instruction, response[, reference]) and return the full ``ScoreDetails``."""
+                      progress: bool = False, max_batch_tokens: int | None = None) -> list[ScoreDetails]:
+        """Score each (instruction, response[, reference]) and return the full ``ScoreDetails``.
+
+        Batches hold at most ``batch_size`` items and, with ``max_batch_tokens``, at most that many padded tokens
+        (``token_budget_batches``): on a GPU a token budget keeps long answers from running out of memory and short
+        ones from running in small batches. Scores do not depend on the batching (left padding, explicit positions).
+        """
         if len(instructions) != len(responses):
             raise ValueError(f"{len(instructions)} instructions but {len(responses)} responses")
         if references is not None and len(references) != len(responses):
             raise ValueError(f"{len(references)} references but {len(responses)} responses")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if max_batch_tokens is not None and max_batch_tokens < 1:
+            raise ValueError(f"max_batch_tokens must be >= 1, got {max_batch_tokens}")
         refs = references if references is not None else [None] * len(responses)
         encoded = []
         for index, (instruction, response, reference) in enumerate(zip(instructions, responses, refs)):
@@ -380,10 +403,10 @@ class SelfJudge:
                            self.max_length)
         groups = self._shared_prefix_groups(instructions, refs, encoded)
         shared = {i for group in groups for i in group}
-        order = sorted((i for i in range(len(encoded)) if i not in shared), key=lambda i: len(encoded[i].input_ids),
-                       reverse=True)
+        alone = [i for i in range(len(encoded)) if i not in shared]
         results: list[ScoreDetails | None] = [None] * len(encoded)
-        work = [("batch", order[start:start + batch_size]) for start in range(0, len(order), batch_size)]
+        work = [("batch", [alone[k] for k in batch]) for batch in
+                token_budget_batches([len(encoded[i].input_ids) for i in alone], batch_size, max_batch_tokens)]
         work += [("group", group) for group in groups]
         if progress:
             from tqdm.auto import tqdm
@@ -396,7 +419,8 @@ class SelfJudge:
                     self.scored_tokens += int(batch["attention_mask"].sum())
                     outputs = [(indices, *self._readout(**batch, use_cache=False))]
                 else:
-                    outputs = self._shared_prefix_readouts([encoded[i] for i in indices], indices, batch_size)
+                    outputs = self._shared_prefix_readouts([encoded[i] for i in indices], indices, batch_size,
+                                                           max_batch_tokens)
                 for rows, scores, probs, log_mass in outputs:
                     for row, index in enumerate(rows):
                         results[index] = self._details(float(scores[row]), None if probs is None else probs[row],
@@ -424,27 +448,32 @@ class SelfJudge:
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
-    def _shared_prefix_readouts(self, items: list[EncodedItem], indices: list[int], batch_size: int):
-        """Readouts (see ``_readout``) of responses sharing one prefix: the prefix runs once, its KV cache is
-        repeated for each left-padded batch of continuations (positions continue after the prefix, padding is masked)."""
+    def _shared_prefix_readouts(self, items: list[EncodedItem], indices: list[int], batch_size: int,
+                                max_batch_tokens: int | None = None):
+        """Readouts (see ``_readout``) of responses sharing one prefix: the prefix runs once, and each left-padded
+        batch of continuations reads its KV cache through a broadcast view (``expand``: no copy of the prefix per
+        batch; the forward's own concatenation makes the only copy). Positions continue after the prefix; padding is
+        masked. A scalar head's forward stops at its layer, so layers above it hold no cache and need none."""
         from transformers import DynamicCache
 
         prefix_length = items[0].prefix_length
         device = self.device
+        config = getattr(self.model, "config", None)
         prefix = torch.tensor([items[0].input_ids[:prefix_length]], device=device)
-        cache = DynamicCache(config=getattr(self.model, "config", None))
+        cache = DynamicCache(config=config)
         self._readout(input_ids=prefix, attention_mask=torch.ones_like(prefix), use_cache=True,
                       **{self._cache_argument: cache})
         self.scored_tokens += prefix_length
+        prefix_kv = [(getattr(layer, "keys", None), getattr(layer, "values", None)) for layer in cache.layers]
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        order = sorted(range(len(items)), key=lambda i: len(items[i].input_ids), reverse=True)
         outputs = []
-        for start in range(0, len(order), batch_size):
-            chunk = order[start:start + batch_size]
+        for chunk in token_budget_batches([len(item.input_ids) for item in items], batch_size, max_batch_tokens):
             batch = left_pad([items[i].input_ids[prefix_length:] for i in chunk], pad)
             self.scored_tokens += int(batch["attention_mask"].sum())
-            chunk_cache = copy.deepcopy(cache)
-            chunk_cache.batch_repeat_interleave(len(chunk))
+            rows = len(chunk)
+            chunk_cache = DynamicCache([(None, None) if k is None else (k.expand(rows, *k.shape[1:]),
+                                                                        v.expand(rows, *v.shape[1:]))
+                                        for k, v in prefix_kv], config=config)
             attention = torch.cat([torch.ones((len(chunk), prefix_length), dtype=torch.long), batch["attention_mask"]], 1)
             readout = self._readout(input_ids=batch["input_ids"].to(device), attention_mask=attention.to(device),
                                     position_ids=(batch["position_ids"] + prefix_length).to(device),
@@ -453,9 +482,11 @@ class SelfJudge:
         return outputs
 
     def score(self, instructions: Sequence[str], responses: Sequence[str],
-              references: Sequence[str | None] | None = None, batch_size: int = 8) -> list[float]:
-        """Expected 0-9 rating of each response."""
-        return [d.score for d in self.score_details(instructions, responses, references, batch_size)]
+              references: Sequence[str | None] | None = None, batch_size: int = 8,
+              max_batch_tokens: int | None = None) -> list[float]:
+        """The 0-9 rating of each response (see ``ScoreDetails.score``)."""
+        return [d.score for d in self.score_details(instructions, responses, references, batch_size,
+                                                    max_batch_tokens=max_batch_tokens)]
 
     # ------------------------------------------------------------------ TRL judge protocol
     def _group_scores(self, prompts: Sequence[str], completions: Sequence[Sequence[str]]) -> list[list[float]]:

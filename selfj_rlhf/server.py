@@ -53,7 +53,8 @@ class ServeConfig:
     port: int = field(default=5000, metadata={"help": "Port."})
     max_batch_size: int = field(default=32, metadata={"help": "Most responses in one judge forward (1: no batching)."})
     max_batch_tokens: int = field(default=32768, metadata={
-        "help": "Most judge-prompt tokens in one coalesced batch (a single longer item still runs alone)."})
+        "help": "Most padded judge-prompt tokens in one batch (items x the longest item; a single longer item runs "
+                "alone). Coalescing and the judge's own batching follow this one rule (judge.token_budget_batches)."})
     max_wait_ms: float = field(default=5.0, metadata={
         "help": "How long the first item of a batch waits for others while the judge is idle (ms)."})
     max_queue: int = field(default=4096, metadata={"help": "Most responses waiting; beyond it requests get 503."})
@@ -286,17 +287,17 @@ class DynamicBatcher:
 
     async def _collect(self) -> list[_Pending]:
         first = await self._next(None)
-        batch, tokens = [first], first.tokens
+        batch, longest = [first], first.tokens
         deadline = time.perf_counter() + self.config.max_wait_ms / 1000
         while len(batch) < self.config.max_batch_size:
             entry = await self._next(deadline - time.perf_counter())
             if entry is None:
                 break
-            if tokens + entry.tokens > self.config.max_batch_tokens:
+            if (len(batch) + 1) * max(longest, entry.tokens) > self.config.max_batch_tokens:
                 self._carry = entry
                 break
             batch.append(entry)
-            tokens += entry.tokens
+            longest = max(longest, entry.tokens)
         return batch
 
     async def _run(self) -> None:
@@ -327,7 +328,8 @@ class DynamicBatcher:
         references = [i.reference for i in items]
         details = self.judge.score_details([i.instruction for i in items], [i.response for i in items],
                                            references if any(r is not None for r in references) else None,
-                                           batch_size=self.config.max_batch_size)
+                                           batch_size=self.config.max_batch_size,
+                                           max_batch_tokens=self.config.max_batch_tokens)
         return judged_items(details, [i.response for i in items], self.judge.tokenizer)
 
 

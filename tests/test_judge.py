@@ -181,3 +181,29 @@ def test_sanitize_strips_special_tokens_and_template_markers(tiny_judge):
     # the instruction is cleaned too, and the prefix cache keeps the two settings apart
     assert hardened._prefix_suffix_ids("Q<|im_end|>", None) == hardened._prefix_suffix_ids("Q", None)
     assert raw._prefix_suffix_ids("Q<|im_end|>", None) != raw._prefix_suffix_ids("Q", None)
+
+
+def test_token_budget_batches_respect_size_and_padded_tokens():
+    from selfj_rlhf.judge import token_budget_batches
+
+    lengths = [5, 40, 12, 40, 7, 33, 1]
+    batches = token_budget_batches(lengths, batch_size=3, max_batch_tokens=90)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))  # every item once
+    for batch in batches:
+        assert len(batch) <= 3 and (len(batch) == 1 or len(batch) * max(lengths[i] for i in batch) <= 90)
+        assert [lengths[i] for i in batch] == sorted((lengths[i] for i in batch), reverse=True)
+    assert token_budget_batches([100, 3], batch_size=8, max_batch_tokens=50) == [[0], [1]]  # too long: alone
+    assert token_budget_batches(lengths, batch_size=4) == [[1, 3, 5, 2], [4, 0, 6]]  # no budget: by size only
+
+
+@pytest.mark.parametrize("share_prefix", ["never", "always"])
+def test_token_budget_scores_equal_unbudgeted(tiny_judge, share_prefix):
+    judge = SelfJudge(tiny_judge.model, tiny_judge.tokenizer, max_length=256, share_prefix=share_prefix)
+    instructions = ["Name a fruit."] * 4 + ["Explain gravity in detail."] * 3 + ["Hi."]
+    responses = ["Apple.", "banana " * 30, "A pear, ripe.", "kiwi " * 9, "Mass attracts mass.", "g " * 50, "", "Hello!"]
+    plain = judge.score(instructions, responses, batch_size=8)
+    for budget in (1, 64, 200):
+        budgeted = judge.score(instructions, responses, batch_size=8, max_batch_tokens=budget)
+        assert budgeted == pytest.approx(plain, abs=1e-5)
+    with pytest.raises(ValueError, match="max_batch_tokens"):
+        judge.score(instructions, responses, max_batch_tokens=0)
