@@ -1,12 +1,14 @@
-"""Prefix-shared vs independent judge scoring of n answers to one prompt, short and long prompts.
+"""Prefix-shared vs independent judge scoring of n answers to one prompt, and what ``share_prefix="auto"`` picks.
 
-    python evals/bench_prefix.py --ns 4 8 16
+    python evals/bench_prefix.py --ns 4 8 16 --settings short:128 short:384 long:128
 
 Items: arena-bench questions with their 15 model answers plus the GPT-4 reference answer as a 16th (real,
-distinct answers to one prompt), each answer cut to ``--answer_tokens``. "short" prompts are questions
+distinct answers to one prompt), each answer cut to the setting's token count. "short" prompts are questions
 under 100 tokens (AlpacaEval-like); "long" ones are at least 512 tokens (the case best-of-n over long
-contexts or with-reference judging hits). Both methods score the same items with the same batch size in
-one process, interleaved, best of ``--repeats``; the scores must agree within 1e-4 (checked and reported).
+contexts or with-reference judging hits). ``never`` (independent), ``always`` (shared) and ``auto`` (the cost
+model, ``SelfJudge.prefix_sharing_pays``) score the same items with the same batch size in one process,
+interleaved, best of ``--repeats``; the scores must agree within 1e-4 (checked and reported). auto / never is
+the number that matters: the cost model must never make scoring slower.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_scoring import interleaved_best_times  # noqa: E402
-from common import command_line, default_data, machine_info, write_results  # noqa: E402
+from common import command_line, default_data, judges_measured, machine_info, write_results  # noqa: E402
 
 from selfj_rlhf.io import iter_records  # noqa: E402
+from selfj_rlhf.judge import prefix_token_saving  # noqa: E402
 
 
 def make_parser():
@@ -29,7 +32,8 @@ def make_parser():
     parser.add_argument("--arena", default=default_data("arena_bench_v1"))
     parser.add_argument("--ns", type=int, nargs="+", default=[4, 8, 16])
     parser.add_argument("--prompts_per_setting", type=int, default=1)
-    parser.add_argument("--answer_tokens", type=int, default=128)
+    parser.add_argument("--settings", nargs="+", default=["short:128", "short:384", "long:128"],
+                        help="PROMPTS:ANSWER_TOKENS, PROMPTS short (< 100 tokens) or long (>= 512 tokens).")
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--max_length", type=int, default=2048, help="Judge prompt cap (the shipped judge's is 1,024).")
     parser.add_argument("--repeats", type=int, default=2)
@@ -37,8 +41,8 @@ def make_parser():
     return parser
 
 
-def prompt_sets(args, tokenizer) -> dict[str, list[tuple[str, list[str]]]]:
-    """{"short": [(instruction, [16 answers])], "long": [...]} from arena-bench."""
+def prompt_sets(args, tokenizer, answer_tokens: int) -> dict[str, list[tuple[str, list[str]]]]:
+    """{"short": [(instruction, [16 answers])], "long": [...]} from arena-bench, answers cut to ``answer_tokens``."""
     by_question: dict[str, dict] = {}
     for _, row in iter_records(args.arena):
         entry = by_question.setdefault(row["question_id"], {"instruction": row["instruction"], "answers": [],
@@ -46,7 +50,7 @@ def prompt_sets(args, tokenizer) -> dict[str, list[tuple[str, list[str]]]]:
         entry["answers"].append(row["response"])
 
     def cut(text: str) -> str:
-        return tokenizer.decode(tokenizer.encode(text, add_special_tokens=False)[:args.answer_tokens])
+        return tokenizer.decode(tokenizer.encode(text, add_special_tokens=False)[:answer_tokens])
 
     sets = {"short": [], "long": []}
     for qid in sorted(by_question):
@@ -66,9 +70,10 @@ def main(argv=None):
     from selfj_rlhf import SelfJudge
 
     judge = SelfJudge.from_pretrained(args.judge, max_length=args.max_length)
-    sets = prompt_sets(args, judge.tokenizer)
     rows = []
-    for kind, prompts in sets.items():
+    for setting in args.settings:
+        kind, answer_tokens = setting.split(":")
+        prompts = prompt_sets(args, judge.tokenizer, int(answer_tokens))[kind]
         for n in args.ns:
             instructions = [p for p, answers in prompts for _ in answers[:n]]
             responses = [a for _, answers in prompts for a in answers[:n]]
@@ -85,30 +90,41 @@ def main(argv=None):
             shared = run("always")
             tokens["always"] = judge.scored_tokens
             max_diff = max(abs(a - b) for a, b in zip(independent, shared))
-            times = interleaved_best_times({"never": lambda: run("never"), "always": lambda: run("always")},
-                                           {"never": args.repeats, "always": args.repeats})
-            rows.append({"prompts": kind, "n": n, "num_prompts": len(prompts), "items": len(responses),
-                         "mean_prefix_tokens": prefix_tokens, "independent_s": times["never"],
-                         "shared_s": times["always"], "speedup": times["never"] / times["always"],
+            modes = ("never", "always", "auto")
+            times = interleaved_best_times({mode: (lambda m=mode: run(m)) for mode in modes},
+                                           {mode: args.repeats for mode in modes})
+            answer_mean = sum(len(judge.encode(p, a).input_ids) for p, a in zip(instructions, responses)) / len(
+                responses) - prefix_tokens
+            rows.append({"prompts": kind, "answer_tokens": int(answer_tokens), "n": n, "num_prompts": len(prompts),
+                         "items": len(responses), "mean_prefix_tokens": prefix_tokens,
+                         "token_saving": prefix_token_saving(n, prefix_tokens, answer_mean),
+                         "auto_shares": judge.prefix_sharing_pays(n, round(prefix_tokens), answer_mean),
+                         "independent_s": times["never"], "shared_s": times["always"], "auto_s": times["auto"],
+                         "speedup": times["never"] / times["always"], "auto_vs_never": times["never"] / times["auto"],
                          "independent_tokens": tokens["never"], "shared_tokens": tokens["always"],
                          "max_abs_score_diff": max_diff})
             print(rows[-1], flush=True)
     judge.share_prefix = "auto"
-    payload = {"command": command_line(), "machine": machine_info(), "judge": args.judge,
-               "answer_tokens": args.answer_tokens, "batch_size": args.batch_size, "repeats": args.repeats, "rows": rows}
+    payload = {"command": command_line(), "machine": machine_info(),
+               "judges_measured": judges_measured({"judge": args.judge}), "settings": args.settings,
+               "batch_size": args.batch_size, "repeats": args.repeats, "rows": rows}
     m = payload["machine"]
     lines = ["# Prefix-shared vs independent scoring of n answers per prompt", "",
              f"Command: `{payload['command']}`  ",
              f"Machine: {m['cpu']} ({m['cpu_count']} cores, torch {m['torch']}, {m['torch_threads']} threads, "
              f"GPU: {m['cuda']}), {m['date']}  ",
-             f"Judge {args.judge}; answers cut to {args.answer_tokens} tokens; batch size {args.batch_size}; best of "
-             f"{args.repeats}, methods interleaved. Tokens = tokens run through the model.", "",
-             "| prompts | n | prompt prefix (tokens) | independent s | shared s | speedup | tokens independent / shared "
-             "| max score diff |", "|---|---:|---:|---:|---:|---:|---|---:|"]
+             f"Judge `{payload['judges_measured'][0]['name']}`; batch size {args.batch_size}; best of {args.repeats}, "
+             "methods interleaved. Token saving: n(P+A)/(P+nA), the factor by which sharing cuts the tokens run; "
+             "auto: whether the cost model shares. Tokens = tokens run through the model.", "",
+             "| prompts | answer cap | n | prefix P | token saving | independent s | shared s | shared speedup | auto shares "
+             "| auto s | auto / never | tokens independent / shared | max score diff |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|---:|"]
     for r in rows:
-        lines.append(f"| {r['prompts']} ({r['num_prompts']}) | {r['n']} | {r['mean_prefix_tokens']:.0f} | "
-                     f"{r['independent_s']:.2f} | {r['shared_s']:.2f} | {r['speedup']:.2f}x | "
-                     f"{r['independent_tokens']} / {r['shared_tokens']} | {r['max_abs_score_diff']:.1e} |")
+        lines.append(f"| {r['prompts']} ({r['num_prompts']}) | {r['answer_tokens']} | {r['n']} | "
+                     f"{r['mean_prefix_tokens']:.0f} | {r['token_saving']:.2f}x | {r['independent_s']:.2f} | "
+                     f"{r['shared_s']:.2f} | {r['speedup']:.2f}x | {'yes' if r['auto_shares'] else 'no'} | "
+                     f"{r['auto_s']:.2f} | {r['auto_vs_never']:.2f}x | {r['independent_tokens']} / "
+                     f"{r['shared_tokens']} | {r['max_abs_score_diff']:.1e} |")
     lines.append("")
     markdown = "\n".join(lines)
     write_results(args.name, payload, markdown)

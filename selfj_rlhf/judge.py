@@ -91,6 +91,21 @@ def left_pad(sequences: Sequence[list[int]], pad_token_id: int) -> dict[str, tor
     return {"input_ids": input_ids, **padding}
 
 
+# Prefix sharing runs the shared prefix once (P tokens) instead of n times: it saves the factor n(P+A)/(P+nA) of the
+# tokens (A: the mean answer), but adds a forward for the prefix and reads a cache concatenated onto every batch.
+# ``share_prefix="auto"`` shares when the token saving reaches this factor on the judge's device. CPU: calibrated on
+# evals/results/bench_prefix.md (a 1.28x token saving ran at 0.85x, 1.56x at 1.12x, 2.97x at 3.32x). CUDA: the
+# first GPU measurements (docs/performance.md) ran a 7B model at 0.77x for a 1.25x saving and 1.23x for 1.9x, and a
+# 135M model slower at every saving (kernel launches, not tokens, bound so small a model), hence the size floor.
+PREFIX_SAVING_NEEDED = {"cpu": 1.45, "cuda": 1.8}
+MIN_PARAMETERS_TO_SHARE_ON_GPU = 1_000_000_000
+
+
+def prefix_token_saving(n: int, prefix_tokens: int, answer_tokens: float) -> float:
+    """The factor by which sharing a P-token prefix among n answers of A tokens cuts the tokens run: n(P+A)/(P+nA)."""
+    return n * (prefix_tokens + answer_tokens) / (prefix_tokens + n * answer_tokens)
+
+
 def token_budget_batches(lengths: Sequence[int], batch_size: int, max_batch_tokens: int | None = None) -> list[list[int]]:
     """Indices of ``lengths`` in batches, longest first: at most ``batch_size`` items and, with ``max_batch_tokens``,
     at most that many padded tokens (items x the batch's longest item) per batch. Sorting by length keeps padding
@@ -154,10 +169,13 @@ class SelfJudge:
         max_length: longest judge prompt in tokens; longer responses are truncated (their head kept).
         base_model: the spec the model was loaded from, recorded when the judge is saved.
         share_prefix: score the responses to one (instruction, reference) from one KV cache of their shared
-            judge-prompt prefix (``"auto"``: when at least two such responses are scored together and the
-            prefix has ``min_shared_prefix`` tokens or more; ``"always"``; ``"never"``). Scores are equal to
-            independent scoring up to float rounding (tested to 1e-4).
-        min_shared_prefix: prefix length (tokens) from which ``"auto"`` shares it.
+            judge-prompt prefix (``"auto"``: when at least two such responses are scored together, the prefix has
+            ``min_shared_prefix`` tokens or more, and the cost model says it pays: see ``PREFIX_SAVING_NEEDED``;
+            ``"always"``; ``"never"``). Scores are equal to independent scoring up to float rounding (tested to
+            1e-4).
+        min_shared_prefix: prefix length (tokens) from which ``"auto"`` considers sharing it.
+        min_prefix_saving: the token-saving factor from which ``"auto"`` shares (default: the device's
+            ``PREFIX_SAVING_NEEDED``; on a GPU, models under ``MIN_PARAMETERS_TO_SHARE_ON_GPU`` never share).
         sanitize: remove the tokenizer's special-token strings (e.g. ``<|im_end|>``, which would otherwise
             close the judge's turn) and the template's section markers (``[Answer]``, ``[End of Answer]``,
             ``[Reference]``, ...) from the instruction, reference and response before rendering, so user
@@ -175,6 +193,7 @@ class SelfJudge:
 
     def __init__(self, model, tokenizer, template: str | JudgeTemplate = DEFAULT_TEMPLATE, max_length: int = 2048,
                  base_model: str | None = None, share_prefix: str = "auto", min_shared_prefix: int = 64,
+                 min_prefix_saving: float | None = None,
                  sanitize: bool = True, head=None, length_fit=None, length_control: bool = False, score_map=None):
         if share_prefix not in ("auto", "always", "never"):
             raise ValueError(f"share_prefix must be auto, always or never, got {share_prefix!r}")
@@ -191,6 +210,7 @@ class SelfJudge:
         self.scored_tokens = 0
         self.share_prefix = share_prefix
         self.min_shared_prefix = min_shared_prefix
+        self.min_prefix_saving = min_prefix_saving
         self.sanitize = sanitize
         self.head = head
         self.length_fit = length_fit
@@ -435,9 +455,26 @@ class SelfJudge:
         for index, key in enumerate(zip(instructions, references)):
             by_prompt.setdefault(key, []).append(index)
         minimum = 1 if self.share_prefix == "always" else self.min_shared_prefix
-        return [group for group in by_prompt.values()
-                if len(group) >= 2 and encoded[group[0]].prefix_length >= minimum
-                and all(len(encoded[i].input_ids) > encoded[i].prefix_length for i in group)]
+        groups = [group for group in by_prompt.values()
+                  if len(group) >= 2 and encoded[group[0]].prefix_length >= minimum
+                  and all(len(encoded[i].input_ids) > encoded[i].prefix_length for i in group)]
+        if self.share_prefix == "auto":
+            groups = [group for group in groups if self.prefix_sharing_pays(
+                len(group), encoded[group[0]].prefix_length,
+                sum(len(encoded[i].input_ids) - encoded[i].prefix_length for i in group) / len(group))]
+        return groups
+
+    def prefix_sharing_pays(self, n: int, prefix_tokens: int, answer_tokens: float) -> bool:
+        """The cost model of ``share_prefix="auto"``: whether sharing a prefix among n answers saves time here."""
+        device = self.device.type
+        if device == "cuda" and self.min_prefix_saving is None and self._parameter_count < MIN_PARAMETERS_TO_SHARE_ON_GPU:
+            return False
+        needed = self.min_prefix_saving or PREFIX_SAVING_NEEDED.get(device, PREFIX_SAVING_NEEDED["cuda"])
+        return prefix_token_saving(n, prefix_tokens, answer_tokens) >= needed
+
+    @functools.cached_property
+    def _parameter_count(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
 
     @functools.cached_property
     def _cache_argument(self) -> str:

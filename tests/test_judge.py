@@ -207,3 +207,36 @@ def test_token_budget_scores_equal_unbudgeted(tiny_judge, share_prefix):
         assert budgeted == pytest.approx(plain, abs=1e-5)
     with pytest.raises(ValueError, match="max_batch_tokens"):
         judge.score(instructions, responses, max_batch_tokens=0)
+
+
+def test_prefix_sharing_cost_model(tiny_judge, monkeypatch):
+    from selfj_rlhf.judge import PREFIX_SAVING_NEEDED, prefix_token_saving
+
+    assert prefix_token_saving(4, 981, 128) == pytest.approx(4 * 1109 / (981 + 512))
+    assert prefix_token_saving(1, 500, 10) == 1.0  # one answer: nothing to save
+    judge = SelfJudge(tiny_judge.model, tiny_judge.tokenizer)
+    assert judge.device.type == "cpu"
+    assert judge.prefix_sharing_pays(4, 981, 128)  # a long prefix: 2.97x fewer tokens
+    assert not judge.prefix_sharing_pays(8, 100, 300)  # short prefix, long answers: 1.28x, slower on a CPU
+    assert judge.prefix_sharing_pays(16, 118, 128) and not judge.prefix_sharing_pays(2, 118, 128)
+    assert SelfJudge(tiny_judge.model, tiny_judge.tokenizer, min_prefix_saving=1.2).prefix_sharing_pays(8, 100, 300)
+    # on a GPU a model as small as the embedded one never shares (launch-bound), a large one shares past 1.8x
+    monkeypatch.setattr(SelfJudge, "device", property(lambda self: torch.device("cuda")))
+    assert not SelfJudge(tiny_judge.model, tiny_judge.tokenizer).prefix_sharing_pays(16, 981, 32)
+    large = SelfJudge(tiny_judge.model, tiny_judge.tokenizer)
+    large.__dict__["_parameter_count"] = 7_600_000_000
+    assert PREFIX_SAVING_NEEDED["cuda"] == 1.8
+    assert large.prefix_sharing_pays(8, 140, 128) and not large.prefix_sharing_pays(16, 140, 490)
+
+
+def test_auto_shares_only_the_groups_that_pay(tiny_judge):
+    judge = SelfJudge(tiny_judge.model, tiny_judge.tokenizer, max_length=512, min_shared_prefix=1)
+    long_prompt = "Summarise this text. " + "The quick brown fox jumps over the lazy dog. " * 30
+    items = [(long_prompt, f"Answer {i}.") for i in range(4)] + [("Hi?", "word " * 60 + str(i)) for i in range(3)]
+    instructions, responses = zip(*items)
+    encoded = [judge.encode(i, r) for i, r in items]
+    groups = judge._shared_prefix_groups(instructions, [None] * len(items), encoded)
+    assert groups == [[0, 1, 2, 3]]  # the long shared prompt pays; three long answers to a short one do not
+    shared = judge.score(instructions, responses)
+    judge.share_prefix = "never"
+    assert shared == pytest.approx(judge.score(instructions, responses), abs=1e-4)
