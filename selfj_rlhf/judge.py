@@ -339,6 +339,11 @@ class SelfJudge:
             self._prefix_cache[key] = cached
         return cached
 
+    def template_token_count(self, with_reference: bool = True) -> int:
+        """Tokens the judge prompt adds around the instruction, response (and reference): its cost with empty text."""
+        prefix, suffix = self._prefix_suffix_ids("", "" if with_reference else None)
+        return len(prefix) + len(suffix)
+
     def encode(self, instruction: str, response: str, reference: str | None = None) -> EncodedItem:
         """Token ids of the judge prompt; only the response is truncated to respect ``max_length``."""
         for name, value in (("instruction", instruction), ("response", response)):

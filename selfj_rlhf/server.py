@@ -217,25 +217,35 @@ class _Pending:
 class DynamicBatcher:
     """Coalesces the items of concurrent requests into judge batches.
 
-    The first waiting item opens a batch; items join it until ``max_batch_size`` items or ``max_batch_tokens``
-    prompt tokens, or until ``max_wait_ms`` passed with nothing new. While the judge runs a batch, new requests
-    queue, so under load batches fill without waiting. Items of requests that timed out are skipped.
+    Items are tokenised (to bound a batch) on a worker thread, never on the event loop. The first waiting item opens
+    a batch. While the judge is busy with the previous batch, items join until the batch is full or the judge is
+    free (pipeline depth 2: one batch runs, the next fills). When the judge is idle, items join until the batch is
+    full or no item arrived for ``max_wait_ms``; and while the batch is smaller than the last one the judge ran,
+    until half that batch's forward time (at least ten ``max_wait_ms``) from the first item: engines send the next
+    sample when they have the answer to the last, so the clients of a batch come back together, and a client left
+    out of a batch waits a whole forward more, which costs more than the wait. A batch holds at most ``max_batch_size`` items and
+    ``max_batch_tokens`` padded tokens (``judge.token_budget_batches``' rule); the judge then runs it in forwards
+    of its own ``batch_size`` under the same token budget. Items of requests that timed out are skipped.
     """
 
-    def __init__(self, judge, config: ServeConfig, metrics: "ServerMetrics | None" = None):
+    def __init__(self, judge, config: ServeConfig, metrics: "ServerMetrics | None" = None, judge_batch_size: int = 8):
         self.judge = judge
         self.config = config
         self.metrics = metrics
+        self.judge_batch_size = judge_batch_size
         self.waiting = 0
         self._queue: asyncio.Queue[_Pending] | None = None
         self._carry: _Pending | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="selfj-judge")
-        self._task: asyncio.Task | None = None
-        # a fast tokenizer must not be used by two threads at once ("Already borrowed"): the event loop counts
-        # tokens with its own copy while the judge thread encodes with the judge's
+        # a fast tokenizer must not be used by two threads at once ("Already borrowed"): token counting has its own
+        # copy and its own thread, off the event loop and off the judge's thread
         self._counter = copy.deepcopy(judge.tokenizer)
-        prefix, suffix = judge._prefix_suffix_ids("", "")  # the with-reference template, empty: its own tokens
-        self._template_tokens = len(prefix) + len(suffix)
+        self._count_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="selfj-count")
+        self._template_tokens = judge.template_token_count()
+        self._task: asyncio.Task | None = None
+        self._busy: asyncio.Task | None = None
+        self._last_batch = 1  # clients answered by the last batch: how many are expected back
+        self._last_forward_s = 0.0
 
     def count_tokens(self, item: RewardItem) -> int:
         """Judge-prompt length of an item, near enough to bound a batch (tokenized piecewise)."""
@@ -248,22 +258,28 @@ class DynamicBatcher:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        for task in (self._task, self._busy):
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
         self._executor.shutdown(wait=True)
+        self._count_executor.shutdown(wait=True)
 
     async def submit(self, items: list[RewardItem]) -> list[JudgedItem]:
         if self.waiting + len(items) > self.config.max_queue:
             raise Overloaded(f"{self.waiting} responses waiting (max_queue {self.config.max_queue})")
         loop = asyncio.get_running_loop()
-        pending = []
-        for item in items:
-            pending.append(_Pending(item, self.count_tokens(item), loop.create_future(), time.perf_counter()))
-        self.waiting += len(pending)
+        self.waiting += len(items)
+        try:
+            counts = await loop.run_in_executor(self._count_executor, lambda: [self.count_tokens(i) for i in items])
+        except BaseException:
+            self.waiting -= len(items)
+            raise
+        now = time.perf_counter()
+        pending = [_Pending(item, tokens, loop.create_future(), now) for item, tokens in zip(items, counts)]
         for entry in pending:
             self._queue.put_nowait(entry)
         try:
@@ -285,14 +301,33 @@ class DynamicBatcher:
         except asyncio.TimeoutError:
             return None
 
+    async def _next_while_busy(self, busy: asyncio.Task) -> _Pending | None:
+        """The next item, or None as soon as the judge finishes its batch."""
+        if self._carry is not None or not self._queue.empty():
+            return await self._next(0)
+        getter = asyncio.ensure_future(self._queue.get())
+        await asyncio.wait({getter, busy}, return_when=asyncio.FIRST_COMPLETED)
+        if getter.done():
+            return getter.result()
+        getter.cancel()
+        return None
+
     async def _collect(self) -> list[_Pending]:
         first = await self._next(None)
         batch, longest = [first], first.tokens
-        deadline = time.perf_counter() + self.config.max_wait_ms / 1000
+        wait = self.config.max_wait_ms / 1000
+        cap = time.perf_counter() + max(10 * wait, 0.5 * self._last_forward_s)
         while len(batch) < self.config.max_batch_size:
-            entry = await self._next(deadline - time.perf_counter())
-            if entry is None:
-                break
+            if self._busy is not None and not self._busy.done():
+                entry = await self._next_while_busy(self._busy)
+                if entry is None:
+                    continue  # the judge is free now: go on filling as below
+            else:
+                # below the last batch's size, its clients are still on their way back: wait for them up to the cap
+                gap = cap - time.perf_counter() if len(batch) < self._last_batch else min(wait, cap - time.perf_counter())
+                entry = await self._next(gap)
+                if entry is None:
+                    break
             if (len(batch) + 1) * max(longest, entry.tokens) > self.config.max_batch_tokens:
                 self._carry = entry
                 break
@@ -301,34 +336,41 @@ class DynamicBatcher:
         return batch
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             batch = await self._collect()
             self.waiting -= len(batch)
             live = [entry for entry in batch if not entry.future.done()]
             if not live:
                 continue
-            started = time.perf_counter()
-            try:
-                results = await loop.run_in_executor(self._executor, self._score, [entry.item for entry in live])
-            except Exception as err:  # a judge failure fails these requests, never the server
-                logger.exception("judge batch of %d failed", len(live))
-                for entry in live:
-                    if not entry.future.done():
-                        entry.future.set_exception(err)
-                continue
-            if self.metrics is not None:
-                self.metrics.observe_batch(len(live), sum(e.tokens for e in live),
-                                           [started - e.enqueued for e in live], time.perf_counter() - started)
-            for entry, result in zip(live, results):
+            if self._busy is not None:
+                await self._busy  # one batch on the judge at a time; this one is ready the moment it is free
+            self._last_batch = len(live)
+            self._busy = asyncio.ensure_future(self._score_batch(live))
+
+    async def _score_batch(self, live: list[_Pending]) -> None:
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        try:
+            results = await loop.run_in_executor(self._executor, self._score, [entry.item for entry in live])
+        except Exception as err:  # a judge failure fails these requests, never the server
+            logger.exception("judge batch of %d failed", len(live))
+            for entry in live:
                 if not entry.future.done():
-                    entry.future.set_result(result)
+                    entry.future.set_exception(err)
+            return
+        self._last_forward_s = time.perf_counter() - started
+        if self.metrics is not None:
+            self.metrics.observe_batch(len(live), sum(e.tokens for e in live),
+                                       [started - e.enqueued for e in live], self._last_forward_s)
+        for entry, result in zip(live, results):
+            if not entry.future.done():
+                entry.future.set_result(result)
 
     def _score(self, items: list[RewardItem]) -> list[JudgedItem]:
         references = [i.reference for i in items]
         details = self.judge.score_details([i.instruction for i in items], [i.response for i in items],
                                            references if any(r is not None for r in references) else None,
-                                           batch_size=self.config.max_batch_size,
+                                           batch_size=self.judge_batch_size,
                                            max_batch_tokens=self.config.max_batch_tokens)
         return judged_items(details, [i.response for i in items], self.judge.tokenizer)
 
@@ -384,7 +426,7 @@ def create_app(judge, reward: SelfJRewardConfig | None = None, config: ServeConf
     config = config or ServeConfig()
     api_key = config.api_key
     metrics = ServerMetrics()
-    batcher = DynamicBatcher(judge, config, metrics)
+    batcher = DynamicBatcher(judge, config, metrics, judge_batch_size=reward.batch_size)
     special = tuple(t for t in getattr(judge.tokenizer, "all_special_tokens", []) if t and len(t) > 1)
 
     async def lifespan(app):

@@ -123,3 +123,85 @@ class JudgeServerProcess:
             return False
         self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout=timeout) == 0
+
+
+class SimulatedDeviceJudge:
+    """A judge that costs what a GPU judge costs, for testing serving on a CPU.
+
+    Each forward (one batch) takes ``latency_s + per_item_s x items``, so a batch of 32 costs little more than a batch
+    of 1, as on a GPU. A share ``gil_share`` of that time is spent busy in Python holding the GIL, as eager PyTorch
+    does while it launches kernels, and the rest asleep, as the host is while the device computes: the server's event
+    loop has to live with both. Scores are a deterministic function of the text, on 0-9; the judge records the size
+    of every forward in ``forward_sizes``. It has the attributes and methods the server uses of a ``SelfJudge``.
+    """
+
+    def __init__(self, tokenizer, *, latency_s: float = 0.2, per_item_s: float = 0.002, gil_share: float = 0.3,
+                 max_length: int = 1024):
+        import torch
+
+        from .templates import DEFAULT_TEMPLATE, get_template
+
+        self.tokenizer = tokenizer
+        self.template = get_template(DEFAULT_TEMPLATE)
+        self.device = torch.device("cpu")
+        self.max_length = max_length
+        self.length_control = False
+        self.latency_s, self.per_item_s, self.gil_share = latency_s, per_item_s, gil_share
+        self.forward_sizes: list[int] = []
+
+    def template_token_count(self, with_reference: bool = True) -> int:
+        return 40
+
+    def forward_seconds(self, items: int) -> float:
+        return self.latency_s + self.per_item_s * items
+
+    def _forward(self, items: int) -> None:
+        import time
+
+        total = self.forward_seconds(items)
+        busy_until = time.perf_counter() + self.gil_share * total
+        while time.perf_counter() < busy_until:  # launching kernels: the GIL is held
+            pass
+        time.sleep((1 - self.gil_share) * total)  # the device computes: the GIL is free
+        self.forward_sizes.append(items)
+
+    def score_details(self, instructions, responses, references=None, batch_size: int = 8, progress: bool = False,
+                      max_batch_tokens: int | None = None):
+        import zlib
+
+        from .judge import ScoreDetails, token_budget_batches
+
+        lengths = [len(i) + len(r) for i, r in zip(instructions, responses)]
+        for batch in token_budget_batches(lengths, batch_size, max_batch_tokens):
+            self._forward(len(batch))
+        scores = [9 * (zlib.crc32(f"{i}\0{r}".encode()) % 10_000) / 9_999 for i, r in zip(instructions, responses)]
+        return [ScoreDetails(score=s, probs=[], digit_mass=1.0, argmax=round(s), raw_score=s) for s in scores]
+
+
+def one_sample_clients(url: str, items: list[tuple[str, str]], concurrency: int, timeout_s: float = 300) -> dict:
+    """Score ``items`` through a judge server from ``concurrency`` clients in another process, each sending one item
+    per request and the next when the answer came, as RL engines do. Returns ``{"items", "wall_s", "items_per_s"}``."""
+    import json
+    import subprocess
+    import sys
+
+    script = (
+        "import asyncio, json, sys, time\n"
+        "import httpx\n"
+        "url, concurrency, items = json.loads(sys.stdin.read())\n"
+        "async def main():\n"
+        "    queue = list(enumerate(items))\n"
+        "    async def client(http):\n"
+        "        while queue:\n"
+        "            _, (prompt, response) = queue.pop(0)\n"
+        "            answer = await http.post(url + '/get_reward', json={'prompts': [prompt], 'responses': [response]})\n"
+        "            answer.raise_for_status()\n"
+        "    async with httpx.AsyncClient(timeout=300, limits=httpx.Limits(max_connections=concurrency)) as http:\n"
+        "        start = time.perf_counter()\n"
+        "        await asyncio.gather(*(client(http) for _ in range(concurrency)))\n"
+        "        return time.perf_counter() - start\n"
+        "wall = asyncio.run(main())\n"
+        "print(json.dumps({'items': len(items), 'wall_s': wall, 'items_per_s': len(items) / wall}))\n")
+    done = subprocess.run([sys.executable, "-c", script], input=json.dumps([url, concurrency, items]), text=True,
+                          capture_output=True, timeout=timeout_s, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])

@@ -364,3 +364,26 @@ def test_embedded_judge_server(tmp_path):
     assert answer["extra_logs"]["expected_digit"] == pytest.approx(local.score(INSTRUCTIONS[:3], RESPONSES[:3]),
                                                                    abs=1e-5)
     assert json.dumps(answer)
+
+
+# ----------------------------------------------------------------------------- batching against a GPU-like judge
+def test_server_keeps_up_with_a_simulated_device_judge(smol_tokenizer_dir):
+    """32 one-sample clients in another process against a judge that costs like a GPU (a batch of 32 costs little
+    more than one, part of it holding the GIL): the server must coalesce (mean batch >= 16) and reach 90 % of the
+    judge's own throughput on the same items in batches of 32."""
+    from transformers import AutoTokenizer
+
+    from selfj_rlhf.testing import SimulatedDeviceJudge, one_sample_clients
+
+    # a 7B judge's forward of 32 answers of ~500 tokens takes about this long on one GPU
+    judge = SimulatedDeviceJudge(AutoTokenizer.from_pretrained(smol_tokenizer_dir), latency_s=0.4, per_item_s=0.004)
+    items = [(f"Question {i % 24}: explain item {i}.", f"Answer {i}: " + "words " * (i % 17)) for i in range(256)]
+    in_process = 256 / (8 * judge.forward_seconds(32))  # what the judge does with the same items in batches of 32
+    config = SelfJRewardConfig(judge="simulated", batch_size=32)
+    with ServerThread(create_app(judge, config, ServeConfig(max_batch_size=32, max_wait_ms=5))) as url:
+        served = one_sample_clients(url, items, concurrency=32)
+        metrics = httpx.get(url + "/metrics?format=json", timeout=10).json()
+    batches = metrics["selfj_batch_size_count"]
+    mean_batch = metrics["selfj_batch_size_sum"] / batches
+    assert mean_batch >= 16, (mean_batch, judge.forward_sizes)
+    assert served["items_per_s"] >= 0.9 * in_process, (served, in_process, judge.forward_sizes)
