@@ -31,9 +31,15 @@ def _cell(text) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def _type_name(annotation) -> str:
-    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
-    return text.replace("typing.", "").replace("NoneType", "None")
+def _type_name(config: type, name: str) -> str:
+    """A field's annotation as written in its class (argument parsers rewrite ``Field.type``, so it is not read)."""
+    for klass in config.__mro__:
+        annotations = klass.__dict__.get("__annotations__", {})
+        if name in annotations:
+            annotation = annotations[name]
+            text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+            return text.replace("typing.", "").replace("NoneType", "None")
+    return "-"
 
 
 def _default(item: dataclasses.Field, overrides: dict) -> str:
@@ -57,7 +63,7 @@ def config_table(config: type, overrides: dict | None = None) -> list[str]:
     lines = [f"`{config.__name__}`: {(config.__doc__ or '').strip().splitlines()[0]}", "",
              "| flag | type | default | help |", "|---|---|---|---|"]
     for item in dataclasses.fields(config):
-        lines.append(f"| `--{item.name}` | {_cell(_type_name(item.type))} | {_cell(_default(item, overrides or {}))} | "
+        lines.append(f"| `--{item.name}` | {_cell(_type_name(config, item.name))} | {_cell(_default(item, overrides or {}))} | "
                      f"{_cell(item.metadata.get('help', ''))} |")
     return lines + [""]
 

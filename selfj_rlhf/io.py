@@ -12,6 +12,7 @@ safe to produce from long, killable jobs:
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
@@ -109,11 +110,28 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see either the old file or the whole new one."""
+    """Write ``text`` to ``path`` so that readers see either the old file or the whole new one.
+
+    The temporary file's name carries the writer's process id; a writer first removes the temporary files of the
+    same target left by processes that no longer run (a kill between writing and renaming)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        owner = stale.name[len(path.name) + 2:].split(".", 1)[0]
+        if owner.isdigit() and not _process_alive(int(owner)):
+            stale.unlink(missing_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)

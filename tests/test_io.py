@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 
@@ -80,3 +81,19 @@ def test_last_complete_checkpoint_skips_and_removes_torn_ones(tmp_path):
     (tmp_path / "checkpoint-final-notes").mkdir()
     assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-8")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-4", "checkpoint-8", "checkpoint-final-notes"]
+
+
+def test_atomic_write_removes_temporary_files_of_dead_writers(tmp_path):
+    import subprocess
+    import sys
+
+    from selfj_rlhf.io import atomic_write_text
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".out.json.{dead.stdout.strip()}.abc123.tmp"  # a writer killed before its rename
+    stale.write_text("half")
+    live = tmp_path / f".out.json.{os.getpid()}.def456.tmp"  # a writer of this process, still writing
+    live.write_text("in progress")
+    atomic_write_text(tmp_path / "out.json", "{}")
+    assert (tmp_path / "out.json").read_text() == "{}"
+    assert not stale.exists() and live.exists()

@@ -70,7 +70,8 @@ def test_report_counts_drop_reasons():
     rows, report = build_pairs([item([1.0, 5.0], pid="a"), item([3.0, 3.0], pid="b"), item([2.0], pid="c")],
                                PairConfig())
     assert [r["id"] for r in rows] == ["a"]
-    assert report == {"prompts": 3, "pairs": 1, "dropped": {"too_few_candidates": 1, "tie": 1}, "strategy": "max_min"}
+    assert report == {"prompts": 3, "pairs": 1, "dropped": {"too_few_candidates": 1, "tie": 1}, "strategy": "max_min",
+                      "length_control": "not recorded"}  # generic rows carry no judge setting
     assert rows[0]["score_chosen"] == 5.0 and rows[0]["score_rejected"] == 1.0 and rows[0]["margin"] == 4.0
 
 
