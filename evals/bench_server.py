@@ -254,8 +254,55 @@ def run_throughput(args) -> dict:
             "in_process_items_per_s": round(in_process, 3), "rows": rows}
 
 
+def run_simulated(args) -> dict:
+    """The server against ``SimulatedDeviceJudge`` (a GPU-like cost: a batch of 32 costs little more than one, part of
+    it holding the GIL), with one-sample clients in another process: coalescing measured without a GPU."""
+    import math
+
+    import httpx
+
+    from selfj_rlhf import SelfJRewardConfig
+    from selfj_rlhf.models import load_tokenizer
+    from selfj_rlhf.server import ServeConfig, create_app
+    from selfj_rlhf.testing import ServerThread, SimulatedDeviceJudge, one_sample_clients
+
+    judge = SimulatedDeviceJudge(load_tokenizer("smollm2-135m-instruct"), latency_s=args.simulated_latency_s,
+                                 per_item_s=args.simulated_per_item_s)
+    items = load_items(args.simulated_items, args.seed)
+    in_process = len(items) / (math.ceil(len(items) / args.max_batch_size) * judge.forward_seconds(args.max_batch_size))
+    rows = []
+    for concurrency in args.concurrency:
+        for batching in (True, False):
+            config = ServeConfig(max_batch_size=args.max_batch_size if batching else 1, max_wait_ms=args.max_wait_ms)
+            reward = SelfJRewardConfig(judge="simulated", batch_size=args.max_batch_size)
+            with ServerThread(create_app(judge, reward, config)) as url:
+                result = one_sample_clients(url, items, concurrency)
+                metrics = httpx.get(url + "/metrics", params={"format": "json"}).json()
+            result.update(concurrency=concurrency, batching=batching,
+                          mean_batch_size=round(metrics["selfj_batch_size_sum"] / metrics["selfj_batch_size_count"], 2),
+                          of_in_process=round(result["items_per_s"] / in_process, 3))
+            print(json.dumps(result), flush=True)
+            rows.append(result)
+    return {"latency_s": args.simulated_latency_s, "per_item_s": args.simulated_per_item_s, "gil_share": judge.gil_share,
+            "items": len(items), "in_process_items_per_s": round(in_process, 3), "rows": rows}
+
+
 # ----------------------------------------------------------------------------- report
-def render(throughput: dict | None, load: dict | None, command: str, machine: dict) -> str:
+def render_simulated(simulated: dict) -> list[str]:
+    lines = ["", "## Against a simulated GPU judge", "",
+             f"`SimulatedDeviceJudge`: a forward costs {simulated['latency_s']} s + {simulated['per_item_s']} s per item, "
+             f"{simulated['gil_share']:.0%} of it holding the GIL; {simulated['items']} one-sample requests from clients in "
+             f"another process. In-process: {simulated['in_process_items_per_s']} items/s (batches of the server's "
+             "max batch size).", "", "| clients | batching | items/s | of in-process | mean batch |",
+             "|---:|---|---:|---:|---:|"]
+    for r in simulated["rows"]:
+        lines.append(f"| {r['concurrency']} | {'on' if r['batching'] else 'off'} | {r['items_per_s']:.1f} | "
+                     f"{r['of_in_process']:.0%} | {r['mean_batch_size']} |")
+    return lines
+
+
+def render(throughput: dict | None, load: dict | None, command: str, machine: dict,
+           simulated: dict | None = None) -> str:
     lines = ["# Judge server benchmark (`selfj serve`)", "", f"Command: `{command}`", "",
              f"Machine: {machine['cpu']}, {machine['cpu_count']} cores, torch {machine['torch']} "
              f"({machine['torch_threads']} threads); {machine['date']}.", ""]
@@ -298,12 +345,14 @@ def render(throughput: dict | None, load: dict | None, command: str, machine: di
                   f"| {load['server_crashes']} | {load['requests_per_s']} | {load['p50_ms']} | {load['p99_ms']} |", "",
                   "Malformed bodies are not retried, so those sent while the server was restarting met a refused "
                   "connection instead of a 400; valid requests are retried and none was lost."]
+    if simulated:
+        lines += render_simulated(simulated)
     return "\n".join(lines) + "\n"
 
 
 def make_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("parts", nargs="+", choices=["throughput", "load", "render"],
+    parser.add_argument("parts", nargs="+", choices=["throughput", "load", "simulated", "render"],
                         help="What to run; `render` only rewrites the markdown from the saved JSON.")
     from common import default_data
 
@@ -316,6 +365,9 @@ def make_parser():
     parser.add_argument("--max_wait_ms", type=float, default=5.0)
     parser.add_argument("--max_length", type=int, default=1024)
     parser.add_argument("--requests", type=int, default=10000)
+    parser.add_argument("--simulated_items", type=int, default=256, help="Requests of the simulated-judge part.")
+    parser.add_argument("--simulated_latency_s", type=float, default=0.4, help="Simulated forward: fixed seconds.")
+    parser.add_argument("--simulated_per_item_s", type=float, default=0.004, help="Simulated forward: per item.")
     parser.add_argument("--load_concurrency", type=int, default=64, help="Concurrent clients of the load test.")
     parser.add_argument("--malformed_every", type=int, default=20)
     parser.add_argument("--disconnect_every", type=int, default=50)
@@ -335,10 +387,13 @@ def main(argv=None):
         previous = json.loads(result_path.read_text())
     throughput = run_throughput(args) if "throughput" in args.parts else previous.get("throughput")
     load = run_load(args) if "load" in args.parts else previous.get("load")
+    simulated = run_simulated(args) if "simulated" in args.parts else previous.get("simulated")
     machine = previous["machine"] if args.parts == ["render"] else machine_info()
     commands = {**previous.get("commands", {}), **{part: command_line() for part in args.parts if part != "render"}}
-    write_results(args.name, {"commands": commands, "machine": machine, "throughput": throughput, "load": load},
-                  render(throughput, load, "; ".join(commands.values()), machine))
+    payload = {"commands": commands, "machine": machine, "throughput": throughput, "load": load, "simulated": simulated}
+    if previous.get("judges_measured"):
+        payload["judges_measured"] = previous["judges_measured"]
+    write_results(args.name, payload, render(throughput, load, "; ".join(commands.values()), machine, simulated))
 
 
 if __name__ == "__main__":
