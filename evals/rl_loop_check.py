@@ -22,8 +22,11 @@ import statistics
 import sys
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import command_line, default_data, machine_info, write_results  # noqa: E402
+from common import command_line, default_data, judges_measured, machine_info, write_results  # noqa: E402
+from improvement import bootstrap_ci, final_number, reference_answer  # noqa: E402
 
 from selfj_rlhf.io import atomic_write_json, iter_records  # noqa: E402
 
@@ -110,36 +113,60 @@ def evaluate(args) -> None:
     answers = {name: greedy_outputs(name, spec, prompts, args) for name, spec in policies}
     judge = SelfJudge.from_pretrained(args.judge, max_length=1024)
     embedder = load_embedder("all-minilm-l6-v2", "cpu")
-    table = {}
+    gsm8k = [i for i, p in enumerate(prompts) if p.id.startswith("gsm8k:")]
+    per_prompt, table = {}, {}
     for name, spec in policies:
         texts = [o["text"] for o in answers[name]]
-        scores = judge.score([p.instruction for p in prompts], texts)
-        cosine = [cosine_similarities(embedder, [t], p.reference)[0] for t, p in zip(texts, prompts)]
-        table[name] = {"policy": spec, "judge_score": statistics.fmean(scores),
-                       "cosine_to_reference": statistics.fmean(cosine),
-                       "f1_to_reference": statistics.fmean(token_f1(t, p.reference) for t, p in zip(texts, prompts)),
-                       "mean_tokens": statistics.fmean(o["num_tokens"] for o in answers[name]),
-                       "empty_outputs": sum(not t.strip() for t in texts)}
+        signals = {"judge_score": judge.score([p.instruction for p in prompts], texts),
+                   "cosine_to_reference": [cosine_similarities(embedder, [t], p.reference)[0]
+                                           for t, p in zip(texts, prompts)],
+                   "f1_to_reference": [token_f1(t, p.reference) for t, p in zip(texts, prompts)],
+                   "tokens": [o["num_tokens"] for o in answers[name]]}
+        if gsm8k:
+            signals["gsm8k_exact"] = [float(final_number(texts[i]) == reference_answer(prompts[i].reference))
+                                      for i in gsm8k]
+        per_prompt[name] = signals
+        table[name] = {"policy": spec, **{k: statistics.fmean(v) for k, v in signals.items()},
+                       "mean_tokens": statistics.fmean(signals["tokens"]), "empty_outputs": sum(not t.strip() for t in texts)}
+    base_name = policies[0][0]
+    for name in table:
+        if name != base_name:  # 95 % bootstrap intervals over prompts of each signal's change from the base policy
+            table[name]["vs_base"] = {
+                k: {"diff": float(np.mean(np.asarray(v) - np.asarray(per_prompt[base_name][k]))),
+                    "ci95": bootstrap_ci(np.asarray(v) - np.asarray(per_prompt[base_name][k]), 2000)}
+                for k, v in per_prompt[name].items()}
     runs = {}
     for run in args.runs:
         path = Path(run) / "rounds.json"
         if path.is_file():
             runs[Path(run).name] = json.loads(path.read_text())
-    payload = {"command": command_line(), "machine": machine_info(), "judge": args.judge, "prompts": args.prompts,
+    payload = {"command": command_line(), "machine": machine_info(),
+               "judges_measured": judges_measured({"reward": args.judge}), "prompts": args.prompts,
                "num_prompts": len(prompts), "max_new_tokens": args.max_new_tokens, "rows": table, "rounds": runs}
     plot_rewards(table, runs, Path("evals/results") / f"{args.name}.png")
-    base = next(iter(table.values()))
     m = payload["machine"]
     lines = [f"# RLHF recipes on the embedded policy: {len(prompts)} held-out prompts, greedy outputs", "",
              f"Command: `{payload['command']}`  ", f"Machine: {m['cpu']}, {m['cpu_count']} cores, {m['date']}  ",
-             f"Judge (the reward): {args.judge}, reference-free. Cosine/F1: to the dataset's reference answer, "
-             "which the judge never sees.", "",
-             "| policy | judge score (0-9) | cosine to ref | token F1 to ref | mean tokens | empty |",
-             "|---|---:|---:|---:|---:|---:|"]
+             f"Judge (the reward): `{payload['judges_measured'][0]['name']}`, reference-free. Cosine/F1: to the "
+             "dataset's reference answer, which the judge never sees; GSM8K: exact match of the final number. "
+             "Brackets: the change from the base policy with its 95 % bootstrap CI over prompts (* excludes 0).", "",
+             "| policy | judge score (0-9) | cosine to ref | token F1 to ref | GSM8K exact | mean tokens | empty |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+
+    def cell(row, key, digits=3):
+        if key not in row:
+            return "n/a"
+        text = f"{row[key]:.{digits}f}"
+        change = row.get("vs_base", {}).get("tokens" if key == "mean_tokens" else key)
+        if change:
+            low, high = change["ci95"]
+            text += f" ({change['diff']:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]{' *' if low > 0 or high < 0 else ''})"
+        return text
+
     for name, row in table.items():
-        delta = "" if row is base else f" ({row['judge_score'] - base['judge_score']:+.3f})"
-        lines.append(f"| {name} | {row['judge_score']:.3f}{delta} | {row['cosine_to_reference']:.3f} | "
-                     f"{row['f1_to_reference']:.3f} | {row['mean_tokens']:.1f} | {row['empty_outputs']} |")
+        lines.append(f"| {name} | {cell(row, 'judge_score')} | {cell(row, 'cosine_to_reference')} | "
+                     f"{cell(row, 'f1_to_reference')} | {cell(row, 'gsm8k_exact')} | {cell(row, 'mean_tokens', 1)} | "
+                     f"{row['empty_outputs']} |")
     if runs:
         lines += ["", "Training rounds (candidates scored during training; wall time of sampling+scoring and of "
                   "training):", "", "| run | round | mean candidate score | mean chosen score | kept / pairs | "
