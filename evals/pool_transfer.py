@@ -101,7 +101,7 @@ def fit(design: dict, rows, states, tokens, train: np.ndarray, layer: int):
     head, _ = train_scalar_head(ScalarHeadConfig(layer=layer, distill=False, **spec), states[index], labels,
                                 [rows[i]["group"] for i in index], tokens[index])
     weight = head.linear.weight.detach().numpy()[0].astype(np.float64)
-    return weight, float(head.linear.bias), LengthControl.fit(labels, tokens[index]), head
+    return weight, head.linear.bias.item(), LengthControl.fit(labels, tokens[index]), head
 
 
 def metrics(scores, rows, tokens, index) -> dict:
@@ -235,7 +235,7 @@ def previous_judge_rows(args, rows, states, tokens) -> dict:
     if int(config["head"]["layer"]) != args.layer:
         return {}
     head = ScalarHead.load(directory, args.layer)
-    scores = states @ head.linear.weight.detach().numpy()[0] + float(head.linear.bias)
+    scores = states @ head.linear.weight.detach().numpy()[0] + head.linear.bias.item()
     heldout = set(json.loads(Path(args.split).read_text())["heldout"])
     index = np.flatnonzero([r["kind"] == "pool" and r["group"] in heldout for r in rows])
     return {"judge": directory.name, "questions": len(heldout), **metrics(scores, rows, tokens, index)}

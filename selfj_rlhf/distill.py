@@ -76,6 +76,8 @@ class JudgeTrainingConfig:
     head_layer: int = field(default=18, metadata={"help": "scalar: the decoder layer the head reads."})
     head_loss: str = field(default="expected_mse", metadata={"help": "scalar: expected_mse | pairwise | mse+pairwise."})
     pair_margin: float = field(default=1.0, metadata={"help": "scalar, pairwise: smallest label gap of a pair."})
+    head_weight_decay: float | None = field(default=None, metadata={
+        "help": "scalar: L2 on the head's standardised weights; unset picks it on held-back training questions."})
     max_length_ratio: float | None = field(default=None, metadata={
         "help": "scalar, pairwise: only pair answers whose lengths differ by at most this factor."})
     score_field: str = field(default="score_label", metadata={

@@ -15,9 +15,10 @@ JUDGES_DIR = Path(__file__).resolve().parent / "judges"
 # versioned name -> (directory under selfj_rlhf/judges, the embedded policy it was trained for)
 SHIPPED_JUDGES: dict[str, tuple[str, str]] = {
     "selfj-smollm2-135m-v2": ("selfj-smollm2-135m-v2", "smollm2-135m-instruct"),
+    "selfj-smollm2-135m-v3": ("selfj-smollm2-135m-v3", "smollm2-135m-instruct"),
 }
 # short alias -> the newest versioned name
-JUDGE_ALIASES: dict[str, str] = {"selfj-smollm2-135m": "selfj-smollm2-135m-v2"}
+JUDGE_ALIASES: dict[str, str] = {"selfj-smollm2-135m": "selfj-smollm2-135m-v3"}
 # files of a judge directory that describe it rather than define it: left out of its content hash
 UNHASHED_FILES = ("PROVENANCE.md",)
 

@@ -211,12 +211,12 @@ def train_scalar_judge(cfg: JudgeTrainingConfig, output_dir: str | Path, seed: i
     from .features import score_position_features
     from .judge import SelfJudge
     from .models import validate_model_spec
-    from .scalar_head import LengthControl, ScalarHeadConfig, train_scalar_head
+    from .scalar_head import LengthControl, ScalarHeadConfig, ScoreMap, train_scalar_head
 
     validate_model_spec(cfg.base_model)
     head_cfg = ScalarHeadConfig(layer=cfg.head_layer, loss=cfg.head_loss, distill=cfg.beta > 0,
                                 student_weight=cfg.alpha, distill_weight=cfg.beta, pair_margin=cfg.pair_margin,
-                                max_length_ratio=cfg.max_length_ratio, seed=seed)
+                                max_length_ratio=cfg.max_length_ratio, weight_decay=cfg.head_weight_decay, seed=seed)
     rows = load_scalar_rows(cfg)
     judge = SelfJudge.from_pretrained(cfg.base_model, template=cfg.template, max_length=cfg.max_length)
     layers = judge.model.config.num_hidden_layers
@@ -232,11 +232,13 @@ def train_scalar_judge(cfg: JudgeTrainingConfig, output_dir: str | Path, seed: i
         teacher = score_position_features(teacher_judge, instructions, responses, [r["reference"] for r in rows],
                                           cache=cache).states[:, cfg.head_layer, :].astype(np.float32)
     labels = [r["score"] for r in rows]
-    head, info = train_scalar_head(head_cfg, student.states[:, cfg.head_layer, :].astype(np.float32), labels,
+    states = student.states[:, cfg.head_layer, :].astype(np.float32)
+    head, info = train_scalar_head(head_cfg, states, labels,
                                    [r["group"] for r in rows], student.response_tokens, teacher)
     length_fit = LengthControl.fit(labels, student.response_tokens) if cfg.length_control else None
+    raw = states @ head.linear.weight.detach().numpy()[0] + head.linear.bias.item()
     scalar = SelfJudge(judge.model, judge.tokenizer, judge.template, cfg.max_length, base_model=cfg.base_model,
-                       head=head, length_fit=length_fit)
+                       head=head, length_fit=length_fit, score_map=ScoreMap.fit(raw, labels))
     output_dir = Path(output_dir)
     provenance = {"labels": str(cfg.labels), "score_field": cfg.score_field, "examples": len(rows),
                   "head_layer": cfg.head_layer, "head_loss": cfg.head_loss, "alpha": cfg.alpha, "beta": cfg.beta,

@@ -194,3 +194,25 @@ def test_score_map_is_increasing_bounded_and_fits_the_labels():
         ScoreMap.from_dict({"kind": "logistic", "center": 0.0, "scale": 0.0})
     with pytest.raises(ValueError, match="two rows"):
         ScoreMap.fit([1.0, 1.0], [2.0, 3.0])
+
+
+def test_scalar_judge_recipe_saves_a_score_map_and_scores_on_0_9(tiny_model_dir, tmp_path):
+    import json
+
+    from selfj_rlhf.distill import JudgeTrainingConfig
+    from selfj_rlhf.train_judge import train_scalar_judge
+
+    rows = [{"instruction": f"Question {q}?", "reference": f"The answer to {q} is long and careful.",
+             "response": "word " * (3 + 5 * k) + str(q), "group": str(q), "score_label": float(min(9, 2 * k))}
+            for q in range(6) for k in range(5)]
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = JudgeTrainingConfig(labels=str(labels), base_model=str(tiny_model_dir), head="scalar", head_layer=1,
+                              head_loss="pairwise", beta=0.0, alpha=1.0, max_length=256, head_weight_decay=0.1,
+                              feature_cache=str(tmp_path / "features"))
+    out = train_scalar_judge(cfg, tmp_path / "judge")
+    config = json.loads((out / "selfj_config.json").read_text())
+    assert config["score_map"]["kind"] == "logistic" and config["training"]["weight_decay"] == 0.1
+    judge = SelfJudge.from_pretrained(str(out))
+    details = judge.score_details([r["instruction"] for r in rows], [r["response"] for r in rows])
+    assert all(0 <= d.score <= 9 for d in details)

@@ -35,10 +35,11 @@ def test_shipped_judge_files_and_provenance():
     config = json.loads((directory / "selfj_config.json").read_text())
     assert config["base_model"] == "smollm2-135m-instruct" and config["template"] == "selfj-chat"
     assert config["head"] == {"kind": "scalar", "layer": 18} and config["length_control"]["kind"] == "log_length_linear"
+    assert config["score_map"]["kind"] == "logistic"  # the score contract: every shipped judge scores on 0-9
     assert (directory / "scalar_head.safetensors").stat().st_size < 100_000
     provenance = (directory / "PROVENANCE.md").read_text()
-    for needed in ("Command", "arena_bench_v1/grades.jsonl", "recipes/splits/arena_bench_v1_dev.json",
-                   "recipes/configs/label_pool.yaml", "recipes/configs/train_judge_pool.yaml"):
+    for needed in ("Command", "arena_bench_v1/grades.jsonl", "recipes/configs/label_pool_all.yaml",
+                   "evals/pool_transfer.py", "evals/results/pool_transfer.md"):
         assert needed in provenance
 
 
