@@ -30,11 +30,13 @@ TEMPLATE_MARKERS = r"\[\s*(?:end\s+of\s+)?(?:question|answer|reference|response|
 DIGITS = tuple(str(d) for d in range(10))
 # Whether a judge trained with a length fit scores with its length trend removed when the caller leaves
 # ``length_control`` unset. One default for every scoring path (best-of-n, rounds, pairs, AlpacaEval generate, the
-# TRL reward, the server); docs/rlhf.md gives the measurement behind it (evals/results/improvement.md).
-LENGTH_CONTROL_DEFAULT = True
+# TRL reward, the server). Off, by measurement (docs/rlhf.md): on held-out pool questions the judge's pick without
+# it has a higher GPT-4 grade (evals/results/pool_transfer.md) and its abstention a lower AURC; on the policy's own
+# samples it made no difference beyond noise (evals/results/improvement_best_of_n.md).
+LENGTH_CONTROL_DEFAULT = False
 LENGTH_CONTROL_HELP = ("Score with the log-length trend the judge was trained with removed (its selfj_config.json "
                        "length_control), so longer answers earn nothing for length alone. Unset: the library default "
-                       "(selfj_rlhf.judge.LENGTH_CONTROL_DEFAULT), on when the judge has a fit.")
+                       "(selfj_rlhf.judge.LENGTH_CONTROL_DEFAULT, off; see docs/rlhf.md).")
 
 
 def resolve_length_control(requested: bool | None, length_fit, judge_name: str) -> bool:

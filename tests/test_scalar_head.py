@@ -156,12 +156,13 @@ def test_feature_cache_matches_the_model_and_resumes(tiny_judge, tmp_path):
             np.testing.assert_allclose(both.states[index, layer], hidden[layer][0, -1].numpy(), atol=2e-2, rtol=1e-2)
 
 
-def test_reward_length_control_defaults_to_the_judges_fit(tiny_judge, tmp_path):
+def test_reward_length_control_follows_the_library_default(tiny_judge, tmp_path):
     from selfj_rlhf.errors import ConfigError
     from selfj_rlhf.reward import SelfJRewardConfig
 
     scalar_judge(tiny_judge, 1).save_pretrained(tmp_path / "judge")
-    assert SelfJRewardConfig(judge=str(tmp_path / "judge")).load_judge().length_control is True
+    assert SelfJRewardConfig(judge=str(tmp_path / "judge")).load_judge().length_control is LENGTH_CONTROL_DEFAULT
+    assert SelfJRewardConfig(judge=str(tmp_path / "judge"), length_control=True).load_judge().length_control is True
     assert SelfJRewardConfig(judge=str(tmp_path / "judge"), length_control=False).load_judge().length_control is False
     zero_shot = SelfJRewardConfig(judge=str(tiny_judge.base_model), max_length=256)
     assert zero_shot.load_judge().length_control is False
