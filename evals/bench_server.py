@@ -220,14 +220,33 @@ async def _throughput(url: str, items, concurrency: int) -> dict:
             "p99_ms": round(1000 * _quantile(latencies, 0.99))}
 
 
-def run_throughput(args) -> dict:
+def served_rows(judge, reward, in_process: float, args, send) -> list[dict]:
+    """For each client count, batching on and off: ``send(url, concurrency)``'s result against a server of ``judge``,
+    with the mean batch size and the share of the in-process throughput."""
     import httpx
 
+    from selfj_rlhf.server import ServeConfig, create_app
+    from selfj_rlhf.testing import ServerThread
+
+    rows = []
+    for concurrency in args.concurrency:
+        for batching in (True, False):
+            config = ServeConfig(max_batch_size=args.max_batch_size if batching else 1, max_wait_ms=args.max_wait_ms)
+            with ServerThread(create_app(judge, reward, config)) as url:
+                result = send(url, concurrency)
+                metrics = httpx.get(url + "/metrics", params={"format": "json"}).json()
+            result.update(concurrency=concurrency, batching=batching,
+                          mean_batch_size=round(metrics["selfj_batch_size_sum"] / metrics["selfj_batch_size_count"], 2),
+                          of_in_process=round(result["items_per_s"] / in_process, 3))
+            print(json.dumps(result), flush=True)
+            rows.append(result)
+    return rows
+
+
+def run_throughput(args) -> dict:
     from selfj_rlhf import SelfJRewardConfig, SelfJudge
     from selfj_rlhf.models import DEFAULT_POLICY
-    from selfj_rlhf.server import ServeConfig, create_app
     from selfj_rlhf.shipped import default_judge_for
-    from selfj_rlhf.testing import ServerThread
 
     judge_spec = args.judge or default_judge_for(DEFAULT_POLICY)
     judge = SelfJudge.from_pretrained(judge_spec, device="cpu", max_length=args.max_length)
@@ -237,18 +256,8 @@ def run_throughput(args) -> dict:
     started = time.perf_counter()
     judge.score_details([i for i, _ in items], [r for _, r in items], batch_size=args.max_batch_size)
     in_process = len(items) / (time.perf_counter() - started)
-    rows = []
-    for concurrency in args.concurrency:
-        for batching in (True, False):
-            config = ServeConfig(max_batch_size=args.max_batch_size if batching else 1, max_wait_ms=args.max_wait_ms)
-            with ServerThread(create_app(judge, SelfJRewardConfig(judge=judge_spec), config)) as url:
-                result = asyncio.run(_throughput(url, items, concurrency))
-                metrics = httpx.get(url + "/metrics", params={"format": "json"}).json()
-            result.update(concurrency=concurrency, batching=batching,
-                          mean_batch_size=round(metrics["selfj_batch_size_sum"] / metrics["selfj_batch_size_count"], 2),
-                          of_in_process=round(result["items_per_s"] / in_process, 3))
-            print(json.dumps(result), flush=True)
-            rows.append(result)
+    rows = served_rows(judge, SelfJRewardConfig(judge=judge_spec), in_process, args,
+                       lambda url, concurrency: asyncio.run(_throughput(url, items, concurrency)))
     return {"judge": judge_spec, "items": len(items), "prompts": args.prompts, "mean_judge_tokens":
             round(statistics.fmean(tokens), 1), "max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms,
             "in_process_items_per_s": round(in_process, 3), "rows": rows}
@@ -259,30 +268,16 @@ def run_simulated(args) -> dict:
     it holding the GIL), with one-sample clients in another process: coalescing measured without a GPU."""
     import math
 
-    import httpx
-
     from selfj_rlhf import SelfJRewardConfig
     from selfj_rlhf.models import load_tokenizer
-    from selfj_rlhf.server import ServeConfig, create_app
-    from selfj_rlhf.testing import ServerThread, SimulatedDeviceJudge, one_sample_clients
+    from selfj_rlhf.testing import SimulatedDeviceJudge, one_sample_clients
 
     judge = SimulatedDeviceJudge(load_tokenizer("smollm2-135m-instruct"), latency_s=args.simulated_latency_s,
                                  per_item_s=args.simulated_per_item_s)
     items = load_items(args.simulated_items, args.seed)
     in_process = len(items) / (math.ceil(len(items) / args.max_batch_size) * judge.forward_seconds(args.max_batch_size))
-    rows = []
-    for concurrency in args.concurrency:
-        for batching in (True, False):
-            config = ServeConfig(max_batch_size=args.max_batch_size if batching else 1, max_wait_ms=args.max_wait_ms)
-            reward = SelfJRewardConfig(judge="simulated", batch_size=args.max_batch_size)
-            with ServerThread(create_app(judge, reward, config)) as url:
-                result = one_sample_clients(url, items, concurrency)
-                metrics = httpx.get(url + "/metrics", params={"format": "json"}).json()
-            result.update(concurrency=concurrency, batching=batching,
-                          mean_batch_size=round(metrics["selfj_batch_size_sum"] / metrics["selfj_batch_size_count"], 2),
-                          of_in_process=round(result["items_per_s"] / in_process, 3))
-            print(json.dumps(result), flush=True)
-            rows.append(result)
+    rows = served_rows(judge, SelfJRewardConfig(judge="simulated", batch_size=args.max_batch_size), in_process, args,
+                       lambda url, concurrency: one_sample_clients(url, items, concurrency))
     return {"latency_s": args.simulated_latency_s, "per_item_s": args.simulated_per_item_s, "gil_share": judge.gil_share,
             "items": len(items), "in_process_items_per_s": round(in_process, 3), "rows": rows}
 
