@@ -185,18 +185,21 @@ def one_sample_clients(url: str, items: list[tuple[str, str]], concurrency: int,
     import subprocess
     import sys
 
+    # aiohttp, as RL engines' clients use it: httpx's client costs more per request than the server under test
     script = (
         "import asyncio, json, sys, time\n"
-        "import httpx\n"
+        "import aiohttp\n"
         "url, concurrency, items = json.loads(sys.stdin.read())\n"
         "async def main():\n"
-        "    queue = list(enumerate(items))\n"
+        "    queue = list(items)\n"
         "    async def client(http):\n"
         "        while queue:\n"
-        "            _, (prompt, response) = queue.pop(0)\n"
-        "            answer = await http.post(url + '/get_reward', json={'prompts': [prompt], 'responses': [response]})\n"
-        "            answer.raise_for_status()\n"
-        "    async with httpx.AsyncClient(timeout=300, limits=httpx.Limits(max_connections=concurrency)) as http:\n"
+        "            prompt, response = queue.pop(0)\n"
+        "            async with http.post(url + '/get_reward', json={'prompts': [prompt], 'responses': [response]}) as r:\n"
+        "                r.raise_for_status()\n"
+        "                await r.read()\n"
+        "    connector = aiohttp.TCPConnector(limit=concurrency)\n"
+        "    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=300)) as http:\n"
         "        start = time.perf_counter()\n"
         "        await asyncio.gather(*(client(http) for _ in range(concurrency)))\n"
         "        return time.perf_counter() - start\n"

@@ -359,8 +359,8 @@ def test_embedded_judge_server(tmp_path):
         answer = post(server.url, {"prompts": INSTRUCTIONS[:3], "responses": RESPONSES[:3]}).json()
     finally:
         assert server.stop()
-    # the server scores as SelfJReward does: with the judge's length control when it has one (the shipped one does)
-    local = SelfJudge.from_pretrained(judge_name, device="cpu", length_control=True)
+    # the server scores as every path does: with the library's length-control default
+    local = SelfJudge.from_pretrained(judge_name, device="cpu")
     assert answer["extra_logs"]["expected_digit"] == pytest.approx(local.score(INSTRUCTIONS[:3], RESPONSES[:3]),
                                                                    abs=1e-5)
     assert json.dumps(answer)
