@@ -76,7 +76,6 @@ def main(argv=None):
         for n in args.ns:
             instructions = [p for p, answers in prompts for _ in answers[:n]]
             responses = [a for _, answers in prompts for a in answers[:n]]
-            prefix_tokens = sum(len(judge.encode(p, "").input_ids) for p, _ in prompts) / len(prompts)
 
             def run(mode: str):
                 judge.share_prefix = mode
@@ -92,12 +91,14 @@ def main(argv=None):
             modes = ("never", "always", "auto")
             times = interleaved_best_times({mode: (lambda m=mode: run(m)) for mode in modes},
                                            {mode: args.repeats for mode in modes})
-            answer_mean = sum(len(judge.encode(p, a).input_ids) for p, a in zip(instructions, responses)) / len(
-                responses) - prefix_tokens
+            # the split the judge itself makes: the prefix up to the answer, the rest (answer and prompt tail)
+            encoded = [judge.encode(p, a) for p, a in zip(instructions, responses)]
+            shared_prefix = sum(e.prefix_length for e in encoded) / len(encoded)
+            rest = sum(len(e.input_ids) - e.prefix_length for e in encoded) / len(encoded)
             rows.append({"prompts": kind, "answer_tokens": int(answer_tokens), "n": n, "num_prompts": len(prompts),
-                         "items": len(responses), "mean_prefix_tokens": prefix_tokens,
-                         "token_saving": prefix_token_saving(n, prefix_tokens, answer_mean),
-                         "auto_shares": judge.prefix_sharing_pays(n, round(prefix_tokens), answer_mean),
+                         "items": len(responses), "mean_prefix_tokens": shared_prefix,
+                         "token_saving": prefix_token_saving(n, shared_prefix, rest),
+                         "auto_shares": judge.prefix_sharing_pays(n, round(shared_prefix), rest),
                          "independent_s": times["never"], "shared_s": times["always"], "auto_s": times["auto"],
                          "speedup": times["never"] / times["always"], "auto_vs_never": times["never"] / times["auto"],
                          "independent_tokens": tokens["never"], "shared_tokens": tokens["always"],

@@ -93,13 +93,15 @@ def left_pad(sequences: Sequence[list[int]], pad_token_id: int) -> dict[str, tor
     return {"input_ids": input_ids, **padding}
 
 
-# Prefix sharing runs the shared prefix once (P tokens) instead of n times: it saves the factor n(P+A)/(P+nA) of the
-# tokens (A: the mean answer), but adds a forward for the prefix and reads a cache concatenated onto every batch.
-# ``share_prefix="auto"`` shares when the token saving reaches this factor on the judge's device. CPU: calibrated on
-# evals/results/bench_prefix.md (a 1.28x token saving ran at 0.85x, 1.56x at 1.12x, 2.97x at 3.32x). CUDA: the
-# first GPU measurements (docs/performance.md) ran a 7B model at 0.77x for a 1.25x saving and 1.23x for 1.9x, and a
-# 135M model slower at every saving (kernel launches, not tokens, bound so small a model), hence the size floor.
-PREFIX_SAVING_NEEDED = {"cpu": 1.45, "cuda": 1.8}
+# Prefix sharing runs the shared prefix once (P tokens: the judge prompt up to the answer) instead of n times: it saves
+# the factor n(P+A)/(P+nA) of the tokens (A: the mean of the rest, answer and prompt tail), but adds a forward for
+# the prefix and reads a cache concatenated onto every batch. ``share_prefix="auto"`` shares when the token saving
+# reaches this factor on the judge's device. CPU: calibrated on evals/results/bench_prefix.md (savings of 1.36 to
+# 1.50 ran 1.25x to 1.29x faster shared, 1.15 ran 0.97x; 8 answers of ~300 tokens to a ~100-token prompt, a saving
+# near 1.17, once ran 0.85x, so the factor stays above the savings of 1.18 and 1.20 that ran faster). CUDA: the
+# first GPU measurements (docs/performance.md) ran a 7B model at 0.77x for a 1.25x saving and 1.23x for 1.9x, and
+# a 135M model slower at every saving (kernel launches, not tokens, bound so small a model), hence the size floor.
+PREFIX_SAVING_NEEDED = {"cpu": 1.3, "cuda": 1.8}
 MIN_PARAMETERS_TO_SHARE_ON_GPU = 1_000_000_000
 
 

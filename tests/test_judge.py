@@ -218,7 +218,7 @@ def test_prefix_sharing_cost_model(tiny_judge, monkeypatch):
     assert judge.device.type == "cpu"
     assert judge.prefix_sharing_pays(4, 981, 128)  # a long prefix: 2.97x fewer tokens
     assert not judge.prefix_sharing_pays(8, 100, 300)  # short prefix, long answers: 1.28x, slower on a CPU
-    assert judge.prefix_sharing_pays(16, 118, 128) and not judge.prefix_sharing_pays(2, 118, 128)
+    assert judge.prefix_sharing_pays(16, 85, 161) and not judge.prefix_sharing_pays(4, 85, 417)
     assert SelfJudge(tiny_judge.model, tiny_judge.tokenizer, min_prefix_saving=1.2).prefix_sharing_pays(8, 100, 300)
     # on a GPU a model as small as the embedded one never shares (launch-bound), a large one shares past 1.8x
     monkeypatch.setattr(SelfJudge, "device", property(lambda self: torch.device("cuda")))
@@ -232,7 +232,7 @@ def test_prefix_sharing_cost_model(tiny_judge, monkeypatch):
 def test_auto_shares_only_the_groups_that_pay(tiny_judge):
     judge = SelfJudge(tiny_judge.model, tiny_judge.tokenizer, max_length=512, min_shared_prefix=1)
     long_prompt = "Summarise this text. " + "The quick brown fox jumps over the lazy dog. " * 30
-    items = [(long_prompt, f"Answer {i}.") for i in range(4)] + [("Hi?", "word " * 60 + str(i)) for i in range(3)]
+    items = [(long_prompt, f"Answer {i}.") for i in range(4)] + [("Hi?", "word " * 200 + str(i)) for i in range(3)]
     instructions, responses = zip(*items)
     encoded = [judge.encode(i, r) for i, r in items]
     groups = judge._shared_prefix_groups(instructions, [None] * len(items), encoded)
