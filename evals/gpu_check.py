@@ -21,6 +21,7 @@ import gzip
 import json
 import random
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -124,7 +125,7 @@ def load_inputs(tiny: bool):
 
     from transformers import AutoTokenizer
 
-    unpacked = Path("/tmp/selfj_gpu_inputs")
+    unpacked = Path(tempfile.mkdtemp(prefix="selfj-gpu-inputs-"))
     tokenizers = {}
     for name, (_, folder) in ARCHITECTURES.items():
         with tarfile.open(INPUTS / f"{folder}.tar.gz") as tar:

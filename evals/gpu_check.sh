@@ -22,5 +22,6 @@ if [[ "${1:-}" == "prepare" ]]; then
 fi
 results="${1:?usage: bash evals/gpu_check.sh prepare | bash evals/gpu_check.sh RESULTS_DIR}"
 python3 -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name(0))"
-python3 -m pip install --quiet --no-index --no-deps --target /tmp/selfj_site evals/gpu_inputs/wheels/*.whl
-PYTHONPATH=/tmp/selfj_site:. python3 evals/gpu_check.py run "$results"
+site=$(mktemp -d)
+python3 -m pip install --quiet --no-index --no-deps --target "$site" evals/gpu_inputs/wheels/*.whl
+PYTHONPATH="$site:." python3 evals/gpu_check.py run "$results"
