@@ -36,6 +36,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import command_line, default_data, machine_info, write_results  # noqa: E402
+from improvement import bootstrap_ci  # noqa: E402
 
 # name -> ScalarHeadConfig fields, plus augment (the off-topic / injected rows of the labels)
 DESIGNS = {
@@ -90,7 +91,7 @@ def load(args):
 
 # ---------------------------------------------------------------------------------------------- training
 def fit(design: dict, rows, states, tokens, train: np.ndarray, layer: int):
-    """(weight, bias, length fit) of one design trained on the row mask ``train``."""
+    """(head, length fit) of one design trained on the row mask ``train``."""
     from selfj_rlhf.scalar_head import LengthControl, ScalarHeadConfig, train_scalar_head
 
     spec = dict(design)
@@ -100,8 +101,7 @@ def fit(design: dict, rows, states, tokens, train: np.ndarray, layer: int):
     labels = [rows[i]["score_label"] for i in index]
     head, _ = train_scalar_head(ScalarHeadConfig(layer=layer, distill=False, **spec), states[index], labels,
                                 [rows[i]["group"] for i in index], tokens[index])
-    weight = head.linear.weight.detach().numpy()[0].astype(np.float64)
-    return weight, head.linear.bias.item(), LengthControl.fit(labels, tokens[index]), head
+    return head, LengthControl.fit(labels, tokens[index])
 
 
 def metrics(scores, rows, tokens, index) -> dict:
@@ -135,8 +135,8 @@ def question_cv(design, rows, states, tokens, folds, layer) -> tuple[dict, np.nd
     pool = np.array([r["kind"] == "pool" for r in rows])
     for fold in folds:
         test = np.isin(groups, list(fold))
-        weight, bias, length_fit, _ = fit(design, rows, states, tokens, ~test, layer)
-        raw[test] = states[test] @ weight + bias
+        head, length_fit = fit(design, rows, states, tokens, ~test, layer)
+        raw[test] = head.predict(states[test])
         controlled[test] = length_fit.apply(raw[test], tokens[test])
         per_fold.append(metrics(raw, rows, tokens, np.flatnonzero(test & pool)))
     summary = {k: {"mean": statistics.fmean(f[k] for f in per_fold), "sd": statistics.pstdev(f[k] for f in per_fold)}
@@ -160,8 +160,7 @@ def leave_models_out(design, rows, states, tokens, args) -> dict:
             for out in range(3):
                 seen = set().union(*(thirds[k] for k in range(3) if k != out))
                 train = np.isin(groups, list(train_half)) & np.isin(answer_model, list(seen))
-                weight, bias, _, _ = fit(design, rows, states, tokens, train, args.layer)
-                scores = states @ weight + bias
+                scores = fit(design, rows, states, tokens, train, args.layer)[0].predict(states)
                 test_questions = np.isin(groups, list(test_half)) & pool
                 probe_seen = sorted(thirds[(out + 1) % 3])  # a seen group, the same size as the left-out one
                 results["within"].append(metrics(scores, rows, tokens, np.flatnonzero(
@@ -176,12 +175,6 @@ def leave_models_out(design, rows, states, tokens, args) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- picks
-def bootstrap_ci(values: np.ndarray, seed: int = 0, draws: int = 2000) -> list[float]:
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), (draws, len(values)))].mean(1)
-    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
-
-
 def pool_picks(rows, tokens, scorers: dict, n: int, subsets: int, seed: int) -> dict:
     """Mean GPT-4 grade of each picker's choice among n answers of a question (random subsets when n is below the
     question's answer count), with bootstrap CIs over questions of the differences to random and to longest."""
@@ -206,7 +199,8 @@ def pool_picks(rows, tokens, scorers: dict, n: int, subsets: int, seed: int) -> 
         for base in ("random (mean over candidates)", "longest (tokens)"):
             if name != base:
                 diff = values - np.asarray(per_question[base])
-                row[f"vs {base.split(' ')[0]}"] = {"diff": float(diff.mean()), "ci95": bootstrap_ci(diff, seed)}
+                row[f"vs {base.split(' ')[0]}"] = {"diff": float(diff.mean()),
+                                                  "ci95": bootstrap_ci(diff, 2000, seed)}
         table[name] = row
     return {"n": n, "questions": len(by_group), "rows": table}
 
@@ -235,7 +229,7 @@ def previous_judge_rows(args, rows, states, tokens) -> dict:
     if int(config["head"]["layer"]) != args.layer:
         return {}
     head = ScalarHead.load(directory, args.layer)
-    scores = states @ head.linear.weight.detach().numpy()[0] + head.linear.bias.item()
+    scores = head.predict(states)
     heldout = set(json.loads(Path(args.split).read_text())["heldout"])
     index = np.flatnonzero([r["kind"] == "pool" and r["group"] in heldout for r in rows])
     return {"judge": directory.name, "questions": len(heldout), **metrics(scores, rows, tokens, index)}
@@ -248,10 +242,10 @@ def save_judge(args, design_name, rows, states, tokens) -> dict:
 
     design = DESIGNS[design_name]
     everything = np.ones(len(rows), dtype=bool)
-    weight, bias, length_fit, head = fit(design, rows, states, tokens, everything, args.layer)
+    head, length_fit = fit(design, rows, states, tokens, everything, args.layer)
     keep = np.array([r["kind"] == "pool" for r in rows]) | design.get("augment", True)
     labels = np.array([r["score_label"] for r in rows])[keep]
-    score_map = ScoreMap.fit(states[keep] @ weight + bias, labels)
+    score_map = ScoreMap.fit(head.predict(states[keep]), labels)
     base = SelfJudge.from_pretrained(args.model, max_length=args.max_length)
     judge = SelfJudge(base.model, base.tokenizer, base.template, args.max_length, base_model=args.model, head=head,
                       length_fit=length_fit, score_map=score_map)

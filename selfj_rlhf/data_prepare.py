@@ -74,12 +74,12 @@ def convert_preset(name: str, raw: str | None, data_dir: Path) -> Path:
             os.environ["SELFJ_DATA_DIR"] = environ
     target = data_dir / LOCAL_FILES[name]
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.tmp")
     if name == "alpaca_eval" and target.suffix == ".json":  # AlpacaEval reads a JSON list of its outputs
         from .io import atomic_write_json, iter_records
 
         atomic_write_json(target, [row for _, row in iter_records(source)])
         return target
+    partial = target.with_name(f".{target.name}.tmp")
     shutil.copyfile(source, partial)
     partial.replace(target)
     return target

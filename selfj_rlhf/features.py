@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .judge import left_pad
-from .top_layers import decoder_layers
+from .top_layers import _StopForward, decoder_layers
 
 
 @dataclass
@@ -94,10 +94,6 @@ class FeatureCache:
         rows = [self._rows[key] for key in keys]
         return Features(states=np.stack([r[0] for r in rows]), digit_probs=np.stack([r[1] for r in rows]),
                         response_tokens=np.array([r[2] for r in rows]), truncated=np.array([r[3] for r in rows]))
-
-
-class _StopForward(Exception):
-    pass
 
 
 def _truncated_states(judge, batch: dict, max_layer: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -150,6 +150,11 @@ class ScalarHead(torch.nn.Module):
     def forward(self, states: torch.Tensor) -> torch.Tensor:
         return self.linear(states.float()).squeeze(-1)
 
+    def predict(self, states: np.ndarray) -> np.ndarray:
+        """Scores of cached ``[N, hidden]`` states (a numpy array), as ``forward`` gives them."""
+        weight = self.linear.weight.detach().cpu().numpy()[0].astype(np.float64)
+        return np.asarray(states, dtype=np.float64) @ weight + self.linear.bias.item()
+
     def save(self, directory: str | Path) -> None:
         from safetensors.torch import save_file
 

@@ -236,9 +236,8 @@ def train_scalar_judge(cfg: JudgeTrainingConfig, output_dir: str | Path, seed: i
     head, info = train_scalar_head(head_cfg, states, labels,
                                    [r["group"] for r in rows], student.response_tokens, teacher)
     length_fit = LengthControl.fit(labels, student.response_tokens) if cfg.length_control else None
-    raw = states @ head.linear.weight.detach().numpy()[0] + head.linear.bias.item()
     scalar = SelfJudge(judge.model, judge.tokenizer, judge.template, cfg.max_length, base_model=cfg.base_model,
-                       head=head, length_fit=length_fit, score_map=ScoreMap.fit(raw, labels))
+                       head=head, length_fit=length_fit, score_map=ScoreMap.fit(head.predict(states), labels))
     output_dir = Path(output_dir)
     provenance = {"labels": str(cfg.labels), "score_field": cfg.score_field, "examples": len(rows),
                   "head_layer": cfg.head_layer, "head_loss": cfg.head_loss, "alpha": cfg.alpha, "beta": cfg.beta,
