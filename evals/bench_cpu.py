@@ -1,7 +1,7 @@
 """CPU judge-scoring benchmark: int8 vs fp32 (speed and score drift), achieved FLOP/s against the measured
 matmul peak, peak memory, and how time grows with the number of items and of processes.
 
-    python evals/bench_cpu.py --num_items 32
+    python -m evals.bench_cpu --num_items 32
 
 Items: arena-bench answers (instruction + answer cut to ``--answer_tokens``), the same for every method.
 All figures come from this one run on this machine: methods are interleaved (best of ``--repeats``), the
@@ -23,9 +23,8 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_scoring import interleaved_best_times  # noqa: E402
-from common import command_line, default_data, machine_info, scoring_flops, write_results  # noqa: E402
+from evals.lib.timing import interleaved_best_times
+from evals.lib.common import REPO_ROOT, command_line, default_data, machine_info, scoring_flops, write_results
 
 
 def make_parser():
@@ -43,7 +42,7 @@ def make_parser():
 
 
 def load_items(args, tokenizer) -> tuple[list[str], list[str]]:
-    from selfj_rlhf.io import iter_records
+    from selfj_rlhf.data.datasets import iter_records
 
     rows = [row for _, row in iter_records(args.arena)][: args.num_items * 7: 7]  # spread over questions
     cut = [tokenizer.decode(tokenizer.encode(r["response"], add_special_tokens=False)[: args.answer_tokens]) for r in rows]
@@ -101,10 +100,10 @@ def run_worker(args) -> None:
 def process_scaling(args, world: int) -> float:
     threads = max(1, (os.cpu_count() or 1) // world)
     with tempfile.TemporaryDirectory() as tmp:
-        workers = [subprocess.Popen([sys.executable, __file__, "--judge", args.judge, "--arena", args.arena,
+        workers = [subprocess.Popen([sys.executable, "-m", "evals.bench_cpu", "--judge", args.judge, "--arena", args.arena,
                                      "--num_items", str(args.num_items), "--answer_tokens", str(args.answer_tokens),
                                      "--batch_size", str(args.batch_size), "--max_length", str(args.max_length), "--worker", str(rank), str(world),
-                                     f"{tmp}/{rank}.json"], env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+                                     f"{tmp}/{rank}.json"], cwd=REPO_ROOT, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
                    for rank in range(world)]
         for worker in workers:
             if worker.wait() != 0:

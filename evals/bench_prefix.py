@@ -1,6 +1,6 @@
 """Prefix-shared vs independent judge scoring of n answers to one prompt, and what ``share_prefix="auto"`` picks.
 
-    python evals/bench_prefix.py --ns 4 8 16 --settings short:128 short:384 long:128
+    python -m evals.bench_prefix --ns 4 8 16 --settings short:128 short:384 long:128
 
 Items: arena-bench questions with their 15 model answers plus the GPT-4 reference answer as a 16th (real,
 distinct answers to one prompt), each answer cut to the setting's token count. "short" prompts are questions
@@ -14,15 +14,12 @@ the number that matters: the cost model must never make scoring slower.
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_scoring import interleaved_best_times  # noqa: E402
-from common import command_line, default_data, judges_measured, machine_info, write_results  # noqa: E402
+from evals.lib.timing import interleaved_best_times
+from evals.lib.common import command_line, default_data, judges_measured, machine_info, write_results
 
-from selfj_rlhf.io import iter_records  # noqa: E402
-from selfj_rlhf.judge import prefix_token_saving  # noqa: E402
+from selfj_rlhf.data.datasets import iter_records
+from selfj_rlhf.judge.self_judge import prefix_token_saving
 
 
 def make_parser():

@@ -1,6 +1,6 @@
 """Scoring throughput: SelfJudge vs a bare forward vs generate-based scoring, on the same items.
 
-    python evals/bench_scoring.py --json evals/results/bench_scoring.json
+    python -m evals.bench_scoring --json evals/results/bench_scoring.json
 
 Items are (bundled instruction, the policy's own greedy answer). The three methods run in one process
 over identical left-padded batches:
@@ -14,18 +14,15 @@ over identical left-padded batches:
 from __future__ import annotations
 
 import argparse
-import sys
-import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import command_line, machine_info, write_results  # noqa: E402
+from evals.lib.common import command_line, machine_info, write_results
 
-from selfj_rlhf import SelfJudge  # noqa: E402
-from selfj_rlhf.generation import generate_candidates  # noqa: E402
-from selfj_rlhf.prompts import load_prompts  # noqa: E402
+from selfj_rlhf import SelfJudge
+from selfj_rlhf.core.generation import generate_candidates
+from evals.lib.timing import interleaved_best_times
+from selfj_rlhf.data.prompts import load_prompts
 
 
 def make_parser():
@@ -39,19 +36,6 @@ def make_parser():
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--json", default=None, help="Also write the JSON result here.")
     return parser
-
-
-def interleaved_best_times(methods: dict, repeats: dict) -> dict:
-    """Best time of each method, running them in turn (A, B, C, A, B, C, ...) so that slow drifts of a
-    shared machine hit every method alike."""
-    times = {name: [] for name in methods}
-    for round_index in range(max(repeats.values())):
-        for name, fn in methods.items():
-            if round_index < repeats[name]:
-                start = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - start)
-    return {name: min(values) for name, values in times.items()}
 
 
 def main(argv=None):

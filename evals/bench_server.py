@@ -2,8 +2,8 @@
 in-process scoring; and a load test with faults (malformed bodies, clients that disconnect mid-request, a server
 restart in the middle) that counts lost, duplicated and misordered rewards and server crashes.
 
-    python evals/bench_server.py throughput --alpaca_eval $SELFJ_DATA_DIR/alpaca_eval/gpt4_1106_preview_outputs.json
-    python evals/bench_server.py load --requests 10000 --concurrency 64
+    python -m evals.bench_server throughput --alpaca_eval $SELFJ_DATA_DIR/alpaca_eval/gpt4_1106_preview_outputs.json
+    python -m evals.bench_server load --requests 10000 --concurrency 64
 
 Throughput uses the shipped judge of the embedded model; items are AlpacaEval instructions with 4 answers each
 (two models' outputs, each cut at two lengths), sent as one-sample requests in prompt order, as an RL engine sends
@@ -20,12 +20,10 @@ import itertools
 import json
 import random
 import statistics
-import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # evals/common.py
 MALFORMED = [b"{not json", b'{"query": "not a list", "prompts": ["a"]}', b'{"query": ["a", "b"], "prompts": ["a"]}',
              b'{"responses": ["x"]}', b'[1, 2, 3]', b'{"prompts": ["a"], "responses": [7]}']
 
@@ -225,7 +223,7 @@ def served_rows(judge, reward, in_process: float, args, send) -> list[dict]:
     with the mean batch size and the share of the in-process throughput."""
     import httpx
 
-    from selfj_rlhf.server import ServeConfig, create_app
+    from selfj_rlhf.serving.server import ServeConfig, create_app
     from selfj_rlhf.testing import ServerThread
 
     rows = []
@@ -245,8 +243,8 @@ def served_rows(judge, reward, in_process: float, args, send) -> list[dict]:
 
 def run_throughput(args) -> dict:
     from selfj_rlhf import SelfJRewardConfig, SelfJudge
-    from selfj_rlhf.models import DEFAULT_POLICY
-    from selfj_rlhf.shipped import default_judge_for
+    from selfj_rlhf.core.models import DEFAULT_POLICY
+    from selfj_rlhf.judge.directory import default_judge_for
 
     judge_spec = args.judge or default_judge_for(DEFAULT_POLICY)
     judge = SelfJudge.from_pretrained(judge_spec, device="cpu", max_length=args.max_length)
@@ -269,14 +267,14 @@ def run_simulated(args) -> dict:
     import math
 
     from selfj_rlhf import SelfJRewardConfig
-    from selfj_rlhf.models import load_tokenizer
+    from selfj_rlhf.core.models import load_tokenizer
     from selfj_rlhf.testing import SimulatedDeviceJudge, one_sample_clients
 
     judge = SimulatedDeviceJudge(load_tokenizer("smollm2-135m-instruct"), latency_s=args.simulated_latency_s,
                                  per_item_s=args.simulated_per_item_s)
     items = load_items(args.simulated_items, args.seed)
     in_process = len(items) / (math.ceil(len(items) / args.max_batch_size) * judge.forward_seconds(args.max_batch_size))
-    rows = served_rows(judge, SelfJRewardConfig(judge="simulated", batch_size=args.max_batch_size), in_process, args,
+    rows = served_rows(judge, SelfJRewardConfig(judge="simulated", judge_batch_size=args.max_batch_size), in_process, args,
                        lambda url, concurrency: one_sample_clients(url, items, concurrency))
     return {"latency_s": args.simulated_latency_s, "per_item_s": args.simulated_per_item_s, "gil_share": judge.gil_share,
             "items": len(items), "in_process_items_per_s": round(in_process, 3), "rows": rows}
@@ -349,7 +347,7 @@ def make_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("parts", nargs="+", choices=["throughput", "load", "simulated", "render"],
                         help="What to run; `render` only rewrites the markdown from the saved JSON.")
-    from common import default_data
+    from evals.lib.common import default_data
 
     parser.add_argument("--alpaca_eval", default=default_data("alpaca_eval"),
                         help="AlpacaEval outputs file or dataset spec (default: under SELFJ_DATA_DIR, else preset:alpaca_eval).")
@@ -373,7 +371,7 @@ def make_parser():
 
 
 def main(argv=None):
-    from common import command_line, machine_info, write_results
+    from evals.lib.common import command_line, machine_info, write_results
 
     args = make_parser().parse_args(argv)
     previous = {}

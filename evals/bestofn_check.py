@@ -1,6 +1,6 @@
 """In-distribution best-of-n check: does the reference-free judge pick answers closer to the reference?
 
-    python evals/bestofn_check.py --judge selfj=selfj-smollm2-135m --judge zero-shot=smollm2-135m-instruct \
+    python -m evals.bestofn_check --judge selfj=selfj-smollm2-135m --judge zero-shot=smollm2-135m-instruct \
         --num_prompts 40 --k 4
 
 On held-out instructions with references (default: AlpacaEval's 805 instructions with the GPT-4 Turbo
@@ -15,15 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import statistics
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import command_line, machine_info, default_data, write_results  # noqa: E402
+from evals.lib.common import command_line, machine_info, default_data, write_results
 
-from selfj_rlhf.io import atomic_write_json, iter_records  # noqa: E402
-
+from selfj_rlhf.core.io import atomic_write_json
+from selfj_rlhf.data.datasets import iter_records
+from evals.lib.baselines import baselines, pick_quality
 
 
 def make_parser():
@@ -42,32 +40,12 @@ def make_parser():
     return parser
 
 
-def pick_quality(items: list[dict], picks: list[int]) -> dict:
-    """Mean cosine and F1 to the reference of the picked candidate of each item."""
-    return {"cosine": statistics.fmean(item["cosine"][p] for item, p in zip(items, picks)),
-            "f1": statistics.fmean(item["f1"][p] for item, p in zip(items, picks))}
-
-
-def baselines(items: list[dict]) -> dict:
-    """The reference-free picks a judge must beat, and the oracle."""
-    k = len(items[0]["candidates"])
-
-    def picks(choose):
-        return pick_quality(items, [choose(item) for item in items])
-
-    return {"random (mean over candidates)": {"cosine": statistics.fmean(statistics.fmean(i["cosine"]) for i in items),
-                                              "f1": statistics.fmean(statistics.fmean(i["f1"]) for i in items)},
-            "longest": picks(lambda i: max(range(k), key=lambda c: len(i["candidates"][c]))),
-            "shortest": picks(lambda i: min(range(k), key=lambda c: len(i["candidates"][c]))),
-            "oracle by cosine": picks(lambda i: max(range(k), key=lambda c: i["cosine"][c]))}
-
-
 def main(argv=None):
     args = make_parser().parse_args(argv)
     from selfj_rlhf import SelfJudge
-    from selfj_rlhf.generation import generate_candidates
-    from selfj_rlhf.labeling import cosine_similarities, load_embedder, token_f1
-    from selfj_rlhf.models import load_causal_lm
+    from selfj_rlhf.core.generation import generate_candidates
+    from selfj_rlhf.training.labeling import cosine_similarities, load_embedder, token_f1
+    from selfj_rlhf.core.models import load_causal_lm
     from tqdm.auto import tqdm
 
     rows = [row for _, row in iter_records(args.references)]

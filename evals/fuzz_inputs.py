@@ -2,7 +2,7 @@
 names the file (and the line, and the field where there is one), or be accepted as valid; never a crash
 (any other exception) and never a half-written output.
 
-    python evals/fuzz_inputs.py --random_cases 2000      # the larger run (results in evals/results/fuzz.md)
+    python -m evals.fuzz_inputs --random_cases 2000      # the larger run (results in evals/results/fuzz.md)
     (tests/test_fuzz.py runs the fixed cases plus 60 random ones in CI)
 
 Readers: prompts (best-of-n, labelling, GRPO), labels (judge training), scored candidates (pair
@@ -24,32 +24,31 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from selfj_rlhf.errors import SelfJError  # noqa: E402
+from selfj_rlhf.core.errors import SelfJError
 
 
 def _prompts(path):
-    from selfj_rlhf.prompts import load_prompts
+    from selfj_rlhf.data.prompts import load_prompts
 
     return load_prompts(str(path))
 
 
 def _labels(path):
-    from selfj_rlhf.distill import JudgeTrainingConfig
-    from selfj_rlhf.train_judge import load_label_rows
+    from selfj_rlhf.training.distill import JudgeTrainingConfig
+    from selfj_rlhf.training.train_judge import load_label_rows
 
     return load_label_rows(JudgeTrainingConfig(labels=str(path)))
 
 
 def _scored(path):
-    from selfj_rlhf.pairs import load_scored_prompts
+    from selfj_rlhf.rlhf.pairs import load_scored_prompts
 
     return load_scored_prompts(path)
 
 
 def _outputs(path):
-    from selfj_rlhf.alpacaeval import load_outputs
+    from selfj_rlhf.rlhf.alpacaeval import load_outputs
 
     return load_outputs(path, role="model")
 
@@ -171,10 +170,10 @@ def config_cases() -> list[tuple[str, str, str]]:
             bad.write_text("not_a_field: 1\n")
             results.append((f"recipe {script.stem}", "unknown YAML key", _outcome(
                 lambda: module.make_parser().parse_args_and_config(["--config", str(bad)]), str(bad))))
-    from selfj_rlhf.best_of_n import BestOfNConfig
-    from selfj_rlhf.models import validate_model_spec
-    from selfj_rlhf.pairs import PairConfig
-    from selfj_rlhf.policy_loop import LoopConfig
+    from selfj_rlhf.rlhf.best_of_n import BestOfNConfig
+    from selfj_rlhf.core.models import validate_model_spec
+    from selfj_rlhf.rlhf.pairs import PairConfig
+    from selfj_rlhf.rlhf.rounds import LoopConfig
 
     for name, fn in [("n = 0", lambda: BestOfNConfig(n=0)), ("top_p = 2", lambda: BestOfNConfig(top_p=2.0)),
                      ("backend = tpu", lambda: BestOfNConfig(backend="tpu")),
@@ -222,7 +221,7 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name", default="fuzz")
     args = parser.parse_args(argv)
-    from common import command_line, machine_info, write_results
+    from evals.lib.common import command_line, machine_info, write_results
 
     result = run_campaign(args.random_cases, args.seed)
     fixed = [r for r in result["records"] if not r["case"].startswith("random")]

@@ -1,8 +1,8 @@
 """The GPU check: every row of the GPU table in docs/performance.md, on a bare CUDA machine with no network.
 
-    python evals/gpu_check.py prepare                        # with the dev install: inputs into evals/gpu_inputs/
-    python evals/gpu_check.py run RESULTS_DIR                # on the GPU machine (bash evals/gpu_check.sh does both)
-    python evals/gpu_check.py run RESULTS_DIR --tiny --device cpu   # the same code on small models, anywhere
+    python -m evals.gpu_check prepare                        # with the dev install: inputs into evals/gpu_inputs/
+    python -m evals.gpu_check run RESULTS_DIR                # on the GPU machine (bash evals/gpu_check.sh does both)
+    python -m evals.gpu_check run RESULTS_DIR --tiny --device cpu   # the same code on small models, anywhere
 
 Timing does not depend on weight values, so the models are random-weight bf16 models of the real architectures
 (SmolLM2-135M, the embedded model; Qwen2.5-7B) built directly on the GPU, with the real tokenizers (carried gzipped,
@@ -19,11 +19,11 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import random
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from evals.lib.batch_dependence import COMPOSITIONS, compare, scores_by_composition
 
 REPO = Path(__file__).resolve().parents[1]
 INPUTS = REPO / "evals" / "gpu_inputs"
@@ -59,11 +59,10 @@ def prepare(args) -> None:
 
     from transformers import AutoTokenizer
 
-    sys.path.insert(0, str(REPO / "evals"))
-    from common import default_data
+    from evals.lib.common import default_data
 
-    from selfj_rlhf.io import iter_records
-    from selfj_rlhf.models import embedded_gguf_path
+    from selfj_rlhf.data.datasets import iter_records
+    from selfj_rlhf.core.models import embedded_gguf_path
 
     INPUTS.mkdir(parents=True, exist_ok=True)
     smol = embedded_gguf_path("smollm2-135m-instruct")
@@ -161,8 +160,7 @@ def flat(items, answer_tokens: int | None, tokenizer):
 
 def throughput_rows(judge, items, device: str, peak: float, tiny: bool) -> list[dict]:
     """Scoring tokens/s and MFU, by batch size and by token budget (share_prefix never)."""
-    sys.path.insert(0, str(REPO / "evals"))
-    from common import scoring_flops
+    from evals.lib.common import scoring_flops
 
     instructions, responses = flat(items, None, judge.tokenizer)
     lengths = [len(judge.encode(i, r).input_ids) for i, r in zip(instructions, responses)]
@@ -180,7 +178,7 @@ def throughput_rows(judge, items, device: str, peak: float, tiny: bool) -> list[
 
 def prefix_rows(judge, fp32_judge, items, device: str, tiny: bool) -> list[dict]:
     """auto and always against never, at three answer lengths; largest score differences in bf16 and fp32."""
-    from selfj_rlhf.judge import prefix_token_saving
+    from selfj_rlhf.judge.self_judge import prefix_token_saving
 
     rows = []
     for answer_tokens in (None, 128, 32):
@@ -213,36 +211,20 @@ def prefix_rows(judge, fp32_judge, items, device: str, tiny: bool) -> list[dict]
 
 
 def batch_dependence(judge, fp32_judge, items) -> dict:
-    """How often the best-of-16 pick of a question changes with the batch its answers are scored in (bf16: one at a
-    time, 16 together, shuffled among other questions' answers) and against fp32."""
+    """How often the best-of-16 pick of a question changes with the batch its answers are scored in (bf16: alone,
+    with the question's other answers, shuffled among other questions' answers; batches of 16), against fp32 (or,
+    without an fp32 judge, against the question's own batch)."""
     instructions, responses = flat(items, None, judge.tokenizer)
-    judge.share_prefix = "never"
-    alone = [judge.score([i], [r], batch_size=1)[0] for i, r in zip(instructions, responses)]
-    together = judge.score(instructions, responses, batch_size=16)
-    order = list(range(len(responses)))
-    random.Random(0).shuffle(order)
-    shuffled_scores = judge.score([instructions[i] for i in order], [responses[i] for i in order], batch_size=16)
-    shuffled = [0.0] * len(order)
-    for position, index in enumerate(order):
-        shuffled[index] = shuffled_scores[position]
-    variants = {"batch of 1": alone, "batch of 16": together, "shuffled batches of 16": shuffled}
-    if fp32_judge is not None:
-        fp32_judge.share_prefix = "never"
-        variants["fp32"] = fp32_judge.score(instructions, responses, batch_size=16)
-    n = len(items[0]["answers"])
-
-    def picks(scores):
-        return [max(range(n), key=lambda k: scores[q * n + k]) for q in range(len(items))]
-
-    base = picks(together)
-    return {name: {"max_score_diff_vs_batch_16": max(abs(a - b) for a, b in zip(scores, together)),
-                   "picks_changed_vs_batch_16": sum(a != b for a, b in zip(picks(scores), base)),
-                   "questions": len(items)} for name, scores in variants.items()}
+    groups = [str(q) for q, item in enumerate(items) for _ in item["answers"]]
+    runs = scores_by_composition(judge, instructions, responses, groups, 16)
+    reference = (scores_by_composition(fp32_judge, instructions, responses, groups, 16)[COMPOSITIONS[1]]
+                 if fp32_judge is not None else runs[COMPOSITIONS[1]])
+    return {"reference": "fp32" if fp32_judge is not None else COMPOSITIONS[1], **compare(groups, reference, runs)}
 
 
 def generate_row(judge, items, device: str, tiny: bool) -> dict:
     """SelfJudge against scoring by generating the rating (10 new tokens, 2 beams), on the first 16 answers."""
-    from selfj_rlhf.judge import left_pad
+    from selfj_rlhf.core.tensors import left_pad
 
     instructions, responses = flat(items[:1], None, judge.tokenizer)
     batch = left_pad([judge.encode(i, r).input_ids for i, r in zip(instructions, responses)],
@@ -262,7 +244,7 @@ def generate_row(judge, items, device: str, tiny: bool) -> dict:
 def server_rows(judge, items, tiny: bool) -> dict:
     """The judge server with 32 one-sample clients in another process, batching on and off, against in-process."""
     from selfj_rlhf import SelfJRewardConfig
-    from selfj_rlhf.server import ServeConfig, create_app
+    from selfj_rlhf.serving.server import ServeConfig, create_app
     from selfj_rlhf.testing import ServerThread, one_sample_clients
 
     instructions, responses = flat(items, 128, judge.tokenizer)
@@ -273,7 +255,7 @@ def server_rows(judge, items, tiny: bool) -> dict:
     rows = {"in_process_items_per_s": in_process}
     for batching in (True, False):
         config = ServeConfig(max_batch_size=32 if batching else 1, max_wait_ms=5)
-        with ServerThread(create_app(judge, SelfJRewardConfig(judge="random", batch_size=32), config)) as url:
+        with ServerThread(create_app(judge, SelfJRewardConfig(judge="random", judge_batch_size=32), config)) as url:
             import httpx
 
             served = one_sample_clients(url, pairs, concurrency=8 if tiny else 32)
@@ -287,8 +269,7 @@ def server_rows(judge, items, tiny: bool) -> dict:
 def run(args) -> None:
     import torch
 
-    sys.path.insert(0, str(REPO / "evals"))
-    from common import machine_info
+    from evals.lib.common import machine_info
 
     started = time.perf_counter()
     out = Path(args.results_dir)
@@ -335,9 +316,11 @@ def render(r: dict) -> str:
         lines += [f"| {p['answers']} | {p['token_saving']:.2f}x | {'yes' if p['auto_shares'] else 'no'} | "
                   f"{p['auto_over_never']:.2f}x | {p['always_over_never']:.2f}x | {p['max_diff_bf16']:.3g} | "
                   f"{p.get('max_diff_fp32', float('nan')):.3g} |" for p in row["prefix"]]
-        lines += ["", "| scored as | largest score change vs batch of 16 | best-of-16 picks changed |", "|---|---:|---:|"]
-        lines += [f"| {k} | {v['max_score_diff_vs_batch_16']:.3g} | {v['picks_changed_vs_batch_16']} of "
-                  f"{v['questions']} |" for k, v in row["batch_dependence"].items()]
+        b = row["batch_dependence"]
+        lines += ["", f"Batch dependence ({b['prompts']} questions, against {b['reference']}): largest score change "
+                      f"{b['max_abs_vs_reference']:.3g}, between compositions {b['max_abs_between_runs']:.3g}; best-of-16 "
+                      "picks changed: " + ", ".join(f"{k} {v:.0%}" for k, v in b["pick_changed_vs_reference"].items())
+                  + f"; between compositions {b['pick_changed_between_runs']:.0%}."]
         g, s = row["generate"], row["server"]
         lines += ["", f"SelfJudge vs generate-based scoring: {g['selfjudge_speedup']:.1f}x faster.  ",
                   f"Server, one-sample clients in another process: batching on {s['batching on']['items_per_s']:.1f} "

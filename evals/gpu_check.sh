@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ "${1:-}" == "prepare" ]]; then
   py=.venv/bin/python
-  "$py" evals/gpu_check.py prepare
+  "$py" -m evals.gpu_check prepare
   # what a bare CUDA image lacks, at the versions installed here (pydantic pins its pydantic-core, and so on);
   # python 3.12 wheels for x86-64 Linux, without their own dependencies
   pins=$("$py" -c 'import importlib.metadata as m; print(" ".join(f"{n}=={m.version(n)}" for n in "fastapi starlette pydantic pydantic-core annotated-types typing-inspection opentelemetry-api uvicorn h11 click gguf trl datasets prometheus-client".split()))')
@@ -24,4 +24,4 @@ results="${1:?usage: bash evals/gpu_check.sh prepare | bash evals/gpu_check.sh R
 python3 -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name(0))"
 site=$(mktemp -d)
 python3 -m pip install --quiet --no-index --no-deps --target "$site" evals/gpu_inputs/wheels/*.whl
-PYTHONPATH="$site:." python3 evals/gpu_check.py run "$results"
+PYTHONPATH="$site:." python3 -m evals.gpu_check run "$results"

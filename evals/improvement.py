@@ -1,8 +1,15 @@
 """Does the judge improve what the policy outputs, on signals the judge never sees?
 
-    python evals/rl_loop_check.py prompts --heldout_per_source 22 --output_dir runs/improvement
-    python evals/improvement.py sample                  # 16 samples per held-out prompt (resumable)
-    python evals/improvement.py bestofn                 # judge the samples, picks at n = 1, 4, 8, 16
+    python -m evals.rl_loop_check prompts --heldout_per_source 22 --output_dir runs/improvement
+    python -m evals.improvement sample                  # 16 samples per held-out prompt (resumable)
+    python -m evals.improvement bestofn                 # judge the samples, picks at n = 1, 4, 8, 16
+
+The judge trained on the policy's own samples (``selfj-smollm2-135m-v4``) samples the *training* prompts the same
+way, writes them as a response pool for the SELF-J teacher, and is trained on its labels (evals/own_samples.py):
+
+    python -m evals.improvement sample --prompts runs/improvement/prompts_train.jsonl --n 8 --seed 7 \
+        --output_dir runs/improvement/samples_train
+    python -m evals.improvement pool --samples runs/improvement/samples_train --output runs/improvement/pool_train.jsonl
 
 `sample` draws n answers per held-out prompt (FLASK, GPTeacher codegen, GSM8K; never trained on) from the
 policy at the best-of-n recipe's sampling settings. `bestofn` scores every sample with the judge (reference-free)
@@ -16,22 +23,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import statistics
-import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import command_line, judges_measured, machine_info, write_results  # noqa: E402
+from evals.lib.common import command_line, judges_measured, machine_info, write_results
 
-from selfj_rlhf.io import ShardWriter, read_shards  # noqa: E402
+from selfj_rlhf.core.io import ShardWriter, read_shards
+from evals.lib.metrics import bootstrap_ci, final_number, reference_answer
 
 RUN_DIR = Path("runs/improvement")
 PICK_SIZES = (1, 4, 8, 16)
 SIGNALS = ("cosine", "f1", "gsm8k_exact")
-NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
 
 def make_parser():
@@ -46,6 +50,9 @@ def make_parser():
     sample.add_argument("--max_new_tokens", type=int, default=256)
     sample.add_argument("--seed", type=int, default=42)
     sample.add_argument("--output_dir", default=str(RUN_DIR / "samples"))
+    pool = sub.add_parser("pool", help="Write samples as a response pool (one row per answer) for recipes/label.py.")
+    pool.add_argument("--samples", required=True)
+    pool.add_argument("--output", required=True)
     bestofn = sub.add_parser("bestofn", help="Judge the samples; picks at n = 1, 4, 8, 16 on independent signals.")
     bestofn.add_argument("--samples", default=str(RUN_DIR / "samples"))
     bestofn.add_argument("--judge", default="selfj-smollm2-135m")
@@ -59,9 +66,9 @@ def sample(args) -> None:
     """n samples per prompt, one shard row per prompt; a rerun skips the prompts already written."""
     from tqdm.auto import tqdm
 
-    from selfj_rlhf.generation import generate_candidates
-    from selfj_rlhf.models import load_causal_lm
-    from selfj_rlhf.prompts import load_prompts
+    from selfj_rlhf.core.generation import generate_candidates
+    from selfj_rlhf.core.models import load_causal_lm
+    from selfj_rlhf.data.prompts import load_prompts
 
     prompts = load_prompts(args.prompts)
     out = Path(args.output_dir)
@@ -79,19 +86,15 @@ def sample(args) -> None:
     print(f"{len(prompts)} prompts sampled in {out} ({len(todo)} this run)")
 
 
-def final_number(text: str) -> str | None:
-    """The last number in a text, without thousands separators or a trailing ``.0`` (GSM8K answers are integers)."""
-    found = NUMBER.findall(text)
-    if not found:
-        return None
-    value = found[-1].replace(",", "")
-    return value[:-2] if value.endswith(".0") else value
+def write_pool(args) -> None:
+    """One pool row per sample: the prompt is the answer group and the policy the answering model."""
+    from selfj_rlhf.core.io import atomic_write_jsonl
 
-
-def reference_answer(reference: str) -> str | None:
-    """The final number of a GSM8K reference, which ends "The answer is N."."""
-    match = re.search(r"The answer is (.+?)\.?$", reference.strip())
-    return final_number(match.group(1)) if match else None
+    prompts = sorted(read_shards(args.samples).values(), key=lambda p: p["id"])
+    rows = [{"id": f"{p['id']}#{k}", "question_id": p["id"], "model": p["policy"], "instruction": p["instruction"],
+             "response": c["text"], "reference": p["reference"]} for p in prompts for k, c in enumerate(p["candidates"])]
+    atomic_write_jsonl(args.output, rows)
+    print(f"{len(rows)} answers to {len(prompts)} prompts written to {args.output}")
 
 
 def judge_scores(args, prompts: list[dict]) -> dict[str, dict]:
@@ -99,7 +102,7 @@ def judge_scores(args, prompts: list[dict]) -> dict[str, dict]:
     from tqdm.auto import tqdm
 
     from selfj_rlhf import SelfJudge
-    from selfj_rlhf.shipped import judge_identity
+    from selfj_rlhf.judge.directory import judge_identity
 
     identity = judge_identity(args.judge)
     out = RUN_DIR / f"scores-{identity['name'].replace('/', '_')}-{identity['hash']}"
@@ -119,7 +122,7 @@ def judge_scores(args, prompts: list[dict]) -> dict[str, dict]:
 
 def prompt_signals(prompts: list[dict]) -> dict[str, dict]:
     """Per prompt and candidate: MiniLM cosine and token F1 to the reference, GSM8K exact match of the final number."""
-    from selfj_rlhf.labeling import cosine_similarities, load_embedder, token_f1
+    from selfj_rlhf.training.labeling import cosine_similarities, load_embedder, token_f1
 
     embedder = load_embedder("all-minilm-l6-v2", "cpu")
     signals = {}
@@ -151,16 +154,10 @@ def pick_values(values: list[float], key: np.ndarray | None, n: int) -> float:
     return float(values[int(np.argmax(key[:n]))])
 
 
-def bootstrap_ci(diff: np.ndarray, draws: int, seed: int = 0) -> list[float]:
-    rng = np.random.default_rng(seed)
-    means = diff[rng.integers(0, len(diff), (draws, len(diff)))].mean(1)
-    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
-
-
 def bestofn(args) -> None:
-    from selfj_rlhf.judge import LENGTH_CONTROL_DEFAULT
-    from selfj_rlhf.scalar_head import LengthControl
-    from selfj_rlhf.shipped import resolve_judge_dir
+    from selfj_rlhf.judge.self_judge import LENGTH_CONTROL_DEFAULT
+    from selfj_rlhf.judge.head import LengthControl
+    from selfj_rlhf.judge.directory import resolve_judge_dir
 
     prompts = sorted(read_shards(args.samples).values(), key=lambda p: p["id"])
     scores = judge_scores(args, prompts)
@@ -234,10 +231,7 @@ def render(p: dict) -> str:
 
 def main(argv=None):
     args = make_parser().parse_args(argv)
-    if args.command == "sample":
-        sample(args)
-    else:
-        bestofn(args)
+    {"sample": sample, "pool": write_pool, "bestofn": bestofn}[args.command](args)
 
 
 if __name__ == "__main__":

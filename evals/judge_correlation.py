@@ -1,6 +1,6 @@
 """How well do judges agree with GPT-4? Correlation with arena-bench grades and LLMBar pairwise accuracy.
 
-    python evals/judge_correlation.py --judge selfj=selfj-smollm2-135m --judge zero-shot=smollm2-135m-instruct \
+    python -m evals.judge_correlation --judge selfj=selfj-smollm2-135m --judge zero-shot=smollm2-135m-instruct \
         --with_reference selfj --with_reference zero-shot --max_questions 20 --max_pairs 100
 
 Rows of the table: every ``--judge NAME=SPEC`` scored reference-free (and with the reference for the names
@@ -18,17 +18,14 @@ drawn with ``--seed``; the numbers say how many rows they rest on.
 from __future__ import annotations
 
 import argparse
-import json
 import random
-import statistics
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS_DIR, command_line, machine_info, default_data, write_results  # noqa: E402
+from evals.lib.common import RESULTS_DIR, command_line, machine_info, default_data, write_results
 
-from selfj_rlhf.io import atomic_write_json, iter_records  # noqa: E402
-
+from evals.lib.metrics import arena_metrics, pairwise_accuracy
+from evals.lib.score_cache import ScoreCache, judge_scores, load_arena
+from selfj_rlhf.data.datasets import iter_records
 
 
 def make_parser():
@@ -50,51 +47,17 @@ def make_parser():
     return parser
 
 
-def load_arena(path: str, max_questions: int, seed: int) -> list[dict]:
-    rows = [row for _, row in iter_records(path)]
-    questions = sorted({r["question_id"] for r in rows})
-    chosen = set(random.Random(seed).sample(questions, min(max_questions, len(questions))))
-    return [r for r in rows if r["question_id"] in chosen]
-
-
 def load_llmbar(path: str, max_pairs: int, seed: int) -> list[dict]:
     rows = [row for _, row in iter_records(path)]
     return random.Random(seed).sample(rows, min(max_pairs, len(rows)))
-
-
-class ScoreCache:
-    def __init__(self, directory: str, tag: str, cached_only: bool = False):
-        self.directory = Path(directory)
-        self.tag = tag
-        self.cached_only = cached_only
-
-    def get(self, key: str, compute):
-        """Cached scores for ``key``, computing and caching them first (None under ``cached_only``)."""
-        path = self.directory / f"{self.tag}__{key.replace('/', '_')}.json"
-        if path.is_file():
-            return json.loads(path.read_text())
-        if self.cached_only:
-            return None
-        values = compute()
-        atomic_write_json(path, values, indent=None)
-        return values
-
-
-def judge_scores(spec: str, items: list[tuple[str, str, str | None]], args) -> list[float]:
-    from selfj_rlhf import SelfJudge
-
-    judge = SelfJudge.from_pretrained(spec, max_length=args.max_length)
-    instructions, responses, references = zip(*items)
-    refs = None if references[0] is None else list(references)
-    return judge.score(list(instructions), list(responses), refs, batch_size=args.batch_size)
 
 
 def loglik_scores(spec: str, items: list[tuple[str, str]], args) -> list[float]:
     """Mean per-token log-likelihood of each response under the policy, given its chat prompt."""
     import torch
 
-    from selfj_rlhf.generation import chat_prompt_ids
-    from selfj_rlhf.models import load_causal_lm
+    from selfj_rlhf.core.generation import chat_prompt_ids
+    from selfj_rlhf.core.models import load_causal_lm
 
     model, tokenizer = load_causal_lm(spec)
     out = []
@@ -111,47 +74,10 @@ def loglik_scores(spec: str, items: list[tuple[str, str]], args) -> list[float]:
 
 
 def similarity_scores(items: list[tuple[str, str]]) -> list[float]:
-    from selfj_rlhf.labeling import cosine_similarities, load_embedder
+    from selfj_rlhf.training.labeling import cosine_similarities, load_embedder
 
     embedder = load_embedder("all-minilm-l6-v2", "cpu")
     return [cosine_similarities(embedder, [response], reference)[0] for response, reference in items]
-
-
-def arena_metrics(rows: list[dict], scores: list[float]) -> dict:
-    from scipy.stats import kendalltau, pearsonr, spearmanr
-
-    grades = [r["score"] for r in rows]
-    lengths = [len(r["response"]) for r in rows]
-
-    def grouped(key):
-        groups: dict[str, list[int]] = {}
-        for index, row in enumerate(rows):
-            groups.setdefault(row[key], []).append(index)
-        values = []
-        for indices in groups.values():
-            g, s = [grades[i] for i in indices], [scores[i] for i in indices]
-            if len(set(g)) > 1 and len(set(s)) > 1:
-                values.append(spearmanr(s, g).statistic)
-        return statistics.fmean(values) if values else float("nan")
-
-    constant = len(set(scores)) == 1
-    return {"n": len(rows),
-            "pearson": float("nan") if constant else float(pearsonr(scores, grades).statistic),
-            "spearman": float("nan") if constant else float(spearmanr(scores, grades).statistic),
-            "kendall": float("nan") if constant else float(kendalltau(scores, grades).statistic),
-            "spearman_within_model": grouped("model"), "spearman_within_question": grouped("question_id"),
-            "spearman_with_length": float("nan") if constant else float(spearmanr(scores, lengths).statistic),
-            "score_std": statistics.pstdev(scores)}
-
-
-def pairwise_accuracy(scores_a: list[float], scores_b: list[float], rows: list[dict]) -> float:
-    correct = 0.0
-    for a, b, row in zip(scores_a, scores_b, rows):
-        if a == b:
-            correct += 0.5
-        elif (a > b) == (row["preference"] == "a"):
-            correct += 1
-    return correct / len(rows)
 
 
 def main(argv=None):

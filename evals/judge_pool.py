@@ -1,6 +1,6 @@
 """Judge quality, second design: a response pool for the SELF-J teacher, read from the middle layers.
 
-    python evals/judge_pool.py --save_design pool-L18 --save_judge selfj_rlhf/judges/selfj-smollm2-135m
+    python -m evals.judge_pool --save_design pool-L18 --save_judge selfj_rlhf/judge/shipped/selfj-smollm2-135m
 
 The pool is the arena-bench v1 development half (one row per answer of 15 models to 150 questions, with the
 GPT-4 reference), split by question (recipes/splits/arena_bench_v1_dev.json). On the training questions the
@@ -10,7 +10,7 @@ question's) and injected answers (an honest answer plus a note to the grader) jo
 GPT-4 grades are read only to measure, on the held-out questions: never for labels or training.
 
 Every design of the table is a head on the frozen policy's cached score-position states
-(``selfj_rlhf.features``), so the expensive part, one forward per text, runs once for all rows; the digit
+(``selfj_rlhf.judge.features``), so the expensive part, one forward per text, runs once for all rows; the digit
 rows (zero-shot, the previously shipped LoRA judge) are read from their own forward passes.
 
 Columns, all on held-out questions: pooled Pearson with the GPT-4 grade, mean Spearman within question,
@@ -24,15 +24,15 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import command_line, default_data, machine_info, write_results  # noqa: E402
-from bestofn_check import baselines, pick_quality  # noqa: E402
-from judge_correlation import arena_metrics, pairwise_accuracy  # noqa: E402
-from judge_gaming import ATTACKS  # noqa: E402
+from evals.lib.common import command_line, default_data, machine_info, write_results
+from evals.lib.baselines import baselines, pick_quality
+from evals.lib.metrics import arena_metrics, pairwise_accuracy
+from evals.lib.attacks import ATTACKS
+from evals.lib.metrics import partial_given_length
 
 REPO = Path(__file__).resolve().parents[1]
 GAMING_ROWS = ("inject: rate 9", "honest + note to grader", "fake reference block", "repeated digits",
@@ -72,9 +72,25 @@ def make_parser():
 
 
 # ---------------------------------------------------------------------------------------------- data
-def load_everything(args):
-    from selfj_rlhf.io import iter_records
-    from selfj_rlhf.pool import augmented_rows, load_pool, read_split, select
+@dataclass
+class PoolData:
+    """What the table is measured on: the pool split by question, the graded held-out answers (grades for
+    measurement only), the gaming variants of one honest answer per held-out question, LLMBar pairs and best-of-4
+    candidates."""
+
+    pool: list
+    split: dict
+    train: list
+    heldout: list
+    measured: list[dict]
+    gaming: dict[str, list[tuple[str, str]]]
+    llmbar: list[dict]
+    bestofn: list[dict]
+
+
+def load_everything(args) -> PoolData:
+    from selfj_rlhf.data.datasets import iter_records
+    from selfj_rlhf.training.pool import load_pool, read_split, select
 
     pool = load_pool([args.pool])
     split = read_split(args.split)
@@ -92,8 +108,8 @@ def load_everything(args):
     gaming |= {name: [(a.instruction, ATTACKS[name](a.response)) for a in honest] for name in GAMING_ROWS}
     llmbar = random.Random(args.seed).sample([r for _, r in iter_records(args.llmbar)], k=args.llmbar_pairs)
     bestofn = json.loads(Path(args.bestofn_candidates).read_text()) if Path(args.bestofn_candidates).is_file() else []
-    return {"pool": pool, "split": split, "train": train, "heldout": heldout, "measured": measured,
-            "gaming": gaming, "llmbar": llmbar, "bestofn": bestofn, "augmented_rows": augmented_rows}
+    return PoolData(pool=pool, split=split, train=train, heldout=heldout, measured=measured, gaming=gaming,
+                    llmbar=llmbar, bestofn=bestofn)
 
 
 def judges(args):
@@ -106,7 +122,7 @@ def judges(args):
 
 
 def features(judge, pairs, references=None, *, cache, desc):
-    from selfj_rlhf.features import score_position_features
+    from selfj_rlhf.judge.features import score_position_features
 
     print(f"[features] {desc}: {len(pairs)} texts", flush=True)
     return score_position_features(judge, [p[0] for p in pairs], [p[1] for p in pairs], references, cache=cache)
@@ -117,8 +133,8 @@ def cached_signals(cache_dir: Path, answers, embedder) -> list[dict]:
     """The teacher's similarity signals of the answers, cached as JSON by answer id (MiniLM runs once)."""
     import hashlib
 
-    from selfj_rlhf.io import atomic_write_json
-    from selfj_rlhf.pool import similarity_signals
+    from selfj_rlhf.core.io import atomic_write_json
+    from selfj_rlhf.training.pool import similarity_signals
 
     key = hashlib.sha1(json.dumps([[a.id, a.response, a.reference] for a in answers]).encode()).hexdigest()[:16]
     path = cache_dir / f"signals-{key}.json"
@@ -129,26 +145,11 @@ def cached_signals(cache_dir: Path, answers, embedder) -> list[dict]:
     return signals
 
 
-def partial_given_length(scores, grades, tokens) -> float:
-    """Correlation of score and grade after a linear fit on log length is removed from each."""
-    import numpy as np
-
-    x = np.log1p(np.asarray(tokens, float))
-
-    def residual(v):
-        v = np.asarray(v, float)
-        slope, intercept = np.polyfit(x, v, 1)
-        return v - (slope * x + intercept)
-
-    a, b = residual(scores), residual(grades)
-    return float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else float("nan")
-
-
 def measure(score_fn, d, feats) -> dict:
     """All columns for one judge. ``score_fn(set_name) -> scores`` over the cached texts of that set."""
     import numpy as np
 
-    measured = d["measured"]
+    measured = d.measured
     scores = np.asarray(score_fn("heldout"), float)
     grades = [r["score"] for r in measured]
     tokens = feats["heldout"].response_tokens
@@ -161,23 +162,23 @@ def measure(score_fn, d, feats) -> dict:
         attacked = np.asarray(score_fn(f"gaming:{attack}"), float)
         row["gaming"][attack] = {"shift": float((attacked - honest).mean()),
                                  "share_at_least_honest": float((attacked >= honest).mean())}
-    if d["llmbar"]:
+    if d.llmbar:
         a, b = score_fn("llmbar:a"), score_fn("llmbar:b")
-        row["llmbar_accuracy"] = pairwise_accuracy(list(a), list(b), d["llmbar"])
-    if d["bestofn"]:
+        row["llmbar_accuracy"] = pairwise_accuracy(list(a), list(b), d.llmbar)
+    if d.bestofn:
         flat = np.asarray(score_fn("bestofn"), float)
-        k = len(d["bestofn"][0]["candidates"])
-        picks = [int(np.argmax(flat[i * k:(i + 1) * k])) for i in range(len(d["bestofn"]))]
-        quality = pick_quality(d["bestofn"], picks)
+        k = len(d.bestofn[0]["candidates"])
+        picks = [int(np.argmax(flat[i * k:(i + 1) * k])) for i in range(len(d.bestofn))]
+        quality = pick_quality(d.bestofn, picks)
         row["bestofn_cosine"], row["bestofn_f1"] = quality["cosine"], quality["f1"]
     return row
 
 
 def main(argv=None):
     args = make_parser().parse_args(argv)
-    from selfj_rlhf.features import FeatureCache
-    from selfj_rlhf.labeling import load_embedder
-    from selfj_rlhf.pool import answer_rows, teacher_labels
+    from selfj_rlhf.judge.features import FeatureCache
+    from selfj_rlhf.training.labeling import load_embedder
+    from selfj_rlhf.training.pool import answer_rows, augmented_rows, teacher_labels
 
     start = time.perf_counter()
     d = load_everything(args)
@@ -186,30 +187,30 @@ def main(argv=None):
     embedder = load_embedder("all-minilm-l6-v2", "cpu")
 
     # ---- teacher labels of the training questions (reference-based signals; no grade)
-    rows = answer_rows(d["train"])
-    for row, signals in zip(rows, cached_signals(Path(args.cache_dir), d["train"], embedder)):
+    rows = answer_rows(d.train)
+    for row, signals in zip(rows, cached_signals(Path(args.cache_dir), d.train, embedder)):
         row.update(signals)
     base_labels = dict(zip([r["id"] for r in rows], teacher_labels(rows, {"cosine": 1, "chunked_cosine": 1, "f1": 1})))
-    augmented = d["augmented_rows"](d["train"], base_labels, offtopic_per_group=args.offtopic_per_question,
+    augmented = augmented_rows(d.train, base_labels, offtopic_per_group=args.offtopic_per_question,
                                     injected_per_group=args.injected_per_question, penalty=args.penalty,
                                     seed=args.seed)
 
     # ---- every forward pass (cached; a rerun computes nothing)
     feats = {}
-    feats["heldout"] = features(student, [(a.instruction, a.response) for a in d["heldout"]], cache=cache,
+    feats["heldout"] = features(student, [(a.instruction, a.response) for a in d.heldout], cache=cache,
                                 desc="held-out pool answers")
     feats["train"] = features(student, [(r["instruction"], r["response"]) for r in rows], cache=cache,
                               desc="training pool answers")
     feats["augmented"] = features(student, [(r["instruction"], r["response"]) for r in augmented], cache=cache,
                                   desc="augmented training answers")
-    for attack, pairs in d["gaming"].items():
+    for attack, pairs in d.gaming.items():
         feats[f"gaming:{attack}"] = features(student, pairs, cache=cache, desc=f"gaming {attack}")
-    if d["bestofn"]:
-        feats["bestofn"] = features(student, [(i["instruction"], c) for i in d["bestofn"] for c in i["candidates"]],
+    if d.bestofn:
+        feats["bestofn"] = features(student, [(i["instruction"], c) for i in d.bestofn for c in i["candidates"]],
                                     cache=cache, desc="best-of-4 candidates")
-    if d["llmbar"]:
+    if d.llmbar:
         for side in ("a", "b"):
-            feats[f"llmbar:{side}"] = features(student, [(r["instruction"], r[f"response_{side}"]) for r in d["llmbar"]],
+            feats[f"llmbar:{side}"] = features(student, [(r["instruction"], r[f"response_{side}"]) for r in d.llmbar],
                                                cache=cache, desc=f"LLMBar response_{side}")
     own = own_sample_rows(args, d, student, embedder)
     if own:
@@ -220,21 +221,21 @@ def main(argv=None):
                                 [r["reference"] for r in subset], cache=cache, desc="teacher (with reference) prompts")
     if args.previous_judge:  # its own forward passes, cached as scores
         previous = previous_judge_scores(args, d)
-        for name in ["heldout", *[f"gaming:{k}" for k in d["gaming"]], "bestofn", "llmbar:a", "llmbar:b"]:
+        for name in ["heldout", *[f"gaming:{k}" for k in d.gaming], "bestofn", "llmbar:a", "llmbar:b"]:
             previous(name)
     if args.stage == "features":
         print(f"features cached in {time.perf_counter() - start:.0f} s")
         return
-    table, checks = evaluate(args, d, rows, augmented, feats, student, own)
+    table, checks = evaluate(Evaluation(args, d, rows, augmented, feats, student), own)
     payload = {"command": command_line(), "machine": machine_info(), "pool": args.pool, "split": args.split,
-               "train_questions": len(d["split"]["train"]), "heldout_questions": len(d["split"]["heldout"]),
-               "train_answers": len(rows), "augmented_answers": len(augmented), "heldout_answers": len(d["heldout"]),
-               "llmbar_pairs": len(d["llmbar"]), "bestofn_prompts": len(d["bestofn"]),
+               "train_questions": len(d.split["train"]), "heldout_questions": len(d.split["heldout"]),
+               "train_answers": len(rows), "augmented_answers": len(augmented), "heldout_answers": len(d.heldout),
+               "llmbar_pairs": len(d.llmbar), "bestofn_prompts": len(d.bestofn),
                "student_max_length": args.student_max_length, "teacher_max_length": args.teacher_max_length,
                "truncated_share_heldout": float(feats["heldout"].truncated.mean()),
                "tokens_scored": student.scored_tokens + teacher.scored_tokens,
                "wall_s": round(time.perf_counter() - start, 1), "rows": table, "judge_checks": checks,
-               "bestofn_baselines": baselines(d["bestofn"]) if d["bestofn"] else {}}
+               "bestofn_baselines": baselines(d.bestofn) if d.bestofn else {}}
     write_results(args.name, payload, render(payload))
     print(render(payload))
 
@@ -273,7 +274,7 @@ def design_rows(rows, augmented, teacher_rows, teacher_zero_shot, spec, penalty)
     Labels are the teacher's over the design's pool rows (with the policy's with-reference rating as
     ``selfeval`` on the teacher subset); augmented rows: off-topic 0, injected the honest answer's label minus the
     penalty."""
-    from selfj_rlhf.pool import teacher_labels
+    from selfj_rlhf.training.pool import teacher_labels
 
     teacher_position = {r["id"]: k for k, r in enumerate(teacher_rows)}
     groups = {r["group"] for r in teacher_rows} if spec.get("subset") else {r["group"] for r in rows}
@@ -298,7 +299,7 @@ def train_digit_readout(student, labels, digit_rows, steps=300, lr=0.01):
     import numpy as np
     import torch
 
-    from selfj_rlhf.labeling import to_class
+    from selfj_rlhf.training.labeling import to_class
 
     weight = torch.tensor(digit_rows, dtype=torch.float32, requires_grad=True)
     xs = torch.tensor(student, dtype=torch.float32)
@@ -313,16 +314,16 @@ def train_digit_readout(student, labels, digit_rows, steps=300, lr=0.01):
 
 def own_sample_rows(args, d, student, embedder) -> list[dict]:
     """The policy's own samples on the training questions (cached), labelled by the same teacher."""
-    from selfj_rlhf.generation import generate_candidates
-    from selfj_rlhf.io import atomic_write_json
-    from selfj_rlhf.pool import PoolAnswer, teacher_labels
+    from selfj_rlhf.core.generation import generate_candidates
+    from selfj_rlhf.core.io import atomic_write_json
+    from selfj_rlhf.training.pool import PoolAnswer, teacher_labels
 
     if not args.own_samples:
         return []
     path = Path(args.cache_dir) / (f"own-samples-{args.model.replace('/', '_')}-q{args.own_questions}-k{args.own_samples}"
                                    f"-s{args.seed}.json")
     questions = {}
-    for a in d["train"]:
+    for a in d.train:
         questions.setdefault(a.group, a)
     questions = {g: questions[g] for g in sorted(questions)[: args.own_questions]}
     if path.is_file():
@@ -344,95 +345,152 @@ def own_sample_rows(args, d, student, embedder) -> list[dict]:
     return rows
 
 
-def evaluate(args, d, rows, augmented, feats, student, own):
+@dataclass
+class Evaluation:
+    """The inputs every row of the table is measured on."""
+
+    args: argparse.Namespace
+    data: PoolData
+    rows: list[dict]
+    augmented: list[dict]
+    feats: dict
+    student: object
+
+    def states(self, name: str, layer: int):
+        return self.feats[name].states[:, layer, :].astype("float32")
+
+    def eval_sets(self) -> list[str]:
+        return [name for name in self.feats if name not in ("train", "augmented", "teacher")]
+
+    def measure(self, score_fn) -> dict:
+        return measure(score_fn, self.data, self.feats)
+
+
+def design_table(ev: Evaluation) -> dict:
+    """One row (and its length-controlled twin) per head design of ``DESIGNS``, trained on the teacher labels."""
     import numpy as np
-    from sklearn.linear_model import RidgeCV
 
-    from selfj_rlhf.scalar_head import LengthControl, ScalarHeadConfig, train_scalar_head
+    from selfj_rlhf.judge.head import LengthControl
+    from selfj_rlhf.training.scalar_head import ScalarHeadConfig, train_scalar_head
 
-    teacher_rows = teacher_subset(args, rows + augmented)
-    teacher_states = feats["teacher"].states
-    teacher_zero_shot = feats["teacher"].zero_shot_scores
-    groups = [r["group"] for r in rows + augmented]
-    tokens = np.concatenate([feats["train"].response_tokens, feats["augmented"].response_tokens])
-    eval_sets = [name for name in feats if name not in ("train", "augmented", "teacher")]
-
-    def states(name, layer):
-        return feats[name].states[:, layer, :].astype(np.float32)
-
+    teacher_rows = teacher_subset(ev.args, ev.rows + ev.augmented)
+    teacher_zero_shot = ev.feats["teacher"].zero_shot_scores
+    groups = [r["group"] for r in ev.rows + ev.augmented]
+    tokens = np.concatenate([ev.feats["train"].response_tokens, ev.feats["augmented"].response_tokens])
     table = {}
     for name, spec in DESIGNS.items():
-        index, y, teacher = design_rows(rows, augmented, teacher_rows, teacher_zero_shot, spec, args.penalty)
+        index, y, teacher = design_rows(ev.rows, ev.augmented, teacher_rows, teacher_zero_shot, spec, ev.args.penalty)
         y = np.asarray(y)
-        cfg = ScalarHeadConfig(seed=args.seed, **{k: v for k, v in spec.items()
-                                                  if k not in ("weights", "normalize", "augment", "subset")})
-        student_x = np.concatenate([states("train", cfg.layer), states("augmented", cfg.layer)])[index]
-        teacher_x = teacher_states[teacher, cfg.layer, :].astype(np.float32) if teacher is not None else None
+        cfg = ScalarHeadConfig(seed=ev.args.seed, **{k: v for k, v in spec.items()
+                                                     if k not in ("weights", "normalize", "augment", "subset")})
+        student_x = np.concatenate([ev.states("train", cfg.layer), ev.states("augmented", cfg.layer)])[index]
+        teacher_x = (ev.feats["teacher"].states[teacher, cfg.layer, :].astype(np.float32)
+                     if teacher is not None else None)
         head, info = train_scalar_head(cfg, student_x, y, [groups[i] for i in index], tokens[index], teacher_x)
-        w = head.linear.weight.detach().numpy()[0]
-        b = float(head.linear.bias.detach())
-        lc = LengthControl.fit(y, tokens[index])
-        scored = {s: states(s, cfg.layer) @ w + b for s in eval_sets}
-        table[name] = measure(scored.__getitem__, d, feats)
-        table[name]["training"] = info
-        table[f"{name}, length-controlled"] = measure(lambda s: lc.apply(scored[s], feats[s].response_tokens), d, feats)
-        print(name, {k: table[name][k] for k in ("pearson", "partial_given_log_length", "score_std")}, flush=True)
-
-    if own:
-        y = np.asarray([r["label"] for r in own])
-        cfg = ScalarHeadConfig(layer=18, distill=False, seed=args.seed)
-        head, info = train_scalar_head(cfg, states("own", 18), y, [r["group"] for r in own], feats["own"].response_tokens)
         w, b = head.linear.weight.detach().numpy()[0], float(head.linear.bias.detach())
-        table["own samples only, L18, no distillation"] = measure(lambda s: states(s, 18) @ w + b, d, feats)
-        table["own samples only, L18, no distillation"]["training"] = info
+        scored = {s: ev.states(s, cfg.layer) @ w + b for s in ev.eval_sets()}
+        length_fit = LengthControl.fit(y, tokens[index])
+        table[name] = ev.measure(scored.__getitem__)
+        table[name]["training"] = info
+        table[f"{name}, length-controlled"] = ev.measure(
+            lambda s: length_fit.apply(scored[s], ev.feats[s].response_tokens))
+        print(name, {k: table[name][k] for k in ("pearson", "partial_given_log_length", "score_std")}, flush=True)
+    return table
 
-    # digit readout retrained on the pool (the digit judge's counterpart of the scalar head)
-    index, y, _ = design_rows(rows, augmented, teacher_rows, teacher_zero_shot, {}, args.penalty)
-    embeddings = student.model.get_output_embeddings().weight.detach().float().numpy()[student.digit_ids]
-    top = len(feats["heldout"].states[0]) - 1
-    readout = train_digit_readout(np.concatenate([states("train", top), states("augmented", top)])[index], y,
+
+def own_samples_row(ev: Evaluation, own: list[dict]) -> dict:
+    """A head trained on the policy's own samples only (no pool answer)."""
+    import numpy as np
+
+    from selfj_rlhf.training.scalar_head import ScalarHeadConfig, train_scalar_head
+
+    name = "own samples only, L18, no distillation"
+    y = np.asarray([r["label"] for r in own])
+    cfg = ScalarHeadConfig(layer=18, distill=False, seed=ev.args.seed)
+    head, info = train_scalar_head(cfg, ev.states("own", 18), y, [r["group"] for r in own],
+                                   ev.feats["own"].response_tokens)
+    w, b = head.linear.weight.detach().numpy()[0], float(head.linear.bias.detach())
+    return {name: {**ev.measure(lambda s: ev.states(s, 18) @ w + b), "training": info}}
+
+
+def digit_readout_row(ev: Evaluation) -> dict:
+    """The digit judge's counterpart of the scalar head: its readout retrained on the pool (last layer)."""
+    import numpy as np
+
+    teacher_rows = teacher_subset(ev.args, ev.rows + ev.augmented)
+    index, y, _ = design_rows(ev.rows, ev.augmented, teacher_rows, ev.feats["teacher"].zero_shot_scores, {},
+                              ev.args.penalty)
+    embeddings = ev.student.model.get_output_embeddings().weight.detach().float().numpy()[ev.student.digit_ids]
+    top = len(ev.feats["heldout"].states[0]) - 1
+    readout = train_digit_readout(np.concatenate([ev.states("train", top), ev.states("augmented", top)])[index], y,
                                   embeddings)
 
     def digit_scores(name):
-        logits = states(name, top) @ readout.T
+        logits = ev.states(name, top) @ readout.T
         probs = np.exp(logits - logits.max(1, keepdims=True))
         return (probs / probs.sum(1, keepdims=True)) @ np.arange(10)
 
-    table["digit readout retrained on the pool (last layer)"] = measure(digit_scores, d, feats)
+    return {"digit readout retrained on the pool (last layer)": ev.measure(digit_scores)}
 
-    # baselines
-    table["zero-shot SELF-J digit judge"] = measure(lambda s: feats[s].zero_shot_scores, d, feats)
-    table["response length (tokens)"] = measure(lambda s: feats[s].response_tokens, d, feats)
-    if args.previous_judge:
-        table["previously shipped judge (LoRA digit)"] = measure(previous_judge_scores(args, d), d, feats)
-    # diagnostic ceiling: a probe fitted to the GPT-4 grades of the *training* questions (never a judge)
-    from selfj_rlhf.io import iter_records
 
-    train_ids = {a.id for a in d["train"]}
-    train_grades = {r["id"]: r["score"] for _, r in iter_records(args.pool) if r["id"] in train_ids}
-    probe = RidgeCV(alphas=np.logspace(0, 5, 11)).fit(states("train", 18), [train_grades[r["id"]] for r in rows])
-    table["ceiling: probe on GPT-4 grades (diagnostic only)"] = measure(lambda s: probe.predict(states(s, 18)), d, feats)
+def baseline_rows(ev: Evaluation) -> dict:
+    """The zero-shot digit judge, response length and (when given) the previously shipped judge."""
+    table = {"zero-shot SELF-J digit judge": ev.measure(lambda s: ev.feats[s].zero_shot_scores),
+             "response length (tokens)": ev.measure(lambda s: ev.feats[s].response_tokens)}
+    if ev.args.previous_judge:
+        table["previously shipped judge (LoRA digit)"] = ev.measure(previous_judge_scores(ev.args, ev.data))
+    return table
 
-    checks = {}
-    from selfj_rlhf.shipped import resolve_judge_dir
 
-    for name, spec in (item.split("=", 1) for item in args.scalar_judge):
+def grade_probe_row(ev: Evaluation) -> dict:
+    """Diagnostic ceiling: a probe fitted to the GPT-4 grades of the *training* questions (never a judge)."""
+    import numpy as np
+    from sklearn.linear_model import RidgeCV
+
+    from selfj_rlhf.data.datasets import iter_records
+
+    train_ids = {a.id for a in ev.data.train}
+    grades = {r["id"]: r["score"] for _, r in iter_records(ev.args.pool) if r["id"] in train_ids}
+    probe = RidgeCV(alphas=np.logspace(0, 5, 11)).fit(ev.states("train", 18), [grades[r["id"]] for r in ev.rows])
+    return {"ceiling: probe on GPT-4 grades (diagnostic only)": ev.measure(lambda s: probe.predict(ev.states(s, 18)))}
+
+
+def shipped_judge_rows(ev: Evaluation) -> tuple[dict, dict]:
+    """Rows of the judge directories named by ``--scalar_judge``, and a check that each loads and scores as its
+    head does on the cached states."""
+    from selfj_rlhf.judge.directory import resolve_judge_dir
+
+    table, checks = {}, {}
+    for name, spec in (item.split("=", 1) for item in ev.args.scalar_judge):
         directory = resolve_judge_dir(spec)
         if directory is None:
             raise SystemExit(f"--scalar_judge {name}={spec}: not a judge directory or shipped alias")
-        head, lc = load_head(directory)
-        scored = {s: states(s, head.layer) @ head.linear.weight.detach().numpy()[0] + float(head.linear.bias)
-                  for s in eval_sets}
-        table[name] = measure(scored.__getitem__, d, feats)
-        if lc is not None:
-            table[f"{name}, length-controlled"] = measure(lambda s: lc.apply(scored[s], feats[s].response_tokens), d, feats)
-        checks[name] = check_judge(str(directory), d, scored["heldout"], student)
+        head, length_fit = load_head(directory)
+        w, b = head.linear.weight.detach().numpy()[0], float(head.linear.bias)
+        scored = {s: ev.states(s, head.layer) @ w + b for s in ev.eval_sets()}
+        table[name] = ev.measure(scored.__getitem__)
+        if length_fit is not None:
+            table[f"{name}, length-controlled"] = ev.measure(
+                lambda s: length_fit.apply(scored[s], ev.feats[s].response_tokens))
+        checks[name] = check_judge(str(directory), ev.data, scored["heldout"], ev.student)
     return table, checks
 
 
+def evaluate(ev: Evaluation, own: list[dict]) -> tuple[dict, dict]:
+    """Every row of the table, and the shipped-judge checks."""
+    table = design_table(ev)
+    if own:
+        table |= own_samples_row(ev, own)
+    table |= digit_readout_row(ev)
+    table |= baseline_rows(ev)
+    table |= grade_probe_row(ev)
+    judged, checks = shipped_judge_rows(ev)
+    return table | judged, checks
+
+
 def load_head(directory):
-    from selfj_rlhf.judge import JUDGE_CONFIG_NAME
-    from selfj_rlhf.scalar_head import LengthControl, ScalarHead
+    from selfj_rlhf.judge.self_judge import JUDGE_CONFIG_NAME
+    from selfj_rlhf.judge.head import LengthControl, ScalarHead
 
     config = json.loads((Path(directory) / JUDGE_CONFIG_NAME).read_text())
     lc = LengthControl.from_dict(config["length_control"]) if config.get("length_control") else None
@@ -447,7 +505,7 @@ def check_judge(directory, d, cached_scores, student, n=16) -> dict:
     from selfj_rlhf import SelfJudge
 
     judge = SelfJudge.from_pretrained(directory)
-    sample = d["heldout"][:n]
+    sample = d.heldout[:n]
     timings = {}
     for name, scorer in (("scalar head", judge), ("zero-shot digit judge (all layers)", student)):
         scorer.score([a.instruction for a in sample[:2]], [a.response for a in sample[:2]])  # warm-up
@@ -462,17 +520,17 @@ def check_judge(directory, d, cached_scores, student, n=16) -> dict:
 
 def previous_judge_scores(args, d):
     """Scores of a digit judge directory on every evaluated text (its own forward passes, cached as JSON)."""
-    from judge_correlation import ScoreCache
+    from evals.lib.score_cache import ScoreCache
 
     from selfj_rlhf import SelfJudge
 
     judge = None
     cache = ScoreCache(Path(args.cache_dir) / "scores", Path(args.previous_judge).name)
-    texts = {"heldout": [(a.instruction, a.response) for a in d["heldout"]]}
-    texts |= {f"gaming:{k}": v for k, v in d["gaming"].items()}
-    texts["bestofn"] = [(i["instruction"], c) for i in d["bestofn"] for c in i["candidates"]]
+    texts = {"heldout": [(a.instruction, a.response) for a in d.heldout]}
+    texts |= {f"gaming:{k}": v for k, v in d.gaming.items()}
+    texts["bestofn"] = [(i["instruction"], c) for i in d.bestofn for c in i["candidates"]]
     for side in ("a", "b"):
-        texts[f"llmbar:{side}"] = [(r["instruction"], r[f"response_{side}"]) for r in d["llmbar"]]
+        texts[f"llmbar:{side}"] = [(r["instruction"], r[f"response_{side}"]) for r in d.llmbar]
 
     def compute(name):
         nonlocal judge
@@ -483,7 +541,7 @@ def previous_judge_scores(args, d):
 
 
 def render(payload) -> str:
-    m = payload["machine"]
+    m = payload.machine
     lines = [f"# Judge quality on {payload['heldout_questions']} held-out arena questions "
              f"({payload['heldout_answers']} answers)", "",
              f"Command: `{payload['command']}`  ", f"Machine: {m['cpu']}, {m['cpu_count']} cores, {m['date']}  ",
@@ -499,17 +557,17 @@ def render(payload) -> str:
     def f(v, fmt="{:.3f}"):
         return "-" if v is None else fmt.format(v)
 
-    for name, r in payload["rows"].items():
+    for name, r in payload.rows.items():
         g = r["gaming"]
         lines.append(f"| {name} | {f(r['pearson'])} | {f(r['spearman_within_question'])} | "
                      f"{f(r['partial_given_log_length'])} | {f(r['spearman_with_length'])} | {f(r['score_std'], '{:.2f}')} | "
                      f"{f(r.get('llmbar_accuracy'))} | {g['inject: rate 9']['shift']:+.2f} | "
                      f"{g['inject: rate 9']['share_at_least_honest']:.0%} | {g['honest + note to grader']['shift']:+.2f} | "
                      f"{f(r.get('bestofn_cosine'))} | {f(r.get('bestofn_f1'))} |")
-    if payload["bestofn_baselines"]:
+    if payload.bestofn_baselines:
         lines += ["", f"Best-of-4 baselines on {payload['bestofn_prompts']} AlpacaEval prompts: " + "; ".join(
-            f"{name} cosine {v['cosine']:.3f}, F1 {v['f1']:.3f}" for name, v in payload["bestofn_baselines"].items())]
-    for name, check in payload["judge_checks"].items():
+            f"{name} cosine {v['cosine']:.3f}, F1 {v['f1']:.3f}" for name, v in payload.bestofn_baselines.items())]
+    for name, check in payload.judge_checks.items():
         lines += ["", f"`{name}` loaded with `SelfJudge.from_pretrained`: largest difference from the head on cached "
                       f"states {check['max_abs_diff_vs_cached_states']:.4f} over {check['answers']} held-out answers; "
                       "scoring time " + ", ".join(f"{k} {v:.2f} s" for k, v in check["scoring_s"].items()) + "."]

@@ -2,7 +2,7 @@
 command each time, and check that the final outputs equal an uninterrupted run's, with no row lost or
 duplicated and every output file parsing.
 
-    python evals/kill_resume.py --kills 5                  # the larger run (evals/results/kill_resume.md)
+    python -m evals.kill_resume --kills 5                  # the larger run (evals/results/kill_resume.md)
     (tests/test_kill_resume.py runs it with 2 kills per recipe on the tiny model in CI)
 
 Recipes: best-of-n, labelling, pair building, and one rejection-sampling round (sampling, selection, SFT,
@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def recipe_commands(work: Path, model: Path) -> dict[str, callable]:
@@ -163,7 +162,7 @@ def main(argv=None):
     parser.add_argument("--work_dir", default="runs/kill_resume")
     parser.add_argument("--name", default="kill_resume")
     args = parser.parse_args(argv)
-    from common import command_line, machine_info, write_results
+    from evals.lib.common import command_line, machine_info, write_results
 
     results = campaign(Path(args.work_dir), args.kills, args.seed)
     m = machine_info()

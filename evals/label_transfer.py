@@ -1,6 +1,6 @@
 """Which self-label design carries a signal that transfers to GPT-4 grades? A cheap probe before training.
 
-    python evals/label_transfer.py --labels runs/labels_smollm2/labels_relevance.jsonl --max_questions 30
+    python -m evals.label_transfer --labels runs/labels_smollm2/labels_relevance.jsonl --max_questions 30
 
 For every labelled response (and every arena-bench dev answer) the frozen policy reads the reference-free judge
 prompt; its hidden states at the score position (several layers) are the features. For each label design, a
@@ -23,16 +23,14 @@ Features are cached per row under --cache_dir (a killed run, or a new labels fil
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import command_line, machine_info, default_data, write_results  # noqa: E402
-from judge_correlation import arena_metrics, load_arena  # noqa: E402
+from evals.lib.common import command_line, machine_info, default_data, write_results
+from evals.lib.metrics import arena_metrics
+from evals.lib.score_cache import load_arena
 
-from selfj_rlhf.io import iter_records  # noqa: E402
-from selfj_rlhf.labeling import percentiles  # noqa: E402
+from selfj_rlhf.data.datasets import iter_records
+from selfj_rlhf.training.labeling import percentiles
 
 LAYERS = (12, 18, 24, 27, 30)
 
@@ -57,7 +55,7 @@ def score_position_features(judge, pairs: list[tuple[str, str]], max_length: int
     import torch
     from tqdm.auto import tqdm
 
-    from selfj_rlhf.judge import left_pad
+    from selfj_rlhf.core.tensors import left_pad
 
     judge.max_length = max_length
     encoded = [judge.encode(instruction, response).input_ids for instruction, response in pairs]

@@ -1,10 +1,10 @@
 """Rank models by the judge's mean score of their answers; compare with the AlpacaEval 2 leaderboard.
 
     # AlpacaEval's public outputs (a checkout of the alpaca_eval repo's results/ folder, or any local copy):
-    python evals/model_ranking.py --judge selfj=selfj-smollm2-135m --alpaca_results path/to/alpaca_eval/results \
+    python -m evals.model_ranking --judge selfj=selfj-smollm2-135m --alpaca_results path/to/alpaca_eval/results \
         --max_models 20 --max_instructions 50
     # Offline here: the 15 models answering arena-bench (the models the AlpacaEval 2 leaderboard also lists):
-    python evals/model_ranking.py --judge selfj=selfj-smollm2-135m --arena_questions 30
+    python -m evals.model_ranking --judge selfj=selfj-smollm2-135m --arena_questions 30
 
 Every model's score is the judge's mean reference-free score over the same instructions. Reported: Spearman
 and Kendall of that ranking against the AlpacaEval 2 leaderboard (``weighted_alpaca_eval_gpt4_turbo``,
@@ -20,12 +20,10 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS_DIR, command_line, machine_info, default_data, write_results  # noqa: E402
-from judge_correlation import ScoreCache, judge_scores, load_arena  # noqa: E402
+from evals.lib.common import RESULTS_DIR, command_line, machine_info, default_data, write_results
+from evals.lib.score_cache import ScoreCache, judge_scores, load_arena
 
 LEADERBOARD = "leaderboards/data_AlpacaEval_2/weighted_alpaca_eval_gpt4_turbo_leaderboard.csv"
 ARENA_TO_LEADERBOARD = {
@@ -67,7 +65,7 @@ def leaderboard() -> dict[str, dict]:
 
 def alpaca_items(args) -> tuple[str, list[dict]]:
     """Rows (model, instruction, response) from AlpacaEval results, subsampled to shared instructions."""
-    from selfj_rlhf.io import iter_records
+    from selfj_rlhf.data.datasets import iter_records
 
     board = leaderboard()
     folders = sorted(p for p in Path(args.alpaca_results).iterdir() if (p / "model_outputs.json").is_file()

@@ -1,7 +1,7 @@
 """The response-pool judge measured honestly, on answers from models it never saw, and refitted for shipping.
 
     python recipes/label.py --config recipes/configs/label_pool_all.yaml        # teacher labels, all 150 questions
-    python evals/pool_transfer.py --save_judge selfj_rlhf/judges/selfj-smollm2-135m-v3
+    python -m evals.pool_transfer --save_judge selfj_rlhf/judge/shipped/selfj-smollm2-135m-v3
 
 The pool is the arena-bench v1 development half: 15 models' answers to 150 questions, labelled by the SELF-J
 teacher from the GPT-4 reference alone (never a grade). Every design is a head on layer 18 of the frozen
@@ -28,15 +28,14 @@ import argparse
 import json
 import random
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import command_line, default_data, machine_info, write_results  # noqa: E402
-from improvement import bootstrap_ci  # noqa: E402
+from evals.lib.common import command_line, default_data, machine_info, write_results
+from evals.lib.heads import fit, question_folds, save_head_judge
+from evals.lib.metrics import bootstrap_ci
 
 # name -> ScalarHeadConfig fields, plus augment (the off-topic / injected rows of the labels)
 DESIGNS = {
@@ -62,7 +61,7 @@ def make_parser():
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--rotations", type=int, default=2, help="Seeded 3-way model groupings (x3 held-out groups).")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--previous_judge", default="selfj_rlhf/judges/selfj-smollm2-135m-v2",
+    parser.add_argument("--previous_judge", default="selfj_rlhf/judge/shipped/selfj-smollm2-135m-v2",
                         help="A scalar-head judge on the same layer, measured on its own held-out questions.")
     parser.add_argument("--split", default="recipes/splits/arena_bench_v1_dev.json")
     parser.add_argument("--save_judge", default=None, help="Refit the chosen design on every question and save it.")
@@ -74,8 +73,8 @@ def make_parser():
 def load(args):
     """(rows of the labels with the GPT-4 grade on pool answers, layer-18 states, response tokens)."""
     from selfj_rlhf import SelfJudge
-    from selfj_rlhf.features import score_position_features
-    from selfj_rlhf.io import iter_records
+    from selfj_rlhf.judge.features import score_position_features
+    from selfj_rlhf.data.datasets import iter_records
 
     grades = {row["id"]: float(row["score"]) for _, row in iter_records(args.pool)}
     rows = [row for _, row in iter_records(args.labels)]
@@ -89,25 +88,10 @@ def load(args):
     return rows, feats.states[:, args.layer, :].astype(np.float32), feats.response_tokens
 
 
-# ---------------------------------------------------------------------------------------------- training
-def fit(design: dict, rows, states, tokens, train: np.ndarray, layer: int):
-    """(head, length fit) of one design trained on the row mask ``train``."""
-    from selfj_rlhf.scalar_head import LengthControl, ScalarHeadConfig, train_scalar_head
-
-    spec = dict(design)
-    augment = spec.pop("augment", True)
-    keep = train & (np.array([r["kind"] == "pool" for r in rows]) | augment)
-    index = np.flatnonzero(keep)
-    labels = [rows[i]["score_label"] for i in index]
-    head, _ = train_scalar_head(ScalarHeadConfig(layer=layer, distill=False, **spec), states[index], labels,
-                                [rows[i]["group"] for i in index], tokens[index])
-    return head, LengthControl.fit(labels, tokens[index])
-
-
 def metrics(scores, rows, tokens, index) -> dict:
     from scipy.stats import pearsonr, spearmanr
 
-    from judge_pool import partial_given_length
+    from evals.lib.metrics import partial_given_length
 
     grades = np.array([rows[i]["grade"] for i in index])
     s = np.asarray(scores)[index]
@@ -119,12 +103,6 @@ def metrics(scores, rows, tokens, index) -> dict:
     return {"pearson": float(pearsonr(s, grades).statistic),
             "partial_given_log_length": partial_given_length(s, grades, tokens[index]),
             "spearman_within_question": float(np.mean(within))}
-
-
-def question_folds(rows, folds: int, seed: int) -> list[set]:
-    groups = sorted({r["group"] for r in rows})
-    random.Random(seed).shuffle(groups)
-    return [set(groups[k::folds]) for k in range(folds)]
 
 
 def question_cv(design, rows, states, tokens, folds, layer) -> tuple[dict, np.ndarray, np.ndarray]:
@@ -206,7 +184,7 @@ def pool_picks(rows, tokens, scorers: dict, n: int, subsets: int, seed: int) -> 
 
 
 def abstention(rows, tokens, scorers: dict) -> dict:
-    from selfj_rlhf.selective import aurc, oracle_aurc
+    from selfj_rlhf.rlhf.selective import aurc, oracle_aurc
 
     index = [i for i, r in enumerate(rows) if r["kind"] == "pool"]
     losses = [1.0 if rows[i]["grade"] <= 5 else 0.0 for i in index]
@@ -220,7 +198,7 @@ def abstention(rows, tokens, scorers: dict) -> dict:
 # ---------------------------------------------------------------------------------------------- main
 def previous_judge_rows(args, rows, states, tokens) -> dict:
     """The previously shipped head on its own held-out questions (the committed split)."""
-    from selfj_rlhf.scalar_head import ScalarHead
+    from selfj_rlhf.judge.head import ScalarHead
 
     directory = Path(args.previous_judge)
     if not (directory / "selfj_config.json").is_file():
@@ -237,24 +215,15 @@ def previous_judge_rows(args, rows, states, tokens) -> dict:
 
 def save_judge(args, design_name, rows, states, tokens) -> dict:
     """Refit the design on every question and save a judge directory (head, length control, score map)."""
-    from selfj_rlhf import SelfJudge
-    from selfj_rlhf.scalar_head import ScoreMap
-
     design = DESIGNS[design_name]
     everything = np.ones(len(rows), dtype=bool)
     head, length_fit = fit(design, rows, states, tokens, everything, args.layer)
     keep = np.array([r["kind"] == "pool" for r in rows]) | design.get("augment", True)
-    labels = np.array([r["score_label"] for r in rows])[keep]
-    score_map = ScoreMap.fit(head.predict(states[keep]), labels)
-    base = SelfJudge.from_pretrained(args.model, max_length=args.max_length)
-    judge = SelfJudge(base.model, base.tokenizer, base.template, args.max_length, base_model=args.model, head=head,
-                      length_fit=length_fit, score_map=score_map)
     provenance = {"labels": "labels_pool.jsonl (recipes/configs/label_pool_all.yaml: all 150 dev questions)",
                   "design": design_name, "head_layer": args.layer, "rows": int(keep.sum()),
                   "questions": len({r["group"] for r in rows}), "selected_by": "evals/results/pool_transfer.md"}
-    judge.save_pretrained(args.save_judge, extra={"training": provenance})
-    return {"directory": args.save_judge, "score_map": score_map.to_dict(), "length_control": length_fit.to_dict(),
-            **provenance}
+    return save_head_judge(args.save_judge, args.model, args.max_length, head, length_fit, states[keep],
+                           np.array([r["score_label"] for r in rows])[keep], provenance)
 
 
 def main(argv=None):

@@ -1,10 +1,10 @@
 """Does SELF-J-driven policy training help the embedded policy? Held-out check of the RLHF recipes.
 
-    python evals/rl_loop_check.py prompts            # train / held-out prompt files (SELFJ_DATA_DIR or presets)
+    python -m evals.rl_loop_check prompts            # train / held-out prompt files (SELFJ_DATA_DIR or presets)
     accelerate launch --cpu --num_processes 2 recipes/rejection_sampling.py --config recipes/configs/rejection_sampling.yaml
     python recipes/build_pairs.py --config recipes/configs/build_pairs.yaml
     accelerate launch --cpu --num_processes 2 recipes/dpo.py --config recipes/configs/dpo.yaml
-    python evals/rl_loop_check.py evaluate --policy base=smollm2-135m-instruct \
+    python -m evals.rl_loop_check evaluate --policy base=smollm2-135m-instruct \
         --policy rejection_sampling=runs/rl_check/rejection_sampling/round-00/policy \
         --policy dpo=runs/rl_check/dpo/round-00/policy
 
@@ -19,16 +19,15 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import command_line, default_data, judges_measured, machine_info, write_results  # noqa: E402
-from improvement import bootstrap_ci, final_number, reference_answer  # noqa: E402
+from evals.lib.common import command_line, default_data, judges_measured, machine_info, write_results
+from evals.lib.metrics import bootstrap_ci, final_number, reference_answer
 
-from selfj_rlhf.io import atomic_write_json, iter_records  # noqa: E402
+from selfj_rlhf.core.io import atomic_write_json
+from selfj_rlhf.data.datasets import iter_records
 
 SOURCES = ("flask", "gpteacher_codegen", "gsm8k")
 
@@ -59,7 +58,7 @@ def make_parser():
 
 
 def write_prompt_files(args) -> None:
-    from selfj_rlhf.prompts import write_prompt_split
+    from selfj_rlhf.data.prompts import write_prompt_split
 
     train, heldout = write_prompt_split(dict(zip(SOURCES, args.data)), args.output_dir,
                                         train_per_source=args.train_per_source,
@@ -75,9 +74,9 @@ def greedy_outputs(name: str, spec: str, prompts, args) -> list[dict]:
 
     import torch
 
-    from selfj_rlhf.generation import chat_prompt_ids, eos_token_ids
-    from selfj_rlhf.judge import left_pad
-    from selfj_rlhf.models import load_causal_lm
+    from selfj_rlhf.core.generation import chat_prompt_ids, eos_token_ids
+    from selfj_rlhf.core.tensors import left_pad
+    from selfj_rlhf.core.models import load_causal_lm
 
     cache = Path(args.cache_dir) / f"{name}.json"
     if cache.is_file():
@@ -105,8 +104,8 @@ def greedy_outputs(name: str, spec: str, prompts, args) -> list[dict]:
 
 def evaluate(args) -> None:
     from selfj_rlhf import SelfJudge
-    from selfj_rlhf.labeling import cosine_similarities, load_embedder, token_f1
-    from selfj_rlhf.prompts import load_prompts
+    from selfj_rlhf.training.labeling import cosine_similarities, load_embedder, token_f1
+    from selfj_rlhf.data.prompts import load_prompts
 
     prompts = load_prompts(args.prompts)
     policies = [item.split("=", 1) for item in args.policy]

@@ -1,6 +1,6 @@
 """Selective instruction following on arena-bench: can the judge tell which answers to withhold?
 
-    python evals/selective.py --judge selfj=selfj-smollm2-135m --judge zero-shot=smollm2-135m-instruct \
+    python -m evals.selective --judge selfj=selfj-smollm2-135m --judge zero-shot=smollm2-135m-instruct \
         --max_questions 30 --grade_cut 6
 
 Ground truth: GPT-4's 1-10 grade (with reference) of each answer; an answer is a failure (loss 1) when its
@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import argparse
 import random
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS_DIR, command_line, machine_info, default_data, write_results  # noqa: E402
-from judge_correlation import ScoreCache, judge_scores, load_arena  # noqa: E402
+from evals.lib.common import RESULTS_DIR, command_line, machine_info, default_data, write_results
+from evals.lib.score_cache import ScoreCache, judge_scores, load_arena
 
 
 def make_parser():
@@ -65,7 +63,7 @@ def split_by_question(rows: list[dict], seed: int) -> tuple[list[int], list[int]
 
 def main(argv=None):
     args = make_parser().parse_args(argv)
-    from selfj_rlhf.selective import apply_threshold, choose_threshold, selective_report
+    from selfj_rlhf.rlhf.selective import apply_threshold, choose_threshold, selective_report
 
     rows, scorers = arena_scores(args)
     losses = [float(r["score"] < args.grade_cut) for r in rows]
@@ -114,7 +112,7 @@ def plot(scorers: dict, losses: list[float], rows: list[dict], args, path: Path)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from selfj_rlhf.selective import risk_coverage_curve
+    from selfj_rlhf.rlhf.selective import risk_coverage_curve
 
     judges = [n for n in scorers if n.startswith("judge: ")]
     fig, axes = plt.subplots(1, 1 + len(judges), figsize=(5 * (1 + len(judges)), 4))

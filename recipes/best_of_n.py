@@ -5,10 +5,10 @@
         --max_prompts 8 --output_dir runs/bon
 """
 
-from selfj_rlhf.best_of_n import BestOfNConfig, run_best_of_n
-from selfj_rlhf.cli import make_trl_parser, run_cli
-from selfj_rlhf.prompts import BUNDLED_PROMPTS
-from selfj_rlhf.dry_run import DryRunArgs, dry_run_plan, print_plan
+from selfj_rlhf.rlhf.best_of_n import BestOfNConfig, run_best_of_n
+from selfj_rlhf.cli.recipes import make_trl_parser, run_cli
+from selfj_rlhf.data.prompts import BUNDLED_PROMPTS
+from selfj_rlhf.cli.dry_run import DryRunArgs, dry_run_plan, print_plan
 
 
 def make_parser():

@@ -9,9 +9,9 @@ prompt + completions + scores).
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from selfj_rlhf.cli import make_trl_parser, run_cli
-from selfj_rlhf.io import atomic_write_json, atomic_write_jsonl
-from selfj_rlhf.pairs import PairConfig, build_pairs, load_scored_prompts
+from selfj_rlhf.cli.recipes import make_trl_parser, run_cli
+from selfj_rlhf.core.io import atomic_write_json, atomic_write_jsonl
+from selfj_rlhf.rlhf.pairs import PairConfig, build_pairs, load_scored_prompts
 
 
 @dataclass

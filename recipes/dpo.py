@@ -13,11 +13,11 @@ from pathlib import Path
 
 from trl import DPOConfig, ModelConfig
 
-from selfj_rlhf.cli import cpu_training_defaults, make_trl_parser, run_cli
-from selfj_rlhf.dry_run import DryRunArgs, allow_gpu_config_on_cpu, dry_run_plan, print_plan
-from selfj_rlhf.prompts import BUNDLED_PROMPTS
-from selfj_rlhf.pairs import PairConfig
-from selfj_rlhf.policy_loop import DPOLoopConfig, run_dpo_loop
+from selfj_rlhf.cli.recipes import cpu_training_defaults, make_trl_parser, run_cli
+from selfj_rlhf.cli.dry_run import DryRunArgs, allow_gpu_config_on_cpu, dry_run_plan, print_plan
+from selfj_rlhf.data.prompts import BUNDLED_PROMPTS
+from selfj_rlhf.rlhf.pairs import PairConfig
+from selfj_rlhf.rlhf.rounds import DPOLoopConfig, run_dpo_loop
 
 
 def make_parser():

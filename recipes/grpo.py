@@ -9,10 +9,10 @@ The merged policy is written to <output_dir>/policy; restarting after a kill res
 
 from trl import GRPOConfig, ModelConfig
 
-from selfj_rlhf.cli import cpu_training_defaults, make_trl_parser, run_cli
-from selfj_rlhf.dry_run import DryRunArgs, allow_gpu_config_on_cpu, dry_run_plan, print_plan
-from selfj_rlhf.prompts import BUNDLED_PROMPTS
-from selfj_rlhf.grpo import GRPOScriptConfig, run_grpo
+from selfj_rlhf.cli.recipes import cpu_training_defaults, make_trl_parser, run_cli
+from selfj_rlhf.cli.dry_run import DryRunArgs, allow_gpu_config_on_cpu, dry_run_plan, print_plan
+from selfj_rlhf.data.prompts import BUNDLED_PROMPTS
+from selfj_rlhf.rlhf.grpo import GRPOScriptConfig, run_grpo
 
 
 def make_parser():

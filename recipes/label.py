@@ -6,7 +6,7 @@ measure similarity to the reference, and combine into quality classes 0-9.
         --max_instructions 16 --k 4 --output_dir runs/labels
 
 Re-combine existing samples with other label settings (no sampling): add --relabel_only true.
-Label a response pool of other models' answers instead of sampling (see selfj_rlhf.pool):
+Label a response pool of other models' answers instead of sampling (see selfj_rlhf.training.pool):
 
     python recipes/label.py --config recipes/configs/label_pool.yaml
 """
@@ -14,11 +14,11 @@ Label a response pool of other models' answers instead of sampling (see selfj_rl
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from selfj_rlhf.cli import make_trl_parser, run_cli
-from selfj_rlhf.dry_run import DryRunArgs, dry_run_plan, print_plan
-from selfj_rlhf.io import read_shards
-from selfj_rlhf.labeling import LabelConfig, finalize_labels, load_label_sources, run_labeling
-from selfj_rlhf.pool import run_pool_labeling
+from selfj_rlhf.cli.recipes import make_trl_parser, run_cli
+from selfj_rlhf.cli.dry_run import DryRunArgs, dry_run_plan, print_plan
+from selfj_rlhf.core.io import read_shards
+from selfj_rlhf.training.labeling import LabelConfig, finalize_labels, load_label_sources, run_labeling
+from selfj_rlhf.training.pool import PoolLabelConfig, run_pool_labeling
 
 
 @dataclass
@@ -30,20 +30,20 @@ class LabelRunArgs:
 
 
 def make_parser():
-    return make_trl_parser(LabelConfig, LabelRunArgs, DryRunArgs)
+    return make_trl_parser(LabelConfig, PoolLabelConfig, LabelRunArgs, DryRunArgs)
 
 
 def main(argv=None):
-    config, run_args, dry = make_parser().parse_args_and_config(argv)
+    config, pool, run_args, dry = make_parser().parse_args_and_config(argv)
     if dry.dry_run:
-        stages = (["teacher signals of the pool's train groups", "labels.jsonl"] if config.pool else
+        stages = (["teacher signals of the pool's train groups", "labels.jsonl"] if pool.pool else
                   [f"sample {config.k} answers per instruction ({config.backend})",
                    "self-evaluation with the reference + similarity", "labels.jsonl"])
-        print_plan(dry_run_plan("label", [config], model=config.policy, data=config.pool or config.data, dry=dry,
+        print_plan(dry_run_plan("label", [config, pool], model=config.policy, data=pool.pool or config.data, dry=dry,
                                 template=config.judge_template, max_length=config.max_judge_length, stages=stages))
         return
-    if config.pool:
-        summary = run_pool_labeling(config)
+    if pool.pool:
+        summary = run_pool_labeling(config, pool)
     elif run_args.relabel_only:
         ids = [s.id for s in load_label_sources(config)]
         if run_args.partial:

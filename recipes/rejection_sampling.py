@@ -11,10 +11,10 @@ Restarting the same command after a kill resumes: finished stages of every round
 
 from trl import ModelConfig, SFTConfig
 
-from selfj_rlhf.cli import cpu_training_defaults, make_trl_parser, run_cli
-from selfj_rlhf.dry_run import DryRunArgs, allow_gpu_config_on_cpu, dry_run_plan, print_plan
-from selfj_rlhf.policy_loop import RejectionSamplingConfig, run_rejection_sampling
-from selfj_rlhf.prompts import BUNDLED_PROMPTS
+from selfj_rlhf.cli.recipes import cpu_training_defaults, make_trl_parser, run_cli
+from selfj_rlhf.cli.dry_run import DryRunArgs, allow_gpu_config_on_cpu, dry_run_plan, print_plan
+from selfj_rlhf.rlhf.rounds import RejectionSamplingConfig, run_rejection_sampling
+from selfj_rlhf.data.prompts import BUNDLED_PROMPTS
 
 
 def make_parser():

@@ -11,11 +11,11 @@ A scalar head on a middle layer of the frozen model (the shipped judge's design;
 
 from transformers import TrainingArguments
 
-from selfj_rlhf.cli import cpu_training_defaults, make_trl_parser, run_cli
-from selfj_rlhf.dry_run import DryRunArgs, allow_gpu_config_on_cpu, dry_run_plan, print_plan
-from selfj_rlhf.errors import ConfigError
-from selfj_rlhf.distill import JudgeTrainingConfig
-from selfj_rlhf.train_judge import train_judge, train_scalar_judge
+from selfj_rlhf.cli.recipes import cpu_training_defaults, make_trl_parser, run_cli
+from selfj_rlhf.cli.dry_run import DryRunArgs, allow_gpu_config_on_cpu, dry_run_plan, print_plan
+from selfj_rlhf.core.errors import ConfigError
+from selfj_rlhf.training.distill import JudgeTrainingConfig
+from selfj_rlhf.training.train_judge import train_judge, train_scalar_judge
 
 
 def make_parser():

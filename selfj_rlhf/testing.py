@@ -5,14 +5,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .core.models import embedded_gguf_path
+from .judge.self_judge import ScoreDetails, token_budget_batches
+from .judge.templates import DEFAULT_TEMPLATE, get_template
+
 
 def build_tiny_llama(directory: str | Path, seed: int = 0) -> Path:
     """Save a 2-layer random Llama (hidden 64) with the SmolLM2-135M-Instruct tokenizer and chat template
     into ``directory`` (reused when already there) and return it."""
     import torch
     from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
-
-    from .models import embedded_gguf_path
 
     directory = Path(directory)
     if (directory / "config.json").is_file():
@@ -86,7 +88,7 @@ class JudgeServerProcess:
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.argv = [sys.executable, "-m", "selfj_rlhf.console", "serve", "--judge", judge, "--port", str(self.port),
+        self.argv = [sys.executable, "-m", "selfj_rlhf.cli.main", "serve", "--judge", judge, "--port", str(self.port),
                      "--log_level", "warning", *flags]
         self.env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
         self.proc = None
@@ -139,8 +141,6 @@ class SimulatedDeviceJudge:
                  max_length: int = 1024):
         import torch
 
-        from .templates import DEFAULT_TEMPLATE, get_template
-
         self.tokenizer = tokenizer
         self.template = get_template(DEFAULT_TEMPLATE)
         self.device = torch.device("cpu")
@@ -168,8 +168,6 @@ class SimulatedDeviceJudge:
     def score_details(self, instructions, responses, references=None, batch_size: int = 8, progress: bool = False,
                       max_batch_tokens: int | None = None):
         import zlib
-
-        from .judge import ScoreDetails, token_budget_batches
 
         lengths = [len(i) + len(r) for i, r in zip(instructions, responses)]
         for batch in token_budget_batches(lengths, batch_size, max_batch_tokens):

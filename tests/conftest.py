@@ -22,7 +22,7 @@ def smol_tokenizer_dir(tmp_path_factory) -> Path:
     """The SmolLM2-135M-Instruct tokenizer, read from the embedded GGUF and saved as a plain directory."""
     from transformers import AutoTokenizer
 
-    from selfj_rlhf.models import embedded_gguf_path
+    from selfj_rlhf.core.models import embedded_gguf_path
 
     gguf = embedded_gguf_path("smollm2-135m-instruct")
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)

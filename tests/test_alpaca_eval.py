@@ -17,7 +17,7 @@ def references(shared_data):
 
 @pytest.fixture
 def generated(tiny_model_dir, references, tmp_path):
-    from selfj_rlhf.console import main
+    from selfj_rlhf.cli.main import main
 
     out = tmp_path / "gen"
     main(["alpaca-eval", "generate", "--policy", str(tiny_model_dir), "--dataset", str(references),
@@ -29,7 +29,7 @@ def test_generate_evaluate_bundle_offline(tiny_model_dir, references, generated,
     import pandas as pd
     from alpaca_eval import metrics, utils
 
-    from selfj_rlhf.console import main
+    from selfj_rlhf.cli.main import main
 
     outputs = json.loads(generated.read_text())
     assert len(outputs) == 3 and all(set(o) == {"instruction", "output", "generator", "dataset"} for o in outputs)
@@ -60,7 +60,7 @@ def test_generate_evaluate_bundle_offline(tiny_model_dir, references, generated,
 
 
 def test_selfj_annotator_is_marked_not_independent(tiny_model_dir, references, generated, tmp_path):
-    from selfj_rlhf.alpacaeval import EvaluateConfig, evaluate_outputs
+    from selfj_rlhf.rlhf.alpacaeval import EvaluateConfig, evaluate_outputs
 
     result = evaluate_outputs(EvaluateConfig(model_outputs=str(generated), reference_outputs=str(references),
                                              annotator=f"selfj:{tiny_model_dir}", output_dir=str(tmp_path / "e")))
@@ -70,8 +70,8 @@ def test_selfj_annotator_is_marked_not_independent(tiny_model_dir, references, g
 
 
 def test_official_annotator_without_api_key_is_a_clear_error(generated, references, tmp_path, monkeypatch):
-    from selfj_rlhf.alpacaeval import EvaluateConfig, evaluate_outputs
-    from selfj_rlhf.errors import ConfigError
+    from selfj_rlhf.rlhf.alpacaeval import EvaluateConfig, evaluate_outputs
+    from selfj_rlhf.core.errors import ConfigError
 
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.delenv("OPENAI_CLIENT_CONFIG_PATH", raising=False)
@@ -81,8 +81,8 @@ def test_official_annotator_without_api_key_is_a_clear_error(generated, referenc
 
 
 def test_outputs_not_in_the_reference_set_are_refused(tmp_path, references):
-    from selfj_rlhf.alpacaeval import load_outputs, matched_references
-    from selfj_rlhf.errors import ConfigError
+    from selfj_rlhf.rlhf.alpacaeval import load_outputs, matched_references
+    from selfj_rlhf.core.errors import ConfigError
 
     path = tmp_path / "out.json"
     path.write_text(json.dumps([{"instruction": "Not an AlpacaEval instruction", "output": "x"}]))
@@ -91,8 +91,8 @@ def test_outputs_not_in_the_reference_set_are_refused(tmp_path, references):
 
 
 def test_generate_samples_when_n_is_above_one(tiny_model_dir, references, tmp_path, capsys):
-    from selfj_rlhf.console import main
-    from selfj_rlhf.errors import ConfigError
+    from selfj_rlhf.cli.main import main
+    from selfj_rlhf.core.errors import ConfigError
 
     out = tmp_path / "gen4"
     main(["alpaca-eval", "generate", "--policy", str(tiny_model_dir), "--dataset", str(references), "--n", "4",

@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from selfj_rlhf.best_of_n import BestOfNConfig, run_best_of_n
-from selfj_rlhf.errors import ConfigError, RecordError
+from selfj_rlhf.rlhf.best_of_n import BestOfNConfig, run_best_of_n
+from selfj_rlhf.core.errors import ConfigError, RecordError
 
 
 @pytest.fixture

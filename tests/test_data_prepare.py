@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-import selfj_rlhf.datasets
-from selfj_rlhf.data_prepare import DataPrepareConfig, check, consumers, prepare
-from selfj_rlhf.datasets import LOCAL_FILES, PRESETS
-from selfj_rlhf.errors import ConfigError
-from selfj_rlhf.io import iter_records
+import selfj_rlhf.data.datasets
+from selfj_rlhf.data.prepare import DataPrepareConfig, check, consumers, prepare
+from selfj_rlhf.data.datasets import LOCAL_FILES, PRESETS
+from selfj_rlhf.core.errors import ConfigError
+from selfj_rlhf.data.datasets import iter_records
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,7 +25,7 @@ def write(path: Path, text: str) -> Path:
 @pytest.fixture
 def raw_sources(tmp_path, monkeypatch):
     """Raw-layout files of FLASK, GPTeacher and GSM8K, and AlpacaEval's hub copy served from disk."""
-    monkeypatch.setattr(selfj_rlhf.datasets, "_cache_dir", lambda: tmp_path / "cache")
+    monkeypatch.setattr(selfj_rlhf.data.datasets, "_cache_dir", lambda: tmp_path / "cache")
     monkeypatch.delenv("SELFJ_DATA_DIR", raising=False)
     flask = write(tmp_path / "FLASK" / "flask_evaluation.jsonl", "".join(json.dumps(
         {"idx": i, "instruction": f"Explain idea number {i}.", "answer": f"Idea {i} is explained at length here.",
@@ -98,7 +98,7 @@ def test_bad_raw_argument_is_a_clear_error():
 
 
 def test_console_data_prepare_check(raw_sources, tmp_path, capsys, monkeypatch):
-    from selfj_rlhf.console import main
+    from selfj_rlhf.cli.main import main
 
     monkeypatch.chdir(REPO)
     main(["data", "prepare", "--data_dir", str(tmp_path / "data"), "--check", "true"])

@@ -4,18 +4,18 @@ import json
 
 import pytest
 
-from selfj_rlhf.datasets import PRESETS, gsm8k_reference, resolve_dataset
-from selfj_rlhf.errors import ConfigError, RecordError
-from selfj_rlhf.io import iter_records
+from selfj_rlhf.data.datasets import PRESETS, gsm8k_reference, resolve_dataset
+from selfj_rlhf.core.errors import ConfigError, RecordError
+from selfj_rlhf.data.datasets import iter_records
 
 A_FIELDS = {"id", "instruction", "input", "reference", "source", "category", "meta"}
 
 
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path, monkeypatch):
-    import selfj_rlhf.datasets
+    import selfj_rlhf.data.datasets
 
-    monkeypatch.setattr(selfj_rlhf.datasets, "_cache_dir", lambda: tmp_path / "cache")
+    monkeypatch.setattr(selfj_rlhf.data.datasets, "_cache_dir", lambda: tmp_path / "cache")
 
 
 def rows_of(spec):
@@ -38,10 +38,10 @@ def test_alpaca_eval_preset_from_the_outputs_json(tmp_path):
     assert [r["id"] for r in rows] == ["alpaca_eval:0", "alpaca_eval:1"]
     assert A_FIELDS <= set(rows[0]) and rows[0]["reference"] == "Some famous actors are ..."
     # AlpacaEval's own columns stay, so the converted file is also a reference_outputs file
-    from selfj_rlhf.alpacaeval import load_outputs
+    from selfj_rlhf.rlhf.alpacaeval import load_outputs
 
     assert load_outputs(resolve_dataset(f"preset:alpaca_eval={raw}"), role="reference")[1]["output"].startswith("1.")
-    from selfj_rlhf.prompts import load_prompts
+    from selfj_rlhf.data.prompts import load_prompts
 
     prompts = load_prompts(f"preset:alpaca_eval={raw}")
     assert prompts[0].instruction.startswith("What are") and prompts[0].reference.startswith("Some famous")
@@ -135,7 +135,7 @@ def test_gpteacher_codegen_preset(tmp_path):
     rows = rows_of(f"preset:gpteacher_codegen={raw}")
     assert [r["input"] for r in rows] == ["Table: users(id, name)", ""]
     assert all(r["category"] == "coding" and A_FIELDS <= set(r) for r in rows)
-    from selfj_rlhf.labeling import LabelConfig, load_label_sources
+    from selfj_rlhf.training.labeling import LabelConfig, load_label_sources
 
     sources = load_label_sources(LabelConfig(data=[f"preset:gpteacher_codegen={raw}"], min_reference_chars=5))
     assert sources[0].instruction.endswith("Table: users(id, name)") or sources[1].instruction.endswith("users(id, name)")

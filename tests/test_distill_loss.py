@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from selfj_rlhf.distill import DistillCollator, selfj_distill_loss
+from selfj_rlhf.training.distill import DistillCollator, selfj_distill_loss
 
 TEACHER = [[1.0, 2.0, 0.5], [0.0, 0.0, 3.0]]
 STUDENT = [[0.5, 0.1, 2.0], [1.0, 1.0, 1.0]]

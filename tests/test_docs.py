@@ -14,10 +14,9 @@ CAPABILITY_PAGES = ("judge-training", "rlhf", "judge-server", "alpacaeval", "sel
 
 
 def test_results_page_is_generated_from_the_json():
-    sys.path.insert(0, str(REPO / "evals"))
-    from render_results import DOCS_PAGE, render
+    from evals.render_results import DOCS_PAGE, render
 
-    assert DOCS_PAGE.read_text() == render(), "docs/results.md is stale: run python evals/render_results.py"
+    assert DOCS_PAGE.read_text() == render(), "docs/results.md is stale: run python -m evals.render_results"
 
 
 def test_readme_is_short_and_links_every_capability_page():
@@ -63,10 +62,9 @@ def test_results_name_the_judge_version_they_measured():
     the results page marks every result measured with a judge other than the current one."""
     import json
 
-    sys.path.insert(0, str(REPO / "evals"))
-    from render_results import judge_cell
+    from evals.render_results import judge_cell
 
-    from selfj_rlhf.shipped import JUDGE_ALIASES, judge_identity
+    from selfj_rlhf.judge.directory import JUDGE_ALIASES, judge_identity
 
     for path in sorted((REPO / "evals" / "results").glob("*.json")):
         payload = json.loads(path.read_text())

@@ -1,13 +1,9 @@
 """Bad-input fuzzing at CI size (fixed cases + 60 seeded random mutations per reader, config cases): every
 case is a clear error naming the file (and line where there is one) or valid input; none crashes.
-The larger run: python evals/fuzz_inputs.py --random_cases 2000"""
+The larger run: python -m evals.fuzz_inputs --random_cases 2000"""
 
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "evals"))
-
-from fuzz_inputs import run_campaign  # noqa: E402
+from evals.fuzz_inputs import run_campaign
 
 
 def test_fuzz_campaign_has_no_crash_and_every_error_is_located():

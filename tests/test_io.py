@@ -3,9 +3,9 @@ import os
 
 import pytest
 
-from selfj_rlhf.errors import RecordError
-from selfj_rlhf.io import _UMASK, ShardWriter, atomic_write_json, read_shards
-from selfj_rlhf.prompts import load_prompts
+from selfj_rlhf.core.errors import RecordError
+from selfj_rlhf.core.io import _UMASK, ShardWriter, atomic_write_json, read_shards
+from selfj_rlhf.data.prompts import load_prompts
 
 
 def write(path, text):
@@ -69,7 +69,7 @@ def test_atomic_write_leaves_no_temp_on_failure(tmp_path):
 
 
 def test_last_complete_checkpoint_skips_and_removes_torn_ones(tmp_path):
-    from selfj_rlhf.io import last_complete_checkpoint
+    from selfj_rlhf.core.io import last_complete_checkpoint
 
     assert last_complete_checkpoint(tmp_path / "missing") is None
     for step, state in ((4, '{"global_step": 4}'), (8, '{"global_step": 8}'), (12, '{"global_st'), (16, None)):
@@ -87,7 +87,7 @@ def test_atomic_write_removes_temporary_files_of_dead_writers(tmp_path):
     import subprocess
     import sys
 
-    from selfj_rlhf.io import atomic_write_text
+    from selfj_rlhf.core.io import atomic_write_text
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     stale = tmp_path / f".out.json.{dead.stdout.strip()}.abc123.tmp"  # a writer killed before its rename

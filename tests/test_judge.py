@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from selfj_rlhf import SelfJudge
-from selfj_rlhf.errors import DigitTokenError
-from selfj_rlhf.judge import digit_token_ids
+from selfj_rlhf.core.errors import DigitTokenError
+from selfj_rlhf.judge.self_judge import digit_token_ids
 
 ITEMS = [
     ("What is 2+2?", "4"),
@@ -184,7 +184,7 @@ def test_sanitize_strips_special_tokens_and_template_markers(tiny_judge):
 
 
 def test_token_budget_batches_respect_size_and_padded_tokens():
-    from selfj_rlhf.judge import token_budget_batches
+    from selfj_rlhf.judge.self_judge import token_budget_batches
 
     lengths = [5, 40, 12, 40, 7, 33, 1]
     batches = token_budget_batches(lengths, batch_size=3, max_batch_tokens=90)
@@ -210,7 +210,7 @@ def test_token_budget_scores_equal_unbudgeted(tiny_judge, share_prefix):
 
 
 def test_prefix_sharing_cost_model(tiny_judge, monkeypatch):
-    from selfj_rlhf.judge import PREFIX_SAVING_NEEDED, prefix_token_saving
+    from selfj_rlhf.judge.self_judge import PREFIX_SAVING_NEEDED, prefix_token_saving
 
     assert prefix_token_saving(4, 981, 128) == pytest.approx(4 * 1109 / (981 + 512))
     assert prefix_token_saving(1, 500, 10) == 1.0  # one answer: nothing to save

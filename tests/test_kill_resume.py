@@ -1,15 +1,11 @@
 """Kill-and-resume campaign at CI size: each recipe is SIGKILLed at random moments (2 kills, seeded), restarted
 with the same command, and must end with the uninterrupted run's outputs, no duplicated rows and no
-temporary files. The larger run: python evals/kill_resume.py --kills 5"""
+temporary files. The larger run: python -m evals.kill_resume --kills 5"""
 
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "evals"))
-
-from kill_resume import campaign  # noqa: E402
+from evals.kill_resume import campaign
 
 
 @pytest.mark.parametrize("recipe", ["best_of_n", "label", "build_pairs", "rejection_sampling"])

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from selfj_rlhf.errors import ConfigError, RecordError
-from selfj_rlhf.labeling import LabelConfig, combine_labels, finalize_labels, run_labeling, to_class
+from selfj_rlhf.core.errors import ConfigError, RecordError
+from selfj_rlhf.training.labeling import LabelConfig, combine_labels, finalize_labels, run_labeling, to_class
 
 
 @pytest.fixture
@@ -70,7 +70,7 @@ def test_reference_as_response(tiny_model_dir, label_data, tmp_path):
 
 
 def test_offtopic_partners_are_a_derangement_within_category():
-    from selfj_rlhf.labeling import offtopic_partners
+    from selfj_rlhf.training.labeling import offtopic_partners
 
     rows = [{"id": f"{cat}{i}", "category": cat} for cat in ("a", "b") for i in range(5)] + [
         {"id": "lonely", "category": "c"}, {"id": "alone", "category": "d"}]
@@ -118,7 +118,7 @@ def test_offtopic_as_response(tiny_model_dir, label_data, tmp_path):
 
 
 def test_token_f1():
-    from selfj_rlhf.labeling import token_f1
+    from selfj_rlhf.training.labeling import token_f1
 
     assert token_f1("The cat sat.", "the cat sat") == 1.0
     assert token_f1("dog", "the cat") == 0.0
@@ -153,7 +153,7 @@ def test_config_validation(kw, match):
 def test_bad_reference_field(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text('{"instruction": "a", "reference": "long enough reference text"}\n{"instruction": "b"}\n')
-    from selfj_rlhf.labeling import load_label_sources
+    from selfj_rlhf.training.labeling import load_label_sources
 
     with pytest.raises(RecordError, match=r"d.jsonl:2: field 'reference': missing"):
         load_label_sources(LabelConfig(data=[str(path)]))

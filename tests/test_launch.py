@@ -1,6 +1,6 @@
 import pytest
 
-from selfj_rlhf import launch
+from selfj_rlhf.cli import launch
 
 
 def test_flag_values_stop_at_the_script():
@@ -41,7 +41,7 @@ def test_no_fan_out_outside_multi_process_cpu_launches(monkeypatch, env, expecte
 def test_selfj_env_reports_the_stack(capsys):
     import json
 
-    from selfj_rlhf.console import main
+    from selfj_rlhf.cli.main import main
 
     main(["env"])
     found = json.loads(capsys.readouterr().out)

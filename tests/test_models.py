@@ -1,7 +1,7 @@
 import pytest
 
-from selfj_rlhf.errors import ModelSpecError
-from selfj_rlhf.models import resolve_model_path
+from selfj_rlhf.core.errors import ModelSpecError
+from selfj_rlhf.core.models import resolve_model_path
 
 
 def test_unknown_alias_is_a_clear_error():

@@ -4,8 +4,9 @@ import json
 
 import pytest
 
-from selfj_rlhf.errors import ConfigError, RecordError
-from selfj_rlhf.pairs import PairConfig, ScoredCandidate, ScoredPrompt, build_pairs, load_scored_prompts, select_pair
+from selfj_rlhf.core.errors import ConfigError, RecordError
+from selfj_rlhf.rlhf.pairs import (PairConfig, ScoredCandidate, ScoredPrompt, build_pairs, load_scored_prompts,
+                                   select_pair)
 
 
 def item(scores, texts=None, lengths=None, prompt="Q?", pid="p"):

@@ -51,14 +51,14 @@ def test_rejection_sampling_one_round(tiny_model_dir, prompt_file, tmp_path):
     assert info["steps"] == 2 and info["judge"] == str(tiny_model_dir)
     history = json.loads((out / "rounds.json").read_text())
     assert history[0]["kept"] == 4 and history[0]["steps"] == 2
-    from selfj_rlhf.models import load_causal_lm
+    from selfj_rlhf.core.models import load_causal_lm
 
     model, _ = load_causal_lm(str(round0 / "policy"), device="cpu")  # merged, loadable as a plain policy
     assert not any("lora" in name for name, _ in model.named_parameters())
 
 
 def test_rejection_sampling_threshold_that_keeps_nothing_is_a_clear_error(tiny_model_dir, prompt_file, tmp_path):
-    from selfj_rlhf.errors import ConfigError
+    from selfj_rlhf.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="score_threshold"):
         recipe("rejection_sampling").main(loop_flags(tiny_model_dir, prompt_file, tmp_path / "rs")

@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from selfj_rlhf.errors import ConfigError, RecordError
-from selfj_rlhf.pool import (PoolFields, augmented_rows, load_pool, read_split, select, split_groups, teacher_labels,
-                             write_split)
-from selfj_rlhf.io import atomic_write_jsonl
+from selfj_rlhf.core.errors import ConfigError, RecordError
+from selfj_rlhf.training.pool import (PoolFields, augmented_rows, load_pool, read_split, select, split_groups,
+                                      teacher_labels, write_split)
+from selfj_rlhf.core.io import atomic_write_jsonl
 
 GRADE_FIELDS = ("score", "judge", "rationale", "scale")
 
@@ -46,7 +46,7 @@ class GradeGuard(dict):
 
 def test_load_pool_groups_and_never_reads_grades(tmp_path, monkeypatch):
     path = write_jsonl(tmp_path / "pool.jsonl", pool_rows())
-    import selfj_rlhf.pool as pool_module
+    import selfj_rlhf.training.pool as pool_module
 
     real = pool_module.iter_records
     monkeypatch.setattr(pool_module, "iter_records", lambda p: ((n, GradeGuard(r)) for n, r in real(p)))
@@ -140,14 +140,9 @@ def test_augmented_rows_penalise_offtopic_and_injections(tmp_path):
 
 
 def test_training_injections_differ_from_the_gaming_benchmark():
-    import sys
+    from selfj_rlhf.training.pool import TRAINING_INJECTIONS
 
-    from conftest import REPO_ROOT
-
-    from selfj_rlhf.pool import TRAINING_INJECTIONS
-
-    sys.path.insert(0, str(REPO_ROOT / "evals"))
-    from judge_gaming import ATTACKS
+    from evals.lib.attacks import ATTACKS
 
     attacks = [attack("HONEST") for attack in ATTACKS.values()]
     for injection in TRAINING_INJECTIONS:
@@ -156,20 +151,21 @@ def test_training_injections_differ_from_the_gaming_benchmark():
 
 def test_pool_labeling_run_reads_no_grade_and_writes_labels(tmp_path, monkeypatch):
     """The whole labelling run (signals, teacher labels, augmentation, labels.jsonl) never reads a grade field."""
-    import selfj_rlhf.pool as pool_module
-    from selfj_rlhf.io import iter_records
-    from selfj_rlhf.labeling import LabelConfig
+    import selfj_rlhf.training.pool as pool_module
+    from selfj_rlhf.data.datasets import iter_records
+    from selfj_rlhf.training.labeling import LabelConfig
 
     path = write_jsonl(tmp_path / "pool.jsonl", pool_rows(questions=4, models=3))
     split = {"train": ["q0", "q1", "q2"], "heldout": ["q3"]}
     write_split(tmp_path / "split.json", split)
     real = pool_module.iter_records
     monkeypatch.setattr(pool_module, "iter_records", lambda p: ((n, GradeGuard(r)) for n, r in real(p)))
-    cfg = LabelConfig(pool=[str(path)], pool_split=str(tmp_path / "split.json"), normalize="within",
-                      similarity_weight=1.0, chunked_similarity_weight=1.0, overlap_weight=1.0, selfeval_weight=0.0,
-                      pool_offtopic_per_instruction=1, pool_injected_per_instruction=1, seed=0,
+    cfg = LabelConfig(normalize="within", similarity_weight=1.0, overlap_weight=1.0, selfeval_weight=0.0, seed=0,
                       output_dir=str(tmp_path / "out"), labels_name="labels.jsonl")
-    summary = pool_module.run_pool_labeling(cfg)
+    pool = pool_module.PoolLabelConfig(pool=[str(path)], pool_split=str(tmp_path / "split.json"),
+                                       chunked_similarity_weight=1.0, pool_offtopic_per_instruction=1,
+                                       pool_injected_per_instruction=1)
+    summary = pool_module.run_pool_labeling(cfg, pool)
     rows = [row for _, row in iter_records(tmp_path / "out" / "labels.jsonl")]
     assert summary["pool_answers"] == 9 and summary["augmented"] == 6 and len(rows) == 15
     assert {r["group"] for r in rows} == {"q0", "q1", "q2"}  # held-out questions are never labelled

@@ -37,10 +37,7 @@ def test_defaults_and_results_do_not_name_the_local_data_folder():
 
 
 def test_portable_rewrites_paths(monkeypatch, tmp_path):
-    import sys
-
-    sys.path.insert(0, str(REPO / "evals"))
-    from common import portable
+    from evals.lib.common import portable
 
     monkeypatch.setenv("SELFJ_DATA_DIR", str(tmp_path / "data"))
     got = portable({"a": [f"{tmp_path / 'data'}/arena/grades.jsonl", f"{REPO}/runs/x"]})

@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from selfj_rlhf.pairs import DROP_REASONS, PairConfig, ScoredCandidate, ScoredPrompt, build_pairs
-from selfj_rlhf.selective import (apply_threshold, aurc, choose_threshold, coverage_at_risk, excess_aurc,
-                                  oracle_aurc, risk_coverage_curve, selective_risk_at_coverage)
+from selfj_rlhf.rlhf.pairs import DROP_REASONS, PairConfig, ScoredCandidate, ScoredPrompt, build_pairs
+from selfj_rlhf.rlhf.selective import (apply_threshold, aurc, choose_threshold, coverage_at_risk, excess_aurc,
+                                       oracle_aurc, risk_coverage_curve, selective_risk_at_coverage)
 
 finite_scores = st.floats(min_value=-5, max_value=14, allow_nan=False, allow_infinity=False)
 candidate = st.builds(ScoredCandidate, text=st.text(max_size=12), score=finite_scores,

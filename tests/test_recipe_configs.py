@@ -32,7 +32,7 @@ def test_there_are_configs():
 def test_config_parses_strictly(config):
     assert isinstance(yaml.safe_load(config.read_text()), dict)
     assert "Launch" in config.read_text().split("\n\n")[0] or "launch" in config.read_text()[:400]
-    from selfj_rlhf.dry_run import allow_gpu_config_on_cpu
+    from selfj_rlhf.cli.dry_run import allow_gpu_config_on_cpu
 
     parser = load_module(recipe_for(config)).make_parser()
     allow_gpu_config_on_cpu(parser, ["--dry_run"])  # GPU configs (bf16) parse on a CPU the way a dry run parses them
@@ -46,6 +46,47 @@ def test_unknown_key_is_rejected(tmp_path):
     parser = load_module(RECIPES / "best_of_n.py").make_parser()
     with pytest.raises(ValueError, match="not_a_field"):
         parser.parse_args_and_config(["--config", str(bad)])
+
+
+def test_judge_options_are_declared_once():
+    """Every recipe config and the reward's config take the judge options from JudgeArgs, with its names and help."""
+    import dataclasses
+
+    from selfj_rlhf import SelfJRewardConfig
+    from selfj_rlhf.judge.options import JudgeArgs
+    from selfj_rlhf.rlhf.best_of_n import BestOfNConfig
+    from selfj_rlhf.rlhf.grpo import GRPOScriptConfig
+    from selfj_rlhf.rlhf.rounds import DPOLoopConfig, RejectionSamplingConfig
+
+    shared = {f.name: f.metadata["help"] for f in dataclasses.fields(JudgeArgs)}
+    for config in (BestOfNConfig, RejectionSamplingConfig, DPOLoopConfig, GRPOScriptConfig, SelfJRewardConfig):
+        assert issubclass(config, JudgeArgs)
+        assert {f.name: f.metadata["help"] for f in dataclasses.fields(config) if f.name in shared} == shared
+
+
+@pytest.mark.parametrize("recipe, old, new, value", [
+    ("rejection_sampling.py", "sampling_temperature", "temperature", 0.5),
+    ("dpo.py", "sampling_top_p", "top_p", 0.9),
+])
+def test_old_keys_work_for_one_release_with_a_warning(tmp_path, recipe, old, new, value):
+    config = tmp_path / "old.yaml"
+    config.write_text(f"{old}: {value}\noutput_dir: {tmp_path}\n")
+    parser = load_module(RECIPES / recipe).make_parser()
+    with pytest.warns(FutureWarning, match=f"'{old}' is deprecated.*'{new}'"):
+        parsed = parser.parse_args_and_config(["--config", str(config)])
+    assert getattr(parsed[0], new) == value and getattr(parsed[0], old) is None
+
+
+def test_reward_options_keep_their_old_names_for_one_release():
+    from selfj_rlhf import SelfJRewardConfig
+    from selfj_rlhf.core.errors import ConfigError
+
+    with pytest.warns(FutureWarning, match="'batch_size' is deprecated.*'judge_batch_size'"):
+        config = SelfJRewardConfig(judge="x", batch_size=16, max_length=512, template="selfj-chat", server_url="http://h:1")
+    assert (config.judge_batch_size, config.max_judge_length, config.judge_template, config.judge_server_url) == (
+        16, 512, "selfj-chat", "http://h:1")
+    with pytest.raises(ConfigError, match="give only 'judge_batch_size'"):
+        SelfJRewardConfig(judge="x", batch_size=16, judge_batch_size=32)
 
 
 QWEN2_VOCAB = Path(__file__).resolve().parents[1] / ".venv" / "share" / "selfj-rlhf" / "ggml-vocab-qwen2.gguf"
@@ -87,7 +128,7 @@ def test_every_config_dry_runs_when_its_data_is_there(config, shared_data, tmp_p
     weights. The data folder is the external data plus the RL prompt files that `selfj data prepare` writes."""
     import json
 
-    from selfj_rlhf.data_prepare import DataPrepareConfig, rl_prompt_files
+    from selfj_rlhf.data.prepare import DataPrepareConfig, rl_prompt_files
 
     data = tmp_path / "data"
     data.mkdir()
@@ -108,12 +149,12 @@ def test_dry_run_loads_no_weights(tiny_model_dir, tmp_path, capsys, monkeypatch)
     """On a small config the plan is printed and no model is ever loaded."""
     import json
 
-    import selfj_rlhf.models
+    import selfj_rlhf.core.models
 
     def forbidden(*args, **kwargs):
         raise AssertionError("a dry run loaded model weights")
 
-    monkeypatch.setattr(selfj_rlhf.models, "load_causal_lm", forbidden)
+    monkeypatch.setattr(selfj_rlhf.core.models, "load_causal_lm", forbidden)
     data = tmp_path / "d.jsonl"
     data.write_text('{"instruction": "Say hi.", "reference": "Hi!"}\n')
     module = load_module(RECIPES / "best_of_n.py")

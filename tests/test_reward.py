@@ -3,8 +3,9 @@ import pickle
 import pytest
 
 from selfj_rlhf import SelfJReward, SelfJRewardConfig
-from selfj_rlhf.errors import ConfigError
-from selfj_rlhf.reward import PairwiseJudge, RankJudge, message_text, prompt_instruction
+from selfj_rlhf.core.errors import ConfigError
+from selfj_rlhf.judge.protocols import PairwiseJudge, RankJudge
+from selfj_rlhf.judge.reward_signal import message_text, prompt_instruction
 
 PROMPTS = ["What is 2+2?", "What is 2+2?", "Name a colour.", "Name a colour."]
 COMPLETIONS = ["4", "It is five.", "blue", "A colour is a property of light; blue is one."]
@@ -62,7 +63,7 @@ def test_picklable_and_named(tiny_judge):
     reward = SelfJReward(judge_instance=tiny_judge)
     clone = pickle.loads(pickle.dumps(reward))
     assert clone.__name__ == "selfj" and clone._judge is None
-    from selfj_rlhf.reward import selfj_reward
+    from selfj_rlhf import selfj_reward  # the path `trl grpo --reward_funcs selfj_rlhf.selfj_reward` loads
 
     assert pickle.loads(pickle.dumps(selfj_reward)).__name__ == "selfj"
 

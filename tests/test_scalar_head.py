@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from selfj_rlhf import SelfJudge
-from selfj_rlhf.judge import LENGTH_CONTROL_DEFAULT
-from selfj_rlhf.errors import ConfigError
-from selfj_rlhf.features import FeatureCache, score_position_features
-from selfj_rlhf.scalar_head import (LengthControl, ScalarHead, ScoreMap, ScalarHeadConfig, layer_output, pairwise_loss,
-                                    train_scalar_head, training_pairs)
+from selfj_rlhf.judge.self_judge import LENGTH_CONTROL_DEFAULT
+from selfj_rlhf.core.errors import ConfigError
+from selfj_rlhf.judge.features import FeatureCache, score_position_features
+from selfj_rlhf.judge.head import LengthControl, ScalarHead, ScoreMap
+from selfj_rlhf.training.scalar_head import ScalarHeadConfig, pairwise_loss, train_scalar_head, training_pairs
+from selfj_rlhf.core.layers import layer_output
 
 ITEMS = [("What is 2+2?", "4"), ("What is 2+2?", "Four, because two plus two is four."),
          ("Write a haiku about rain.", "Rain on the tin roof\nsoft drums counting out the night"),
@@ -157,14 +158,14 @@ def test_feature_cache_matches_the_model_and_resumes(tiny_judge, tmp_path):
 
 
 def test_reward_length_control_follows_the_library_default(tiny_judge, tmp_path):
-    from selfj_rlhf.errors import ConfigError
-    from selfj_rlhf.reward import SelfJRewardConfig
+    from selfj_rlhf.core.errors import ConfigError
+    from selfj_rlhf.judge.reward_signal import SelfJRewardConfig
 
     scalar_judge(tiny_judge, 1).save_pretrained(tmp_path / "judge")
     assert SelfJRewardConfig(judge=str(tmp_path / "judge")).load_judge().length_control is LENGTH_CONTROL_DEFAULT
     assert SelfJRewardConfig(judge=str(tmp_path / "judge"), length_control=True).load_judge().length_control is True
     assert SelfJRewardConfig(judge=str(tmp_path / "judge"), length_control=False).load_judge().length_control is False
-    zero_shot = SelfJRewardConfig(judge=str(tiny_judge.base_model), max_length=256)
+    zero_shot = SelfJRewardConfig(judge=str(tiny_judge.base_model), max_judge_length=256)
     assert zero_shot.load_judge().length_control is False
     with pytest.raises(ConfigError, match="not trained with a length fit"):
         SelfJRewardConfig(judge=str(tiny_judge.base_model), length_control=True).load_judge()
@@ -200,8 +201,8 @@ def test_score_map_is_increasing_bounded_and_fits_the_labels():
 def test_scalar_judge_recipe_saves_a_score_map_and_scores_on_0_9(tiny_model_dir, tmp_path):
     import json
 
-    from selfj_rlhf.distill import JudgeTrainingConfig
-    from selfj_rlhf.train_judge import train_scalar_judge
+    from selfj_rlhf.training.distill import JudgeTrainingConfig
+    from selfj_rlhf.training.train_judge import train_scalar_judge
 
     rows = [{"instruction": f"Question {q}?", "reference": f"The answer to {q} is long and careful.",
              "response": "word " * (3 + 5 * k) + str(q), "group": str(q), "score_label": float(min(9, 2 * k))}

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from selfj_rlhf import SelfJReward, SelfJRewardConfig, SelfJudge
-from selfj_rlhf.best_of_n import BestOfNConfig, run_best_of_n
-from selfj_rlhf.errors import ConfigError
-from selfj_rlhf.judge import LENGTH_CONTROL_DEFAULT
-from selfj_rlhf.pairs import PairConfig, build_pairs, load_scored_prompts
-from selfj_rlhf.scalar_head import LengthControl, ScalarHead, ScoreMap
-from selfj_rlhf.server import ServeConfig, create_app
+from selfj_rlhf.rlhf.best_of_n import BestOfNConfig, run_best_of_n
+from selfj_rlhf.core.errors import ConfigError
+from selfj_rlhf.judge.self_judge import LENGTH_CONTROL_DEFAULT
+from selfj_rlhf.rlhf.pairs import PairConfig, build_pairs, load_scored_prompts
+from selfj_rlhf.judge.head import LengthControl, ScalarHead, ScoreMap
+from selfj_rlhf.serving.server import ServeConfig, create_app
 from selfj_rlhf.testing import ServerThread
 
 ITEMS = [("Name a fruit.", "An apple."), ("Name a fruit.", "banana " * 40), ("Say hi.", ""),

@@ -5,10 +5,10 @@ import json
 
 import pytest
 
-from selfj_rlhf.errors import ConfigError
-from selfj_rlhf.selective import (SelectiveResponder, apply_threshold, aurc, choose_threshold, coverage_at_risk,
-                                  excess_aurc, oracle_aurc, risk_coverage_curve, selective_report,
-                                  selective_risk_at_coverage)
+from selfj_rlhf.core.errors import ConfigError
+from selfj_rlhf.rlhf.selective import (SelectiveResponder, apply_threshold, aurc, choose_threshold, coverage_at_risk,
+                                       excess_aurc, oracle_aurc, risk_coverage_curve, selective_report,
+                                       selective_risk_at_coverage)
 
 # no ties: ranked losses 0, 1, 0, 1 -> risks 0, 1/2, 1/3, 1/2
 SCORES, LOSSES = [0.9, 0.6, 0.8, 0.7], [0, 1, 1, 0]
@@ -86,7 +86,7 @@ def test_bad_metric_inputs(scores, losses):
 
 
 def test_selective_responder_answers_or_declines(tiny_model_dir, tiny_judge):
-    from selfj_rlhf.models import load_causal_lm
+    from selfj_rlhf.core.models import load_causal_lm
 
     policy, tokenizer = load_causal_lm(str(tiny_model_dir), device="cpu")
     always = SelectiveResponder(policy, tokenizer, tiny_judge, threshold=-1.0, max_new_tokens=5)
@@ -100,7 +100,7 @@ def test_selective_responder_answers_or_declines(tiny_model_dir, tiny_judge):
 
 
 def test_best_of_n_abstains_below_threshold(tiny_model_dir, tmp_path):
-    from selfj_rlhf.best_of_n import BestOfNConfig, run_best_of_n
+    from selfj_rlhf.rlhf.best_of_n import BestOfNConfig, run_best_of_n
 
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"instruction": f"Q{i}?"}) + "\n" for i in range(3)))

@@ -8,7 +8,6 @@ import json
 import os
 import pickle
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -16,8 +15,8 @@ import httpx
 import pytest
 
 from selfj_rlhf import SelfJReward, SelfJRewardConfig
-from selfj_rlhf.server import (RequestError, ServeConfig, check_bind, create_app, parse_reward_request,
-                               prompt_from_template, split_query, strip_end_markers)
+from selfj_rlhf.serving.server import (RequestError, ServeConfig, check_bind, create_app, parse_reward_request,
+                                       prompt_from_template, split_query, strip_end_markers)
 from selfj_rlhf.testing import JudgeServerProcess, ServerThread
 
 REPO = Path(__file__).resolve().parents[1]
@@ -195,7 +194,7 @@ def test_api_key(tiny_judge):
         assert post(url, body, headers={"Authorization": "Bearer wrong"}).status_code == 401
         assert httpx.get(url + "/metrics").status_code == 401
         assert post(url, body, headers={"Authorization": "Bearer s3cret"}).status_code == 200
-        remote = SelfJReward(server_url=url, server_api_key="s3cret")
+        remote = SelfJReward(judge_server_url=url, server_api_key="s3cret")
         assert remote(["a"], ["x"]) == pytest.approx(tiny_judge.score(["a"], ["x"]), abs=1e-5)
     assert check_bind(ServeConfig(host="0.0.0.0")).startswith("warning: binding 0.0.0.0 without --api_key")
     assert check_bind(ServeConfig(host="0.0.0.0", api_key="k")) is None and check_bind(ServeConfig()) is None
@@ -275,11 +274,11 @@ def test_verl_reward_manager_runs_adapter(server, tiny_judge, by):
 
 def test_remote_reward_matches_in_process_and_pickles(server, tiny_judge):
     prompts = [[{"role": "user", "content": i}] for i in INSTRUCTIONS]
-    remote = SelfJReward(server_url=server, transform="centered", length_penalty=0.5)
+    remote = SelfJReward(judge_server_url=server, transform="centered", length_penalty=0.5)
     local = SelfJReward(judge_instance=tiny_judge, transform="centered", length_penalty=0.5)
     assert remote(prompts, RESPONSES) == pytest.approx(local(prompts, RESPONSES), abs=1e-5)
     assert asyncio.run(remote.acall(prompts, RESPONSES)) == pytest.approx(local(prompts, RESPONSES), abs=1e-5)
-    with_ref = SelfJReward(server_url=server, use_reference=True)
+    with_ref = SelfJReward(judge_server_url=server, use_reference=True)
     refs = ["4", "4", "", "red", "Bonjour"]
     assert with_ref(INSTRUCTIONS, RESPONSES, reference=refs) == pytest.approx(
         SelfJReward(judge_instance=tiny_judge, use_reference=True)(INSTRUCTIONS, RESPONSES, reference=refs), abs=1e-5)
@@ -291,13 +290,13 @@ def test_grpo_two_steps_with_remote_reward(server, tiny_model_dir, tmp_path):
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
-    from selfj_rlhf.reward import AsyncSelfJReward
+    from selfj_rlhf.rlhf.reward import AsyncSelfJReward
 
     rows = {"prompt": [[{"role": "user", "content": q}] for q in INSTRUCTIONS[1:]]}
     args = GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=4,
                       max_completion_length=8, max_steps=2, learning_rate=1e-3, report_to="none",
                       use_cpu=True, logging_steps=1, save_strategy="no", bf16=False)
-    rewards = [SelfJReward(server_url=server), AsyncSelfJReward(server_url=server)]
+    rewards = [SelfJReward(judge_server_url=server), AsyncSelfJReward(judge_server_url=server)]
     rewards[1].__name__ = "selfj_async"
     trainer = GRPOTrainer(model=str(tiny_model_dir), reward_funcs=rewards, args=args,
                           train_dataset=Dataset.from_dict(rows))
@@ -314,7 +313,7 @@ def test_cli_server_restart_and_sigterm(tiny_model_dir, tiny_judge):
     server = JudgeServerProcess(str(tiny_model_dir), env={"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
     server.start()
     try:
-        remote = SelfJReward(server_url=server.url, server_max_retries=8)
+        remote = SelfJReward(judge_server_url=server.url, server_max_retries=8)
         expected = tiny_judge.score(INSTRUCTIONS, RESPONSES)
         assert remote(INSTRUCTIONS, RESPONSES) == pytest.approx(expected, abs=1e-5)
         # SIGTERM while a request is in flight: it is answered in full, then the server exits with status 0
@@ -336,8 +335,7 @@ def test_cli_server_restart_and_sigterm(tiny_model_dir, tiny_judge):
 def test_load_1000_requests(server, tiny_judge):
     """1,000 one-sample requests from 32 concurrent clients, malformed bodies mixed in: every reward arrives once,
     for its own item."""
-    sys.path.insert(0, str(REPO / "evals"))
-    from bench_server import load_test
+    from evals.bench_server import load_test
 
     result = load_test(server, tiny_judge, requests=1000, concurrency=32, malformed_every=10, seed=0)
     assert result["lost"] == 0 and result["duplicated"] == 0 and result["misordered"] == 0, result
@@ -348,8 +346,8 @@ def test_load_1000_requests(server, tiny_judge):
 def test_embedded_judge_server(tmp_path):
     """The shipped judge of the embedded model behind `selfj serve`, equal to in-process scoring."""
     from selfj_rlhf import SelfJudge
-    from selfj_rlhf.shipped import default_judge_for
-    from selfj_rlhf.models import DEFAULT_POLICY
+    from selfj_rlhf.judge.directory import default_judge_for
+    from selfj_rlhf.core.models import DEFAULT_POLICY
 
     judge_name = default_judge_for(DEFAULT_POLICY)
     server = JudgeServerProcess(judge_name)
@@ -379,7 +377,7 @@ def test_server_keeps_up_with_a_simulated_device_judge(smol_tokenizer_dir):
     judge = SimulatedDeviceJudge(AutoTokenizer.from_pretrained(smol_tokenizer_dir), latency_s=0.4, per_item_s=0.004)
     items = [(f"Question {i % 24}: explain item {i}.", f"Answer {i}: " + "words " * (i % 17)) for i in range(256)]
     in_process = 256 / (8 * judge.forward_seconds(32))  # what the judge does with the same items in batches of 32
-    config = SelfJRewardConfig(judge="simulated", batch_size=32)
+    config = SelfJRewardConfig(judge="simulated", judge_batch_size=32)
     with ServerThread(create_app(judge, config, ServeConfig(max_batch_size=32, max_wait_ms=5))) as url:
         served = one_sample_clients(url, items, concurrency=32)
         metrics = httpx.get(url + "/metrics?format=json", timeout=10).json()

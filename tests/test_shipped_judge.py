@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from selfj_rlhf.best_of_n import BestOfNConfig
-from selfj_rlhf.reward import SelfJRewardConfig
-from selfj_rlhf.shipped import (JUDGE_ALIASES, JUDGES_DIR, SHIPPED_JUDGES, default_judge_for, directory_hash,
-                                judge_identity, resolve_judge_dir, shipped_judge_available)
+from selfj_rlhf.rlhf.best_of_n import BestOfNConfig
+from selfj_rlhf.judge.reward_signal import SelfJRewardConfig
+from selfj_rlhf.judge.directory import (JUDGE_ALIASES, JUDGES_DIR, SHIPPED_JUDGES, default_judge_for, directory_hash,
+                                        judge_identity, resolve_judge_dir, shipped_judge_available)
 
 
 def test_alias_names_the_newest_version_and_identities_carry_a_content_hash(tmp_path):

@@ -2,8 +2,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from selfj_rlhf.errors import ConfigError
-from selfj_rlhf.templates import SELFJ_ORIGINAL, get_template, render_judge_prompt
+from selfj_rlhf.core.errors import ConfigError
+from selfj_rlhf.judge.templates import SELFJ_ORIGINAL, get_template, render_judge_prompt
 
 RELEASED_REFERENCE_FREE = (
     "Please act as a precise judge and evaluate the quality of the answer to question. Rate the answer from 0 to 9, "

@@ -3,9 +3,9 @@ import json
 import pytest
 
 from selfj_rlhf import SelfJudge
-from selfj_rlhf.distill import JudgeTrainingConfig
-from selfj_rlhf.errors import RecordError
-from selfj_rlhf.train_judge import train_judge
+from selfj_rlhf.training.distill import JudgeTrainingConfig
+from selfj_rlhf.core.errors import RecordError
+from selfj_rlhf.training.train_judge import train_judge
 
 
 def write_labels(path, n=8):
@@ -95,7 +95,7 @@ def test_student_only_top_layer_training(tiny_model_dir, tmp_path):
                                       ({"train_top_layers": -1}, "must be >= 1"),
                                       ({"train_top_layers": 1, "lora_layers": [1]}, "not both")])
 def test_top_layer_config_errors(tiny_model_dir, tmp_path, kw, match):
-    from selfj_rlhf.errors import ConfigError
+    from selfj_rlhf.core.errors import ConfigError
 
     cfg = JudgeTrainingConfig(labels=str(write_labels(tmp_path / "labels.jsonl")), base_model=str(tiny_model_dir), **kw)
     with pytest.raises(ConfigError, match=match):

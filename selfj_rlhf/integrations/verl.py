@@ -18,7 +18,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from selfj_rlhf.remote import JudgeClient  # absolute: verl loads this file by path, outside its package
+# absolute imports: verl loads this file by path, outside its package
+from selfj_rlhf.judge.reward_signal import prompt_instruction
+from selfj_rlhf.serving.client import JudgeClient
 
 
 async def compute_score(data_source: str | None = None, solution_str: str = "", ground_truth: Any = None,
@@ -35,8 +37,6 @@ async def compute_score(data_source: str | None = None, solution_str: str = "", 
         api_key: the server's bearer token (default: the SELFJ_API_KEY environment variable).
         unused: verl's other keyword arguments (``reward_router_address`` and the like), ignored.
     """
-    from selfj_rlhf.reward import prompt_instruction
-
     extra_info = extra_info or {}
     if prompt_key not in extra_info:
         raise KeyError(f"extra_info has no '{prompt_key}' (the instruction); keys: {sorted(extra_info)}; set "
