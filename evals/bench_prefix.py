@@ -14,6 +14,8 @@ the number that matters: the cost model must never make scoring slower.
 from __future__ import annotations
 
 import argparse
+import math
+import time
 
 from evals.lib.timing import interleaved_best_times
 from evals.lib.common import command_line, default_data, judges_measured, machine_info, write_results
@@ -32,7 +34,10 @@ def make_parser():
                         help="PROMPTS:ANSWER_TOKENS, PROMPTS short (< 100 tokens) or long (>= 512 tokens).")
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--max_length", type=int, default=2048, help="Judge prompt cap (the shipped judge's is 1,024).")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5, help="Timed runs of each mode, at least.")
+    parser.add_argument("--min_time_s", type=float, default=30.0,
+                        help="More runs of each mode for a short setting, until they add up to about this many seconds "
+                             "(a best of few runs of one second is noisy).")
     parser.add_argument("--name", default="bench_prefix")
     return parser
 
@@ -80,14 +85,16 @@ def main(argv=None):
                 return judge.score(instructions, responses, batch_size=args.batch_size)
 
             tokens = {}
+            started = time.perf_counter()
             independent = run("never")  # warm-up, token count and equality check
+            repeats = max(args.repeats, min(16, math.ceil(args.min_time_s / (time.perf_counter() - started))))
             tokens["never"] = judge.scored_tokens
             shared = run("always")
             tokens["always"] = judge.scored_tokens
             max_diff = max(abs(a - b) for a, b in zip(independent, shared))
             modes = ("never", "always", "auto")
             times = interleaved_best_times({mode: (lambda m=mode: run(m)) for mode in modes},
-                                           {mode: args.repeats for mode in modes})
+                                           {mode: repeats for mode in modes})
             # the split the judge itself makes: the prefix up to the answer, the rest (answer and prompt tail)
             encoded = [judge.encode(p, a) for p, a in zip(instructions, responses)]
             shared_prefix = sum(e.prefix_length for e in encoded) / len(encoded)
@@ -99,7 +106,7 @@ def main(argv=None):
                          "independent_s": times["never"], "shared_s": times["always"], "auto_s": times["auto"],
                          "speedup": times["never"] / times["always"], "auto_vs_never": times["never"] / times["auto"],
                          "independent_tokens": tokens["never"], "shared_tokens": tokens["always"],
-                         "max_abs_score_diff": max_diff})
+                         "max_abs_score_diff": max_diff, "runs": repeats})
             print(rows[-1], flush=True)
     judge.share_prefix = "auto"
     payload = {"command": command_line(), "machine": machine_info(),
@@ -110,18 +117,19 @@ def main(argv=None):
              f"Command: `{payload['command']}`  ",
              f"Machine: {m['cpu']} ({m['cpu_count']} cores, torch {m['torch']}, {m['torch_threads']} threads, "
              f"GPU: {m['cuda']}), {m['date']}  ",
-             f"Judge `{payload['judges_measured'][0]['name']}`; batch size {args.batch_size}; best of {args.repeats}, "
-             "methods interleaved. Token saving: n(P+A)/(P+nA), the factor by which sharing cuts the tokens run; "
+             f"Judge `{payload['judges_measured'][0]['name']}`; batch size {args.batch_size}; each time is the best of "
+             f"`runs` runs (at least {args.repeats}, more for short settings), the three methods interleaved in "
+             "alternating order. Token saving: n(P+A)/(P+nA), the factor by which sharing cuts the tokens run; "
              "auto: whether the cost model shares. Tokens = tokens run through the model.", "",
              "| prompts | answer cap | n | prefix P | token saving | independent s | shared s | shared speedup | auto shares "
-             "| auto s | auto / never | tokens independent / shared | max score diff |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|---:|"]
+             "| auto s | auto / never | tokens independent / shared | max score diff | runs |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['prompts']} ({r['num_prompts']}) | {r['answer_tokens']} | {r['n']} | "
                      f"{r['mean_prefix_tokens']:.0f} | {r['token_saving']:.2f}x | {r['independent_s']:.2f} | "
                      f"{r['shared_s']:.2f} | {r['speedup']:.2f}x | {'yes' if r['auto_shares'] else 'no'} | "
                      f"{r['auto_s']:.2f} | {r['auto_vs_never']:.2f}x | {r['independent_tokens']} / "
-                     f"{r['shared_tokens']} | {r['max_abs_score_diff']:.1e} |")
+                     f"{r['shared_tokens']} | {r['max_abs_score_diff']:.1e} | {r['runs']} |")
     lines.append("")
     markdown = "\n".join(lines)
     write_results(args.name, payload, markdown)

@@ -25,6 +25,7 @@ from evals.lib.batch_dependence import COMPOSITIONS, compare, scores_by_composit
 from evals.lib.common import command_line, judges_measured, machine_info, write_results
 from selfj_rlhf import SelfJudge
 from selfj_rlhf.core.io import read_shards
+from selfj_rlhf.judge.directory import judge_identity
 
 def make_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -83,8 +84,9 @@ def render(payload: dict) -> str:
 def main(argv=None):
     args = make_parser().parse_args(argv)
     items = load_items(args)
-    judges = {f"zero-shot digit judge ({args.digit_judge})": measure(args.digit_judge, items, args, (False, True)),
-              f"scalar-head judge ({args.scalar_judge})": measure(args.scalar_judge, items, args, (True,))}
+    names = {spec: judge_identity(spec)["name"] for spec in (args.digit_judge, args.scalar_judge)}
+    judges = {f"zero-shot digit judge ({names[args.digit_judge]})": measure(args.digit_judge, items, args, (False, True)),
+              f"scalar-head judge ({names[args.scalar_judge]})": measure(args.scalar_judge, items, args, (True,))}
     payload = {"title": "bf16 scores and the batch they run in", "command": command_line(), "machine": machine_info(),
                "judges_measured": judges_measured({"digit": args.digit_judge, "scalar": args.scalar_judge}),
                "prompts": args.prompts, "n": args.n, "answers": len(items), "batch_size": args.batch_size,

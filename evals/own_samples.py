@@ -15,8 +15,10 @@ evals/improvement.py), and every design is a head on layer 18 of the frozen embe
 
 * **Prompt cross-validation** (5 folds by prompt over the training prompts): mean within-prompt Spearman of the
   out-of-fold score with the teacher label, and the best-of-8 pick against random on cosine and F1 to the
-  reference, with 95 % bootstrap intervals over prompts. The design with the highest within-prompt Spearman is
-  chosen (the held-out prompts play no part in the choice).
+  reference, with 95 % bootstrap intervals over prompts. The chosen design has the highest within-prompt
+  Spearman among the designs trained with the off-topic and injected rows: a judge that RL optimises against must
+  not reward an answer to another question or a note to the grader (evals/results/judge_gaming.md). The held-out
+  prompts play no part in the choice.
 * **Arena transfer**: each design trained on all training prompts, on the 150 arena-bench dev questions it never
   saw (for the design that mixes in the arena pool, 5 folds by question): within-question Spearman with the
   GPT-4 grade and the mean grade of its pick among 15 answers. Grades are read to measure, never to train.
@@ -45,6 +47,9 @@ DESIGNS = {
     "own samples, weight decay 10": dict(loss="pairwise", weight_decay=10.0),
     "own samples, weight decay 1, no off-topic/injected rows": dict(loss="pairwise", weight_decay=1.0, augment=False),
     "own samples x4 + arena pool, weight decay 1": dict(loss="pairwise", weight_decay=1.0, arena_copies=4),
+    "own samples x16 + arena pool, weight decay 1": dict(loss="pairwise", weight_decay=1.0, arena_copies=16),
+    "own samples x16 + arena pool, weight decay 1, no off-topic/injected rows": dict(
+        loss="pairwise", weight_decay=1.0, arena_copies=16, augment=False),
 }
 
 
@@ -168,7 +173,8 @@ def render(p: dict) -> str:
              "own samples (cosine, chunked cosine and F1 to the reference, ranked within the prompt). Prompt CV: 5 "
              "folds by training prompt, out-of-fold scores; best-of-n picks among a prompt's samples against the mean "
              "over them (95 % bootstrap CI over prompts). Arena: trained on every training prompt, measured on the "
-             "150 arena-bench dev questions against the GPT-4 grades (read to measure only).", "",
+             "150 arena-bench dev questions against the GPT-4 grades (read to measure only). Chosen: the highest "
+             "within-prompt Spearman among the designs trained with the off-topic and injected rows.", "",
              "| design | within-prompt Spearman (CV) | best-of-n cosine vs random | best-of-n F1 vs random | "
              "arena within-question Spearman | arena pick of 15 (random) |", "|---|---:|---|---|---:|---|"]
     for name, r in p["designs"].items():
@@ -195,7 +201,8 @@ def main(argv=None):
     for name, design in DESIGNS.items():
         table[name] = {"prompt_cv": prompt_cv(design, own, arena, args), "arena": arena_transfer(design, own, arena, args)}
         print(name, table[name], flush=True)
-    chosen = max(table, key=lambda k: table[k]["prompt_cv"]["spearman_within_prompt"])
+    robust = [name for name, design in DESIGNS.items() if design.get("augment", True)]
+    chosen = max(robust, key=lambda k: table[k]["prompt_cv"]["spearman_within_prompt"])
     rows = own[0]
     payload = {"command": command_line(), "machine": machine_info(), "labels": args.labels, "layer": args.layer,
                "prompts": len({r["group"] for r in rows}), "answers": sum(r["kind"] == "pool" for r in rows),

@@ -75,15 +75,16 @@ def machine_line(payload: dict) -> str:
 
 
 def judge_cell(payload: dict) -> str:
-    """The judges a result measured (versioned names), each marked when it is not the current shipped judge of its
-    line (``selfj_rlhf.judge.directory.JUDGE_ALIASES``)."""
-    from selfj_rlhf.judge.directory import JUDGE_ALIASES, judge_identity
+    """The judges a result measured (versioned names), each marked when it is not a current shipped judge of its
+    line: the alias's (``selfj_rlhf.judge.directory.JUDGE_ALIASES``) or the judge for other models' answers
+    (``POOL_JUDGE``)."""
+    from selfj_rlhf.judge.directory import JUDGE_ALIASES, POOL_JUDGE, judge_identity
 
-    current = {name.rsplit("-v", 1)[0]: judge_identity(alias) for alias, name in JUDGE_ALIASES.items()}
+    current = {(i["name"], i["hash"]) for i in map(judge_identity, [*JUDGE_ALIASES, POOL_JUDGE])}
+    lines = {name.rsplit("-v", 1)[0] for name, _ in current}
     cells = []
     for judge in payload.get("judges_measured") or []:
-        line = judge["name"].rsplit("-v", 1)[0]
-        stale = line in current and (judge["name"], judge["hash"]) != (current[line]["name"], current[line]["hash"])
+        stale = judge["name"].rsplit("-v", 1)[0] in lines and (judge["name"], judge["hash"]) not in current
         cells.append(f"{judge['name']}{' (not the current judge)' if stale else ''}")
     return ", ".join(dict.fromkeys(cells)) or "-"
 

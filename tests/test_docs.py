@@ -64,7 +64,7 @@ def test_results_name_the_judge_version_they_measured():
 
     from evals.render_results import judge_cell
 
-    from selfj_rlhf.judge.directory import JUDGE_ALIASES, judge_identity
+    from selfj_rlhf.judge.directory import JUDGE_ALIASES, POOL_JUDGE, judge_identity
 
     for path in sorted((REPO / "evals" / "results").glob("*.json")):
         payload = json.loads(path.read_text())
@@ -77,6 +77,8 @@ def test_results_name_the_judge_version_they_measured():
                 assert payload.get("judges_measured"), f"{path.name} ran {alias} but records no judges_measured"
     current = judge_identity("selfj-smollm2-135m")
     assert judge_cell({"judges_measured": [{"label": "j", **current}]}) == current["name"]
+    pool = judge_identity(POOL_JUDGE)  # the shipped judge for other models' answers is current too
+    assert judge_cell({"judges_measured": [{"label": "j", **pool}]}) == pool["name"]
     old = {"label": "j", "name": "selfj-smollm2-135m-v1", "hash": "0" * 16}
     assert judge_cell({"judges_measured": [old]}) == "selfj-smollm2-135m-v1 (not the current judge)"
 

@@ -29,18 +29,35 @@ def test_alias_names_the_newest_version_and_identities_carry_a_content_hash(tmp_
     assert judge_identity(str(tmp_path))["name"] == tmp_path.name
 
 
-def test_shipped_judge_files_and_provenance():
-    assert shipped_judge_available("selfj-smollm2-135m")
-    directory = resolve_judge_dir("selfj-smollm2-135m")
+# what each shipped judge's provenance must name: its data, its label config, the benchmark that chose it
+PROVENANCE_NEEDS = {
+    "selfj-smollm2-135m-v3": ("arena_bench_v1/grades.jsonl", "recipes/configs/label_pool_all.yaml",
+                              "evals/pool_transfer.py", "evals/results/pool_transfer.md"),
+    "selfj-smollm2-135m-v4": ("runs/improvement/prompts_train.jsonl", "recipes/configs/label_own_samples.yaml",
+                              "evals/own_samples.py", "evals/results/own_samples.md"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PROVENANCE_NEEDS))
+def test_shipped_judge_files_and_provenance(name):
+    assert shipped_judge_available(name)
+    directory = resolve_judge_dir(name)
     config = json.loads((directory / "selfj_config.json").read_text())
     assert config["base_model"] == "smollm2-135m-instruct" and config["template"] == "selfj-chat"
     assert config["head"] == {"kind": "scalar", "layer": 18} and config["length_control"]["kind"] == "log_length_linear"
     assert config["score_map"]["kind"] == "logistic"  # the score contract: every shipped judge scores on 0-9
     assert (directory / "scalar_head.safetensors").stat().st_size < 100_000
     provenance = (directory / "PROVENANCE.md").read_text()
-    for needed in ("Command", "arena_bench_v1/grades.jsonl", "recipes/configs/label_pool_all.yaml",
-                   "evals/pool_transfer.py", "evals/results/pool_transfer.md"):
+    for needed in ("Command", *PROVENANCE_NEEDS[name]):
         assert needed in provenance
+
+
+def test_the_other_models_annotator_uses_the_pool_judge():
+    from selfj_rlhf.judge.directory import POOL_JUDGE
+    from selfj_rlhf.rlhf.alpacaeval import SelfJPairwiseAnnotator
+
+    assert SelfJPairwiseAnnotator().judge_spec == POOL_JUDGE == "selfj-smollm2-135m-v3"
+    assert JUDGE_ALIASES["selfj-smollm2-135m"] != POOL_JUDGE  # the alias ranks the embedded policy's own samples
 
 
 def test_shipped_judge_is_the_default_for_the_embedded_policy():

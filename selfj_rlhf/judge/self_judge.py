@@ -82,9 +82,9 @@ def digit_token_ids(tokenizer) -> list[int]:
 # Prefix sharing runs the shared prefix once (P tokens: the judge prompt up to the answer) instead of n times: it saves
 # the factor n(P+A)/(P+nA) of the tokens (A: the mean of the rest, answer and prompt tail), but adds a forward for
 # the prefix and reads a cache concatenated onto every batch. ``share_prefix="auto"`` shares when the token saving
-# reaches this factor on the judge's device. CPU: calibrated on evals/results/bench_prefix.md (savings of 1.36 to
-# 1.50 ran 1.25x to 1.29x faster shared, 1.15 ran 0.97x; 8 answers of ~300 tokens to a ~100-token prompt, a saving
-# near 1.17, once ran 0.85x, so the factor stays above the savings of 1.18 and 1.20 that ran faster). CUDA: the
+# reaches this factor on the judge's device. CPU: from evals/results/bench_prefix.md, where savings of 1.36 and more
+# ran 1.29x to 5.1x faster shared; savings of 1.15 to 1.20 ran 1.08x to 1.22x faster there, but 0.85x to 0.97x in
+# earlier runs of the same 2-core machine, whose timing noise is of that size, so the factor stays above them. CUDA: the
 # first GPU measurements (docs/performance.md) ran a 7B model at 0.77x for a 1.25x saving and 1.23x for 1.9x, and
 # a 135M model slower at every saving (kernel launches, not tokens, bound so small a model), hence the size floor.
 PREFIX_SAVING_NEEDED = {"cpu": 1.3, "cuda": 1.8}
@@ -188,7 +188,7 @@ class SelfJudge:
                  base_model: str | None = None, share_prefix: str = "auto", min_shared_prefix: int = 64,
                  min_prefix_saving: float | None = None,
                  sanitize: bool = True, head=None, length_fit=None, length_control: bool = False, score_map=None,
-                 fp32_readout: bool = False):
+                 fp32_readout: bool = True):
         if share_prefix not in ("auto", "always", "never"):
             raise ValueError(f"share_prefix must be auto, always or never, got {share_prefix!r}")
         self.model = model

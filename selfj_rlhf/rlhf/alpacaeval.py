@@ -35,6 +35,7 @@ from ..core.errors import ConfigError, RecordError
 from ..core.io import atomic_write_json, atomic_write_text, require_str
 from ..core.models import load_causal_lm, validate_model_spec
 from ..data.datasets import iter_records
+from ..judge.directory import POOL_JUDGE
 from ..judge.self_judge import SelfJudge
 
 LOCAL_PREFIX, SELFJ_PREFIX = "local:", "selfj:"
@@ -155,7 +156,7 @@ class SelfJPairwiseAnnotator:
     Preference 1 means the reference (output_1) is better, 2 the model (output_2); a tie gives 1.5.
     """
 
-    def __init__(self, annotators_config: str = "selfj", judge: str = "selfj-smollm2-135m", temperature: float = 1.0,
+    def __init__(self, annotators_config: str = "selfj", judge: str = POOL_JUDGE, temperature: float = 1.0,
                  batch_size: int = 8, max_length: int = 2048, **_: Any):
         if temperature <= 0:
             raise ConfigError(f"temperature must be > 0, got {temperature}")
