@@ -331,10 +331,7 @@ def render(r: dict) -> str:
 
 def main(argv=None):
     args = make_parser().parse_args(argv)
-    if args.command == "prepare":
-        prepare(args)
-    else:
-        run(args)
+    {"prepare": prepare, "run": run}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ import numpy as np
 
 from evals.lib.common import command_line, default_data, judges_measured, machine_info, write_results
 from evals.lib.heads import fit, question_folds, save_head_judge
-from evals.lib.metrics import bootstrap_ci
+from evals.lib.metrics import bootstrap_ci, within_group_spearman
 from selfj_rlhf import SelfJudge
 from selfj_rlhf.data.datasets import iter_records
 from selfj_rlhf.judge.features import score_position_features
@@ -100,18 +100,6 @@ def fit_design(design: dict, own, arena, train: np.ndarray, layer: int):
     return fit(spec, mixed_rows, mixed_states, mixed_tokens, np.ones(len(mixed_rows), dtype=bool), layer)
 
 
-def within_spearman(scores, values, groups, index) -> float:
-    from scipy.stats import spearmanr
-
-    out = []
-    for group in sorted({groups[i] for i in index}):
-        members = [i for i in index if groups[i] == group]
-        a, b = np.asarray(scores)[members], np.asarray(values)[members]
-        if len(set(a)) > 1 and len(set(b)) > 1:
-            out.append(spearmanr(a, b).statistic)
-    return float(np.mean(out))
-
-
 def pick_gains(rows, scores, index) -> dict:
     """The best-of-n pick (all of a prompt's samples) against the mean over them, on cosine and F1."""
     by_prompt: dict[str, list[int]] = {}
@@ -135,7 +123,7 @@ def prompt_cv(design, own, arena, args) -> dict:
         test = np.isin(groups, list(fold))
         scores[test] = fit_design(design, own, arena, ~test, args.layer)[0].predict(states[test])
     index = np.flatnonzero(pool)
-    return {"spearman_within_prompt": within_spearman(scores, [r["score_label"] for r in rows], groups, index),
+    return {"spearman_within_prompt": within_group_spearman(scores, [r["score_label"] for r in rows], groups, index),
             "best_of_n_vs_random": pick_gains(rows, scores, index)}
 
 
@@ -160,7 +148,7 @@ def arena_transfer(design, own, arena, args) -> dict:
         by_group.setdefault(groups[i], []).append(i)
     pick = [arena_rows[max(m, key=lambda i: (scores[i], -i))]["grade"] for m in by_group.values()]
     mean = [statistics.fmean(arena_rows[i]["grade"] for i in m) for m in by_group.values()]
-    return {"spearman_within_question": within_spearman(scores, [r.get("grade", 0.0) for r in arena_rows], groups,
+    return {"spearman_within_question": within_group_spearman(scores, [r.get("grade", 0.0) for r in arena_rows], groups,
                                                         index),
             "pick_of_15_mean_grade": statistics.fmean(pick), "random_mean_grade": statistics.fmean(mean)}
 

@@ -89,20 +89,16 @@ def load(args):
 
 
 def metrics(scores, rows, tokens, index) -> dict:
-    from scipy.stats import pearsonr, spearmanr
+    from scipy.stats import pearsonr
 
-    from evals.lib.metrics import partial_given_length
+    from evals.lib.metrics import partial_given_length, within_group_spearman
 
     grades = np.array([rows[i]["grade"] for i in index])
     s = np.asarray(scores)[index]
-    within = []
-    for group in sorted({rows[i]["group"] for i in index}):
-        members = [k for k, i in enumerate(index) if rows[i]["group"] == group]
-        if len(set(grades[members])) > 1 and len(set(s[members])) > 1:
-            within.append(spearmanr(s[members], grades[members]).statistic)
+    within = within_group_spearman(scores, [r.get("grade", 0.0) for r in rows], [r["group"] for r in rows], index)
     return {"pearson": float(pearsonr(s, grades).statistic),
             "partial_given_log_length": partial_given_length(s, grades, tokens[index]),
-            "spearman_within_question": float(np.mean(within))}
+            "spearman_within_question": within}
 
 
 def question_cv(design, rows, states, tokens, folds, layer) -> tuple[dict, np.ndarray, np.ndarray]:

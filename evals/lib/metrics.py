@@ -82,3 +82,17 @@ def pairwise_accuracy(scores_a: list[float], scores_b: list[float], rows: list[d
         elif (a > b) == (row["preference"] == "a"):
             correct += 1
     return correct / len(rows)
+
+
+def within_group_spearman(scores, values, groups, index) -> float:
+    """Mean Spearman correlation of ``scores`` with ``values`` within each group of the rows ``index`` (groups where
+    either side is constant are left out)."""
+    from scipy.stats import spearmanr
+
+    out = []
+    for group in sorted({groups[i] for i in index}):
+        members = [i for i in index if groups[i] == group]
+        a, b = np.asarray(scores)[members], np.asarray(values)[members]
+        if len(set(a)) > 1 and len(set(b)) > 1:
+            out.append(spearmanr(a, b).statistic)
+    return float(np.mean(out))
