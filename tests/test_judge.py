@@ -240,3 +240,25 @@ def test_auto_shares_only_the_groups_that_pay(tiny_judge):
     shared = judge.score(instructions, responses)
     judge.share_prefix = "never"
     assert shared == pytest.approx(judge.score(instructions, responses), abs=1e-4)
+
+
+def test_fp32_readout_hooks_the_lm_head_once_and_only_while_scoring(tiny_model_dir):
+    """A bf16 judge reads its digit logits in fp32; judges sharing the model share one hook, and a forward outside
+    scoring (the policy generating with the same model) keeps the head's own bf16 logits."""
+    import torch
+
+    from selfj_rlhf import SelfJudge
+
+    judge = SelfJudge.from_pretrained(str(tiny_model_dir), dtype="bfloat16", device="cpu")
+    SelfJudge(judge.model, judge.tokenizer)
+    head = judge.model.get_output_embeddings()
+    assert len(head._forward_hooks) == 1
+    ids = judge.tokenizer("Hello there", return_tensors="pt").input_ids
+    assert judge.model(input_ids=ids).logits.dtype == torch.bfloat16
+    seen = []
+    handle = head.register_forward_hook(lambda module, args, output: seen.append(module.selfj_fp32_logits))
+    judge.score(["Name a colour."], ["Red."])
+    judge.fp32_readout = False
+    judge.score(["Name a colour."], ["Red."])
+    handle.remove()
+    assert seen == [True, False] and head.selfj_fp32_logits is False

@@ -37,7 +37,7 @@ DIGITS = tuple(str(d) for d in range(10))
 # ``length_control`` unset. One default for every scoring path (best-of-n, rounds, pairs, AlpacaEval generate, the
 # TRL reward, the server). Off, by measurement (docs/rlhf.md): on held-out pool questions the judge's pick without
 # it has a higher GPT-4 grade (evals/results/pool_transfer.md) and its abstention a lower AURC; on the policy's own
-# samples it made no difference beyond noise (evals/results/improvement_best_of_n.md).
+# samples it lowers the best-of-16 gains of the default judge (evals/results/improvement_best_of_n_v4.md).
 LENGTH_CONTROL_DEFAULT = False
 LENGTH_CONTROL_HELP = ("Score with the log-length trend the judge was trained with removed (its selfj_config.json "
                        "length_control), so longer answers earn nothing for length alone. Unset: the library default "
@@ -149,6 +149,15 @@ class EncodedItem:
     response_tokens: int = 0  # before truncation
 
 
+def _fp32_logits(module, args, output):
+    """Forward hook of a low-precision LM head: while a judge reads its digits (``SelfJudge.fp32_readout``), the same
+    logits computed in fp32; otherwise None, which keeps the module's own output."""
+    if not module.selfj_fp32_logits:
+        return None
+    bias = None if module.bias is None else module.bias.float()
+    return torch.nn.functional.linear(args[0].float(), module.weight.float(), bias)
+
+
 class SelfJudge:
     """Score responses with a causal LM as its own judge.
 
@@ -214,8 +223,13 @@ class SelfJudge:
         self.score_map = score_map
         self.fp32_readout = fp32_readout
         output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-        if output is not None and getattr(output, "weight", None) is not None and output.weight.dtype != torch.float32:
-            output.register_forward_hook(self._fp32_logits)
+        low_precision = getattr(output, "weight", None) is not None and output.weight.dtype != torch.float32
+        self._lm_head = output if low_precision else None
+        if self._lm_head is not None and not hasattr(self._lm_head, "selfj_fp32_logits"):
+            # one hook per LM head, however many judges share the model; it acts only inside _readout, so generation
+            # with the same model (a policy that judges itself) keeps its own logits and cost
+            self._lm_head.selfj_fp32_logits = False
+            self._lm_head.register_forward_hook(_fp32_logits)
         special = sorted({t for t in getattr(tokenizer, "all_special_tokens", []) if t and len(t) > 1}, key=len,
                          reverse=True)
         self._markers = re.compile("|".join([re.escape(t) for t in special] + [TEMPLATE_MARKERS]), re.IGNORECASE)
@@ -365,18 +379,17 @@ class SelfJudge:
         if self.head is not None:
             states = layer_output(self.model, self.head.layer, **forward_kwargs)[:, -1, :]
             return self.head(states.to(self.head.linear.weight.device)).cpu(), None, None
-        logits = self.model(**forward_kwargs, logits_to_keep=1).logits[:, -1, :].float()
+        if self._lm_head is not None:
+            self._lm_head.selfj_fp32_logits = self.fp32_readout
+        try:
+            logits = self.model(**forward_kwargs, logits_to_keep=1).logits[:, -1, :].float()
+        finally:
+            if self._lm_head is not None:
+                self._lm_head.selfj_fp32_logits = False
         digit = logits[:, self._digit_index.to(logits.device)]
         log_mass = torch.logsumexp(digit, dim=-1) - torch.logsumexp(logits, dim=-1)
         probs = torch.softmax(digit, dim=-1).cpu()
         return probs @ self._digit_values, probs, log_mass.cpu()
-
-    def _fp32_logits(self, module, args, output):
-        """Forward hook of the LM head: the same logits computed in fp32 (None keeps the module's own output)."""
-        if not self.fp32_readout:
-            return None
-        bias = None if module.bias is None else module.bias.float()
-        return torch.nn.functional.linear(args[0].float(), module.weight.float(), bias)
 
     def on_scale(self, value: float) -> float:
         """A raw (or length-controlled) score on 0-9: through the score map when the judge has one, else clipped."""
