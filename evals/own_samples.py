@@ -71,14 +71,13 @@ def make_parser():
     return parser
 
 
-def load(args, path: str, grades: dict | None = None):
+def load(args, judge, path: str, grades: dict | None = None):
     """(label rows, layer states, response tokens) of one labels file; pool rows get their grade when given."""
     rows = [row for _, row in iter_records(path)]
     if grades is not None:
         for row in rows:
             if row["kind"] == "pool":
                 row["grade"] = grades[row["id"]]
-    judge = SelfJudge.from_pretrained(args.model, max_length=args.max_length)
     feats = score_position_features(judge, [r["instruction"] for r in rows], [r["response"] for r in rows],
                                     cache=f"{args.cache_dir}/{args.model.replace('/', '_')}-upto-L{args.layer}",
                                     max_layer=args.layer)
@@ -183,8 +182,9 @@ def main(argv=None):
     args = make_parser().parse_args(argv)
     start = time.perf_counter()
     grades = {row["id"]: float(row["score"]) for _, row in iter_records(args.arena)}
-    own = load(args, args.labels)
-    arena = load(args, args.arena_labels, grades)
+    judge = SelfJudge.from_pretrained(args.model, max_length=args.max_length)  # its states of both label sets
+    own = load(args, judge, args.labels)
+    arena = load(args, judge, args.arena_labels, grades)
     table = {}
     for name, design in DESIGNS.items():
         table[name] = {"prompt_cv": prompt_cv(design, own, arena, args), "arena": arena_transfer(design, own, arena, args)}
