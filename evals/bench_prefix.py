@@ -7,8 +7,10 @@ distinct answers to one prompt), each answer cut to the setting's token count. "
 under 100 tokens (AlpacaEval-like); "long" ones are at least 512 tokens (the case best-of-n over long
 contexts or with-reference judging hits). ``never`` (independent), ``always`` (shared) and ``auto`` (the cost
 model, ``SelfJudge.prefix_sharing_pays``) score the same items with the same batch size in one process,
-interleaved, best of ``--repeats``; the scores must agree within 1e-4 (checked and reported). auto / never is
-the number that matters: the cost model must never make scoring slower.
+interleaved; times are the best of ``--repeats`` runs, and auto / never is the median over rounds of the ratio of
+the two runs of one round (paired, so that a slow spell of the machine cancels). The scores must agree within
+1e-4 (checked and reported). auto / never is the number that matters: the cost model must never make scoring
+slower.
 """
 
 from __future__ import annotations
@@ -17,11 +19,14 @@ import argparse
 import math
 import time
 
-from evals.lib.timing import interleaved_best_times
+from evals.lib.timing import interleaved_times, paired_ratio
 from evals.lib.common import command_line, default_data, judges_measured, machine_info, write_results
 
 from selfj_rlhf.data.datasets import iter_records
 from selfj_rlhf.judge.self_judge import prefix_token_saving
+
+
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
 def make_parser():
@@ -38,6 +43,9 @@ def make_parser():
     parser.add_argument("--min_time_s", type=float, default=30.0,
                         help="More runs of each mode for a short setting, until they add up to about this many seconds "
                              "(a best of few runs of one second is noisy).")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                        help="wall: elapsed time; cpu: this process's CPU time, which leaves out the time a shared "
+                             "machine gives to other processes (for a one-thread run, OMP_NUM_THREADS=1).")
     parser.add_argument("--name", default="bench_prefix")
     return parser
 
@@ -93,8 +101,9 @@ def main(argv=None):
             tokens["always"] = judge.scored_tokens
             max_diff = max(abs(a - b) for a, b in zip(independent, shared))
             modes = ("never", "always", "auto")
-            times = interleaved_best_times({mode: (lambda m=mode: run(m)) for mode in modes},
-                                           {mode: repeats for mode in modes})
+            runs = interleaved_times({mode: (lambda m=mode: run(m)) for mode in modes},
+                                     {mode: repeats for mode in modes}, clock=CLOCKS[args.clock])
+            times = {mode: min(values) for mode, values in runs.items()}
             # the split the judge itself makes: the prefix up to the answer, the rest (answer and prompt tail)
             encoded = [judge.encode(p, a) for p, a in zip(instructions, responses)]
             shared_prefix = sum(e.prefix_length for e in encoded) / len(encoded)
@@ -104,31 +113,36 @@ def main(argv=None):
                          "token_saving": prefix_token_saving(n, shared_prefix, rest),
                          "auto_shares": judge.prefix_sharing_pays(n, round(shared_prefix), rest),
                          "independent_s": times["never"], "shared_s": times["always"], "auto_s": times["auto"],
-                         "speedup": times["never"] / times["always"], "auto_vs_never": times["never"] / times["auto"],
+                         "speedup": times["never"] / times["always"],
+                         "auto_vs_never": paired_ratio(runs["never"], runs["auto"]),
+                         "auto_vs_never_best": times["never"] / times["auto"],
                          "independent_tokens": tokens["never"], "shared_tokens": tokens["always"],
                          "max_abs_score_diff": max_diff, "runs": repeats})
             print(rows[-1], flush=True)
     judge.share_prefix = "auto"
     payload = {"command": command_line(), "machine": machine_info(),
                "judges_measured": judges_measured({"judge": args.judge}), "settings": args.settings,
-               "batch_size": args.batch_size, "repeats": args.repeats, "rows": rows}
+               "batch_size": args.batch_size, "repeats": args.repeats, "clock": args.clock, "rows": rows}
     m = payload["machine"]
     lines = ["# Prefix-shared vs independent scoring of n answers per prompt", "",
              f"Command: `{payload['command']}`  ",
              f"Machine: {m['cpu']} ({m['cpu_count']} cores, torch {m['torch']}, {m['torch_threads']} threads, "
              f"GPU: {m['cuda']}), {m['date']}  ",
-             f"Judge `{payload['judges_measured'][0]['name']}`; batch size {args.batch_size}; each time is the best of "
+             f"Judge `{payload['judges_measured'][0]['name']}`; batch size {args.batch_size}; times are "
+             f"{'CPU time of this process' if args.clock == 'cpu' else 'wall time'} (`--clock {args.clock}`); each the best of "
              f"`runs` runs (at least {args.repeats}, more for short settings), the three methods interleaved in "
-             "alternating order. Token saving: n(P+A)/(P+nA), the factor by which sharing cuts the tokens run; "
+             "alternating order; auto / never is the median over rounds of the never/auto time ratio within a round "
+             "(paired: a slow spell of the machine slows both runs of a round), beside it the ratio of best times. "
+             "Token saving: n(P+A)/(P+nA), the factor by which sharing cuts the tokens run; "
              "auto: whether the cost model shares. Tokens = tokens run through the model.", "",
              "| prompts | answer cap | n | prefix P | token saving | independent s | shared s | shared speedup | auto shares "
-             "| auto s | auto / never | tokens independent / shared | max score diff | runs |",
+             "| auto s | auto / never (paired; best) | tokens independent / shared | max score diff | runs |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['prompts']} ({r['num_prompts']}) | {r['answer_tokens']} | {r['n']} | "
                      f"{r['mean_prefix_tokens']:.0f} | {r['token_saving']:.2f}x | {r['independent_s']:.2f} | "
                      f"{r['shared_s']:.2f} | {r['speedup']:.2f}x | {'yes' if r['auto_shares'] else 'no'} | "
-                     f"{r['auto_s']:.2f} | {r['auto_vs_never']:.2f}x | {r['independent_tokens']} / "
+                     f"{r['auto_s']:.2f} | {r['auto_vs_never']:.2f}x; {r['auto_vs_never_best']:.2f}x | {r['independent_tokens']} / "
                      f"{r['shared_tokens']} | {r['max_abs_score_diff']:.1e} | {r['runs']} |")
     lines.append("")
     markdown = "\n".join(lines)

@@ -61,7 +61,9 @@ FINAL_OUTPUTS = {"best_of_n": ["candidates.jsonl", "model_outputs.json", "summar
                  "label": ["labels.jsonl"], "build_pairs": ["pairs.jsonl", "pairs_report.json"],
                  "rejection_sampling": ["round-00/best_of_n/candidates.jsonl", "round-00/sft_data.jsonl",
                                         "round-00/policy/round.json"]}
-VOLATILE = {"wall_s_this_run", "resumed_prompts", "wall_s", "resumed", "training_s", "first_loss", "last_loss"}
+# timings, and the trainer's log (its runtime fields; a resumed run logs a step's loss from restored state)
+VOLATILE = {"wall_s_this_run", "resumed_prompts", "wall_s", "resumed", "training_s", "first_loss", "last_loss",
+            "log_history"}
 
 
 def run(argv: list[str], timeout: float | None = None) -> tuple[int | None, float]:

@@ -49,6 +49,7 @@ def test_rejection_sampling_one_round(tiny_model_dir, prompt_file, tmp_path):
         assert row["messages"][1] == {"role": "assistant", "content": best["text"]}  # chat template -> messages
     info = json.loads((round0 / "policy" / "round.json").read_text())
     assert info["steps"] == 2 and info["judge"] == str(tiny_model_dir)
+    assert [h["step"] for h in info["log_history"] if "loss" in h] == [1, 2]  # the training curve, logged each step
     history = json.loads((out / "rounds.json").read_text())
     assert history[0]["kept"] == 4 and history[0]["steps"] == 2
     from selfj_rlhf.core.models import load_causal_lm
@@ -105,6 +106,7 @@ def test_grpo_two_steps(tiny_model_dir, prompt_file, tmp_path, conversational):
                          "--overlong_cache", "4", "--output_dir", str(out), *TRAIN_FLAGS])
     info = json.loads((out / "policy" / "round.json").read_text())
     assert info["recipe"] == "grpo" and info["steps"] == 2
+    assert [h["step"] for h in info["log_history"] if "reward" in h] == [1, 2]  # the reward curve
 
 
 def test_killed_rejection_sampling_round_resumes_without_repeating_stages(tiny_model_dir, prompt_file, tmp_path):

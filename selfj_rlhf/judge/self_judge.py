@@ -83,7 +83,7 @@ def digit_token_ids(tokenizer) -> list[int]:
 # the factor n(P+A)/(P+nA) of the tokens (A: the mean of the rest, answer and prompt tail), but adds a forward for
 # the prefix and reads a cache concatenated onto every batch. ``share_prefix="auto"`` shares when the token saving
 # reaches this factor on the judge's device. CPU: from evals/results/bench_prefix.md, where savings of 1.36 and more
-# ran 1.29x to 5.1x faster shared; savings of 1.15 to 1.20 ran 1.08x to 1.22x faster there, but 0.85x to 0.97x in
+# ran 1.28x to 5.6x faster shared; savings of 1.15 to 1.20 ran 1.14x to 1.19x faster there, but 0.85x to 0.97x in
 # earlier runs of the same 2-core machine, whose timing noise is of that size, so the factor stays above them. CUDA: the
 # first GPU measurements (docs/performance.md) ran a 7B model at 0.77x for a 1.25x saving and 1.23x for 1.9x, and
 # a 135M model slower at every saving (kernel launches, not tokens, bound so small a model), hence the size floor.

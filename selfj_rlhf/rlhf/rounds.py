@@ -190,7 +190,9 @@ def train_and_publish(trainer, policy: str, model_args, directory: Path, info: d
         atomic_write_json(staging / "round.json", {**info, "trained_from": policy, "steps": steps,
                                                    "first_loss": losses[0] if losses else None,
                                                    "last_loss": losses[-1] if losses else None,
-                                                   "training_s": seconds})
+                                                   "training_s": seconds,
+                                                   # the trainer's logged steps: the training curve of this round
+                                                   "log_history": history})
         shutil.rmtree(target, ignore_errors=True)
         os.replace(staging, target)
     trainer.accelerator.wait_for_everyone()
