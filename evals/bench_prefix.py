@@ -129,8 +129,8 @@ def main(argv=None):
              f"Machine: {m['cpu']} ({m['cpu_count']} cores, torch {m['torch']}, {m['torch_threads']} threads, "
              f"GPU: {m['cuda']}), {m['date']}  ",
              f"Judge `{payload['judges_measured'][0]['name']}`; batch size {args.batch_size}; times are "
-             f"{'CPU time of this process' if args.clock == 'cpu' else 'wall time'} (`--clock {args.clock}`); each the best of "
-             f"`runs` runs (at least {args.repeats}, more for short settings), the three methods interleaved in "
+             f"{'CPU time of this process' if args.clock == 'cpu' else 'wall time'} (`--clock {args.clock}`); "
+             f"each the best of `runs` runs (at least {args.repeats}, more for short settings), the three methods interleaved in "
              "alternating order; auto / never is the median over rounds of the never/auto time ratio within a round "
              "(paired: a slow spell of the machine slows both runs of a round), beside it the ratio of best times. "
              "Token saving: n(P+A)/(P+nA), the factor by which sharing cuts the tokens run; "
@@ -142,8 +142,8 @@ def main(argv=None):
         lines.append(f"| {r['prompts']} ({r['num_prompts']}) | {r['answer_tokens']} | {r['n']} | "
                      f"{r['mean_prefix_tokens']:.0f} | {r['token_saving']:.2f}x | {r['independent_s']:.2f} | "
                      f"{r['shared_s']:.2f} | {r['speedup']:.2f}x | {'yes' if r['auto_shares'] else 'no'} | "
-                     f"{r['auto_s']:.2f} | {r['auto_vs_never']:.2f}x; {r['auto_vs_never_best']:.2f}x | {r['independent_tokens']} / "
-                     f"{r['shared_tokens']} | {r['max_abs_score_diff']:.1e} | {r['runs']} |")
+                     f"{r['auto_s']:.2f} | {r['auto_vs_never']:.2f}x; {r['auto_vs_never_best']:.2f}x | "
+                     f"{r['independent_tokens']} / {r['shared_tokens']} | {r['max_abs_score_diff']:.1e} | {r['runs']} |")
     lines.append("")
     markdown = "\n".join(lines)
     write_results(args.name, payload, markdown)

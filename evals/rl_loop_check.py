@@ -202,9 +202,7 @@ def evaluate(args) -> None:
                   "loss first -> last | sampling s | training s |", "|---|---:|---:|---:|---:|---:|---|---:|---:|"]
         for run, rounds in runs.items():
             for r in rounds:
-                kept = r.get("kept", r.get("pairs"))
-                if kept is None and r.get("pairs_file"):  # rounds trained on a given pairs file
-                    kept = sum(1 for _ in iter_records(r["pairs_file"]))
+                kept = r.get("kept", r.get("pairs"))  # a round trained on a given pairs file records their count
                 lines.append(f"| {run} | {r['round'] + 1} | {_fmt(r.get('mean_candidate_score'))} | "
                              f"{_fmt(r.get('mean_chosen_score'))} | {'n/a' if kept is None else kept} | {r['steps']} | "
                              f"{_fmt(r['first_loss'])} -> {_fmt(r['last_loss'])} | {_fmt(r.get('sampling_s'), 0)} | "
