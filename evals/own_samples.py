@@ -147,8 +147,8 @@ def arena_transfer(design, own, arena, args) -> dict:
         by_group.setdefault(groups[i], []).append(i)
     pick = [arena_rows[max(m, key=lambda i: (scores[i], -i))]["grade"] for m in by_group.values()]
     mean = [statistics.fmean(arena_rows[i]["grade"] for i in m) for m in by_group.values()]
-    return {"spearman_within_question": within_group_spearman(scores, [r.get("grade", 0.0) for r in arena_rows], groups,
-                                                        index),
+    grades = [r.get("grade", 0.0) for r in arena_rows]
+    return {"spearman_within_question": within_group_spearman(scores, grades, groups, index),
             "pick_of_15_mean_grade": statistics.fmean(pick), "random_mean_grade": statistics.fmean(mean)}
 
 

@@ -89,10 +89,13 @@ def within_group_spearman(scores, values, groups, index) -> float:
     either side is constant are left out)."""
     from scipy.stats import spearmanr
 
+    scores, values = np.asarray(scores), np.asarray(values)
+    members: dict = {}
+    for i in index:  # one pass over the rows, not one per group
+        members.setdefault(groups[i], []).append(i)
     out = []
-    for group in sorted({groups[i] for i in index}):
-        members = [i for i in index if groups[i] == group]
-        a, b = np.asarray(scores)[members], np.asarray(values)[members]
+    for group in sorted(members):
+        a, b = scores[members[group]], values[members[group]]
         if len(set(a)) > 1 and len(set(b)) > 1:
             out.append(spearmanr(a, b).statistic)
     return float(np.mean(out))
