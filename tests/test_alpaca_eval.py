@@ -25,7 +25,7 @@ def generated(tiny_model_dir, references, tmp_path):
     return out / "model_outputs.json"
 
 
-def test_generate_evaluate_bundle_offline(tiny_model_dir, references, generated, tmp_path):
+def test_generate_evaluate_bundle_offline(tiny_model_dir, references, generated, tmp_path, monkeypatch):
     import pandas as pd
     from alpaca_eval import metrics, utils
 
@@ -34,8 +34,9 @@ def test_generate_evaluate_bundle_offline(tiny_model_dir, references, generated,
     outputs = json.loads(generated.read_text())
     assert len(outputs) == 3 and all(set(o) == {"instruction", "output", "generator", "dataset"} for o in outputs)
     eval_dir = tmp_path / "eval"
+    monkeypatch.chdir(tmp_path)  # a relative --output_dir, as in the docs: the local annotator's config must load
     main(["alpaca-eval", "evaluate", "--model_outputs", str(generated), "--reference_outputs", str(references),
-          "--annotator", f"local:{tiny_model_dir}", "--output_dir", str(eval_dir)])
+          "--annotator", f"local:{tiny_model_dir}", "--output_dir", "eval"])
     result = json.loads((eval_dir / "result.json").read_text())
     assert result["n_total"] == 3 and result["independent_annotator"] is True
     assert (eval_dir / "annotator_local" / "configs.yaml").is_file()  # the generated offline annotator config
@@ -106,3 +107,65 @@ def test_generate_samples_when_n_is_above_one(tiny_model_dir, references, tmp_pa
               "--temperature", "0", "--output_dir", str(tmp_path / "greedy4")])
     assert "--n 4 with --temperature 0" in capsys.readouterr().err
     assert not (tmp_path / "greedy4").exists()
+
+
+def _annotations(model_lengths, preferences):
+    return [{"instruction": f"q{i}", "output_1": "r" * 400, "output_2": "m" * length, "preference": preference,
+             "generator_1": "reference", "generator_2": "model"}
+            for i, (length, preference) in enumerate(zip(model_lengths, preferences))]
+
+
+def test_offline_length_control_removes_a_pure_length_preference():
+    """An annotator that only rewards length: the model wins by being longer, and at zero length difference the
+    GLM's win rate falls back to about even."""
+    import numpy as np
+
+    from selfj_rlhf.rlhf.alpacaeval import offline_length_controlled_winrate
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(200, 1000, size=200)  # mostly longer than the 400-character reference
+    preferences = 1 + 1 / (1 + np.exp(-(lengths - 400) / 150))
+    raw = float(np.mean(preferences - 1) * 100)
+    result = offline_length_controlled_winrate(_annotations(lengths, preferences))
+    assert raw > 70 and abs(result["length_controlled_winrate"] - 50) < 10
+    assert result["lc_length_weight"] > 0 and "offline" in result["lc_glm"]
+
+    flat = offline_length_controlled_winrate(_annotations(lengths, np.full(200, 1.7)))  # length plays no part
+    assert flat["length_controlled_winrate"] == pytest.approx(70, abs=3)
+
+
+def test_offline_length_control_needs_enough_instances():
+    from selfj_rlhf.rlhf.alpacaeval import offline_length_controlled_winrate
+
+    result = offline_length_controlled_winrate(_annotations([100, 500, 900], [1.2, 1.5, 1.9]))
+    assert result["length_controlled_winrate"] is None and "3 annotated instances" in result["lc_note"]
+
+
+def test_policy_comparison_reports_every_run_and_reuses_annotations(tiny_model_dir, references, tmp_path, monkeypatch):
+    """evals/alpaca_eval_policies: two generate runs on the same instructions, one annotator; rows, paired
+    difference and the annotator's independence are reported, and a rerun reads the cached annotations."""
+    import evals.lib.common as common
+    import selfj_rlhf.rlhf.alpacaeval as alpacaeval
+    from evals import alpaca_eval_policies
+    from selfj_rlhf.cli.main import main as selfj
+
+    for name, n in (("greedy", "1"), ("best_of_2", "2")):
+        selfj(["alpaca-eval", "generate", "--policy", str(tiny_model_dir), "--dataset", str(references), "--n", n,
+               "--max_prompts", "12", "--max_new_tokens", "8", "--output_dir", str(tmp_path / name)])
+    monkeypatch.setattr(common, "RESULTS_DIR", tmp_path / "results")
+    argv = ["--run", f"greedy={tmp_path / 'greedy'}", "--run", f"best_of_2={tmp_path / 'best_of_2'}",
+            "--annotator", f"local:{tiny_model_dir}", "--reference_outputs", str(references), "--bootstrap", "200"]
+    alpaca_eval_policies.main(argv)
+    payload = json.loads((tmp_path / "results" / "alpaca_eval_policies.json").read_text())
+    assert payload["instances"] == 12 and list(payload["rows"]) == ["greedy", "best_of_2"]
+    (annotator,) = payload["annotators"]
+    assert payload["annotators"][annotator]["independent"] is False  # the policy model annotating itself
+    greedy, best = (payload["rows"][k]["annotators"][annotator] for k in ("greedy", "best_of_2"))
+    assert "win_probability_vs_baseline" in best and "win_probability_vs_baseline" not in greedy
+    assert greedy["n_total"] == 12 and greedy["length_controlled_winrate"] is not None
+    assert payload["rows"]["best_of_2"]["n"] == 2 and 0 <= payload["rows"]["greedy"]["judge_score"] <= 9
+    markdown = (tmp_path / "results" / "alpaca_eval_policies.md").read_text()
+    assert "**not independent**" in markdown and "best of 2" in markdown
+
+    monkeypatch.setattr(alpacaeval, "evaluate_outputs", lambda cfg: pytest.fail("annotated again"))
+    alpaca_eval_policies.main(argv)  # every run's annotations come from its cache

@@ -217,7 +217,7 @@ def _annotator_setup(cfg: EvaluateConfig, run_dir: Path) -> tuple[str, dict]:
 
 def length_control_weights() -> tuple[bool, str | None]:
     """Whether the length-controlled GLM's data (``df_gamed.csv`` of the alpaca_eval hub dataset) can be had:
-    from the cache when offline, else by download; otherwise a note saying why LC is not reported."""
+    from the cache when offline, else by download; otherwise a note saying why the offline GLM is used."""
     from huggingface_hub import constants, hf_hub_download
 
     try:
@@ -225,8 +225,44 @@ def length_control_weights() -> tuple[bool, str | None]:
                         local_files_only=constants.HF_HUB_OFFLINE)
         return True, None
     except Exception as err:  # offline and not cached, or no network
-        return False, (f"length-controlled win rate unavailable: its data (tatsu-lab/alpaca_eval df_gamed.csv) could "
-                       f"not be loaded ({type(err).__name__}); plain win rate reported")
+        return False, (f"the official length-controlled GLM's data (tatsu-lab/alpaca_eval df_gamed.csv) could not be "
+                       f"loaded ({type(err).__name__})")
+
+
+OFFLINE_LC_GLM = "length_controlled_minimal"
+MIN_LC_INSTANCES = 10  # the GLM is chosen by 5-fold cross-validation over instances
+
+
+def offline_length_controlled_winrate(annotations: Sequence[dict]) -> dict:
+    """AlpacaEval's length-controlled win rate from these annotations alone, for when its hub data is missing.
+
+    alpaca_eval's own ``length_controlled_minimal`` GLM (preference ~ tanh(standardised length difference) + the
+    model's term), fitted with alpaca_eval's own routine and predicted at zero length difference. The official
+    GLM adds each instruction's difficulty, estimated from the leaderboard's models (the hub file), so the two
+    figures are not interchangeable; the standard error of a prediction without per-instruction terms would be
+    zero, so none is given. ``lc_length_weight`` is the fitted weight of the length term (positive: the
+    annotator prefers the longer output)."""
+    import pandas as pd
+    from alpaca_eval.metrics.glm_winrate import GLM_INFO, fit_LogisticRegressionCV, make_dmatrix_for_model
+
+    frame = pd.DataFrame(list(annotations))
+    frame = frame[frame["preference"].notna()]
+    delta = frame["output_1"].str.len() - frame["output_2"].str.len()
+    if len(frame) < MIN_LC_INSTANCES or not delta.std() > 0:
+        return {"length_controlled_winrate": None, "lc_standard_error": None,
+                "lc_note": f"no length-controlled win rate: {len(frame)} annotated instances (the GLM needs at "
+                           f"least {MIN_LC_INSTANCES}, with outputs of different lengths)"}
+    # the same features as alpaca_eval's GLM: preference in [0, 1] (0, an invalid annotation, counts as a tie)
+    data = pd.DataFrame({"preference": frame["preference"].astype(float).replace({0.0: 1.5}).to_numpy() - 1,
+                         "std_delta_len": (delta / delta.std()).to_numpy(), "not_gamed_baseline": True})
+    glm = GLM_INFO[OFFLINE_LC_GLM]
+    train, test = make_dmatrix_for_model(data, data[["not_gamed_baseline"]].assign(std_delta_len=0.0),
+                                         formula=glm["formula"])
+    model = fit_LogisticRegressionCV(train, "preference", is_ytrue_proba=True, **glm["kwargs"])
+    weights = dict(zip(test.columns, model.coef_[0]))
+    return {"length_controlled_winrate": float(model.predict_proba(test)[:, 1].mean() * 100),
+            "lc_standard_error": None, "lc_glm": f"{OFFLINE_LC_GLM} (offline: no instruction difficulty)",
+            "lc_length_weight": -float(weights["np.tanh(std_delta_len)"])}
 
 
 def evaluate_outputs(cfg: EvaluateConfig) -> dict:
@@ -241,7 +277,7 @@ def evaluate_outputs(cfg: EvaluateConfig) -> dict:
     name = cfg.name or model_rows[0]["generator"]
     for row in model_rows:
         row["generator"] = name
-    run_dir = Path(cfg.output_dir)
+    run_dir = Path(cfg.output_dir).resolve()  # alpaca_eval resolves the local config's paths against base_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     annotators_config, extra = _annotator_setup(cfg, run_dir)
 
@@ -262,11 +298,13 @@ def evaluate_outputs(cfg: EvaluateConfig) -> dict:
     atomic_write_text(run_dir / "leaderboard.csv", leaderboard.to_csv())
     row = {k: (None if isinstance(v, float) and math.isnan(v) else v)
            for k, v in leaderboard.loc[name].to_dict().items()}
+    if not lc_available:
+        row.update(offline_length_controlled_winrate(annotations))
     result = {"name": name, "annotator": cfg.annotator, "reference_outputs": cfg.reference_outputs,
               "instances": len(model_rows), **row,
               "independent_annotator": not cfg.annotator.startswith(SELFJ_PREFIX)}
     if lc_note:
-        result["note"] = lc_note
+        result["note"] = f"{lc_note}; {result.get('lc_glm') or 'plain win rate only'}"
     atomic_write_json(run_dir / "result.json", result)
     return result
 
