@@ -134,7 +134,10 @@ def main(argv=None):
             if name != baseline:  # paired over instructions: the same references and annotator for every run
                 diff = wins[name] - wins[baseline]
                 rows[name]["annotators"][annotator]["win_probability_vs_baseline"] = {
-                    "diff": float(diff.mean() * 100), "ci95": [100 * x for x in bootstrap_ci(diff, args.bootstrap)]}
+                    "diff": float(diff.mean() * 100), "ci95": [100 * x for x in bootstrap_ci(diff, args.bootstrap)],
+                    # near 1: the annotator's verdict follows the instruction (and output order), not the output
+                    "pearson_per_instruction": (float(np.corrcoef(wins[name], wins[baseline])[0, 1])
+                                                if wins[name].std() > 0 and wins[baseline].std() > 0 else None)}
         tables[annotator] = independence(annotator, policies)
     judge_specs = {f"{name}: generate's judge": run["settings"]["judge"] for name, run in runs.items()
                    if run["settings"].get("judge")}
@@ -156,24 +159,29 @@ def render(payload: dict, baseline: str) -> str:
              f"Machine: {m['cpu']}, {m['cpu_count']} cores, {m['date']}  ",
              f"References: AlpacaEval 2's GPT-4 Turbo outputs. Judge scores: {judges} (best-of-16 picks by it). "
              "Win rates in %; brackets: change of the per-instruction win probability from "
-             f"{baseline}, 95 % bootstrap CI over instructions (* excludes 0).", ""]
+             f"{baseline}, 95 % bootstrap CI over instructions (* excludes 0); r: Pearson correlation of the "
+             f"per-instruction win probabilities with {baseline}'s (near 1: the verdict follows the instruction, "
+             "and the output order, rather than the output).", ""]
     for annotator, info in payload["annotators"].items():
         lines += [f"## Annotator `{annotator}`" + ("" if info["independent"] else ": **not independent**"), ""]
         if not info["independent"]:
             lines += [f"The annotator is {info['why_not']}.", ""]
-        lines += ["| policy | decoding | win rate | LC win rate | vs " + baseline + " | judge score (0-9) | "
-                  "avg chars | avg tokens | at token cap |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += ["| policy | decoding | win rate | LC win rate | vs " + baseline + " | r with " + baseline +
+                  " | judge score (0-9) | avg chars | avg tokens | at token cap |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         notes = set()
         for name, row in payload["rows"].items():
             a = row["annotators"][annotator]
             decoding = "greedy" if row["n"] == 1 else f"best of {row['n']} at T={row['temperature']}"
             lc = "n/a" if a["length_controlled_winrate"] is None else f"{a['length_controlled_winrate']:.1f}"
-            change = a.get("win_probability_vs_baseline")
+            change, correlation = a.get("win_probability_vs_baseline"), "-"
             if change:
                 low, high = change["ci95"]
+                correlation = "n/a" if change["pearson_per_instruction"] is None else \
+                    f"{change['pearson_per_instruction']:.2f}"
                 change = f"{change['diff']:+.1f} [{low:+.1f}, {high:+.1f}]{' *' if low > 0 or high < 0 else ''}"
             lines.append(f"| {name} | {decoding} | {a['win_rate']:.1f} ± {a['standard_error']:.1f} | {lc} | "
-                         f"{change or '-'} | {row['judge_score']:.2f} | {row['avg_chars']:.0f} | "
+                         f"{change or '-'} | {correlation} | {row['judge_score']:.2f} | {row['avg_chars']:.0f} | "
                          f"{row['avg_tokens']:.0f} | {row['at_token_cap']} |")
             if a.get("note"):
                 notes.add(a["note"])

@@ -162,6 +162,7 @@ def test_policy_comparison_reports_every_run_and_reuses_annotations(tiny_model_d
     assert payload["annotators"][annotator]["independent"] is False  # the policy model annotating itself
     greedy, best = (payload["rows"][k]["annotators"][annotator] for k in ("greedy", "best_of_2"))
     assert "win_probability_vs_baseline" in best and "win_probability_vs_baseline" not in greedy
+    assert -1 <= best["win_probability_vs_baseline"]["pearson_per_instruction"] <= 1
     assert greedy["n_total"] == 12 and greedy["length_controlled_winrate"] is not None
     assert payload["rows"]["best_of_2"]["n"] == 2 and 0 <= payload["rows"]["greedy"]["judge_score"] <= 9
     markdown = (tmp_path / "results" / "alpaca_eval_policies.md").read_text()
