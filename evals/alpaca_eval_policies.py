@@ -67,9 +67,9 @@ def independence(annotator: str, policies: list[str]) -> str | None:
 
 def annotate(run_dir: Path, name: str, annotator: str, references: str, instances: int) -> tuple[dict, list[dict]]:
     """(result row, annotations) of one run, from its cache when the annotator, references and count match."""
-    from selfj_rlhf.rlhf.alpacaeval import EvaluateConfig, evaluate_outputs
+    from selfj_rlhf.rlhf.alpacaeval import EvaluateConfig, annotator_dir_name, evaluate_outputs
 
-    eval_dir = run_dir / f"eval-{annotator.replace(':', '_').replace('/', '_')}"
+    eval_dir = run_dir / f"eval-{annotator_dir_name(annotator)}"
     cached = eval_dir / "result.json"
     if cached.is_file():
         result = json.loads(cached.read_text())

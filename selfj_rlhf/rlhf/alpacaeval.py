@@ -334,6 +334,11 @@ Annotator: `{annotator}`{independence}
 """
 
 
+def annotator_dir_name(annotator: str) -> str:
+    """A directory name for an annotator: ``local:<spec>``/``selfj:<spec>`` flattened, a config path's stem."""
+    return annotator.replace(":", "_").replace("/", "_") if ":" in annotator else Path(annotator).stem
+
+
 def write_bundle(model_outputs: str | Path, eval_dir: str | Path, output_dir: str | Path, *, name: str | None = None,
                  policy: str | None = None, pretty_name: str | None = None, link: str = "") -> Path:
     """Write the leaderboard submission layout from an outputs file and an ``evaluate`` run directory."""
@@ -347,7 +352,7 @@ def write_bundle(model_outputs: str | Path, eval_dir: str | Path, output_dir: st
     result = json.loads(result_path.read_text())
     name = name or result["name"]
     annotator = result["annotator"]
-    annotator_dir = annotator.replace(":", "_").replace("/", "_") if ":" in annotator else Path(annotator).stem
+    annotator_dir = annotator_dir_name(annotator)
     out = Path(output_dir)
     for row in rows:
         row["generator"] = name
