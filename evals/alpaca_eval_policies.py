@@ -119,7 +119,6 @@ def main(argv=None):
                       "avg_chars": statistics.fmean(len(o["output"]) for o in outputs[name]),
                       "avg_tokens": statistics.fmean(chosen[i]["tokens"] for i in instructions),
                       "at_token_cap": sum(chosen[i]["at_cap"] for i in instructions), "annotators": {}}
-    tables = {}
     for annotator in annotators:
         wins = {}
         for name, run in runs.items():
@@ -138,12 +137,12 @@ def main(argv=None):
                     # near 1: the annotator's verdict follows the instruction (and output order), not the output
                     "pearson_per_instruction": (float(np.corrcoef(wins[name], wins[baseline])[0, 1])
                                                 if wins[name].std() > 0 and wins[baseline].std() > 0 else None)}
-        tables[annotator] = independence(annotator, policies)
     judge_specs = {f"{name}: generate's judge": run["settings"]["judge"] for name, run in runs.items()
                    if run["settings"].get("judge")}
     payload = {"command": command_line(), "machine": machine_info(), "reference_outputs": references,
                "instances": len(instructions), "judges_measured": judges_measured(judge_specs),
-               "annotators": {a: {"independent": why is None, "why_not": why} for a, why in tables.items()},
+               "annotators": {a: {"independent": why is None, "why_not": why}
+                              for a, why in ((a, independence(a, policies)) for a in annotators)},
                "rows": rows}
     markdown = render(payload, baseline)
     write_results(args.name, payload, markdown)
@@ -183,10 +182,8 @@ def render(payload: dict, baseline: str) -> str:
             lines.append(f"| {name} | {decoding} | {a['win_rate']:.1f} ± {a['standard_error']:.1f} | {lc} | "
                          f"{change or '-'} | {correlation} | {row['judge_score']:.2f} | {row['avg_chars']:.0f} | "
                          f"{row['avg_tokens']:.0f} | {row['at_token_cap']} |")
-            if a.get("note"):
+            if a.get("note"):  # evaluate's note names the offline LC GLM when it was used
                 notes.add(a["note"])
-            if a.get("lc_glm"):
-                notes.add(f"LC GLM: {a['lc_glm']}")
         weights = {name: row["annotators"][annotator].get("lc_length_weight") for name, row in payload["rows"].items()}
         if all(w is not None for w in weights.values()):
             notes.add("fitted length weight (positive: the annotator prefers the longer output): "
