@@ -4,12 +4,19 @@
     python -m evals.improvement sample                  # 16 samples per held-out prompt (resumable)
     python -m evals.improvement bestofn                 # judge the samples, picks at n = 1, 4, 8, 16
 
-The judge trained on the policy's own samples (``selfj-smollm2-135m-v4``) samples the *training* prompts the same
-way, writes them as a response pool for the SELF-J teacher, and is trained on its labels (evals/own_samples.py):
+A second held-out set, drawn after the judge's training prompts, with every earlier prompt excluded, is sampled
+the same way and measured alone or pooled with the first (``--samples`` takes several sample dirs):
 
-    python -m evals.improvement sample --prompts runs/improvement/prompts_train.jsonl --n 8 --seed 7 \
-        --output_dir runs/improvement/samples_train
-    python -m evals.improvement pool --samples runs/improvement/samples_train --output runs/improvement/pool_train.jsonl
+    python -m evals.rl_loop_check prompts --train_per_source 0 --heldout_per_source 16 \
+        --exclude runs/improvement/prompts_train.jsonl runs/improvement/prompts_heldout.jsonl \
+        runs/improvement/more/prompts_train.jsonl --output_dir runs/improvement/heldout2
+    python -m evals.improvement sample --prompts runs/improvement/heldout2/prompts_heldout.jsonl \
+        --output_dir runs/improvement/heldout2/samples
+    python -m evals.improvement bestofn --samples runs/improvement/samples runs/improvement/heldout2/samples
+
+The judge trained on the policy's own samples (``selfj-smollm2-135m-v5``) samples the *training* prompts the same
+way, writes them as a response pool for the SELF-J teacher, and is trained on its labels (evals/own_samples.py;
+the commands are in the judge's PROVENANCE.md).
 
 `sample` draws n answers per held-out prompt (FLASK, GPTeacher codegen, GSM8K; never trained on) from the
 policy at the best-of-n recipe's sampling settings. `bestofn` scores every sample with the judge (reference-free)
@@ -54,7 +61,8 @@ def make_parser():
     pool.add_argument("--samples", required=True)
     pool.add_argument("--output", required=True)
     bestofn = sub.add_parser("bestofn", help="Judge the samples; picks at n = 1, 4, 8, 16 on independent signals.")
-    bestofn.add_argument("--samples", default=str(RUN_DIR / "samples"))
+    bestofn.add_argument("--samples", nargs="+", default=[str(RUN_DIR / "samples")],
+                         help="Output dirs of `sample`; several are pooled (each prompt in one of them only).")
     bestofn.add_argument("--judge", default="selfj-smollm2-135m")
     bestofn.add_argument("--batch_size", type=int, default=8)
     bestofn.add_argument("--bootstrap", type=int, default=2000)
@@ -159,7 +167,10 @@ def bestofn(args) -> None:
     from selfj_rlhf.judge.head import LengthControl
     from selfj_rlhf.judge.directory import resolve_judge_dir
 
-    prompts = sorted(read_shards(args.samples).values(), key=lambda p: p["id"])
+    shards = [read_shards(directory) for directory in args.samples]
+    if any(set(a) & set(b) for i, a in enumerate(shards) for b in shards[i + 1:]):
+        raise SystemExit(f"--samples {' '.join(args.samples)}: a prompt is in more than one of them")
+    prompts = sorted((row for rows in shards for row in rows.values()), key=lambda p: p["id"])
     scores = judge_scores(args, prompts)
     signals = prompt_signals(prompts)
     directory = resolve_judge_dir(args.judge)
@@ -185,7 +196,8 @@ def bestofn(args) -> None:
         table.setdefault(signal, {}).setdefault(str(n), {})[name] = entry
     first = prompts[0]
     payload = {"command": command_line(), "machine": machine_info(),
-               "judges_measured": judges_measured({"judge": args.judge}), "policy": first["policy"],
+               "judges_measured": judges_measured({"judge": args.judge}), "samples": args.samples,
+               "policy": first["policy"],
                "temperature": first["temperature"], "prompts": len(prompts),
                "sources": {src: sum(p["id"].startswith(src + ":") for p in prompts)
                            for src in ("flask", "gpteacher-codegen", "gsm8k")},

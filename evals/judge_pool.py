@@ -467,7 +467,7 @@ def shipped_judge_rows(ev: Evaluation) -> tuple[dict, dict]:
             raise SystemExit(f"--scalar_judge {name}={spec}: not a judge directory or shipped alias")
         head, length_fit = load_head(directory)
         w, b = head.linear.weight.detach().numpy()[0], float(head.linear.bias)
-        scored = {s: ev.states(s, head.layer) @ w + b for s in ev.eval_sets()}
+        scored = {s: np.concatenate([ev.states(s, layer) for layer in head.layers], 1) @ w + b for s in ev.eval_sets()}
         table[name] = ev.measure(scored.__getitem__)
         if length_fit is not None:
             table[f"{name}, length-controlled"] = ev.measure(
@@ -494,7 +494,7 @@ def load_head(directory):
 
     config = json.loads((Path(directory) / JUDGE_CONFIG_NAME).read_text())
     lc = LengthControl.from_dict(config["length_control"]) if config.get("length_control") else None
-    return ScalarHead.load(directory, int(config["head"]["layer"])), lc
+    return ScalarHead.load(directory, config["head"]), lc
 
 
 def check_judge(directory, d, cached_scores, student, n=16) -> dict:

@@ -1,17 +1,23 @@
 """A judge for the policy's own samples: heads trained on the SELF-J teacher's labels of what the policy writes.
 
-    python -m evals.improvement sample --prompts runs/improvement/prompts_train.jsonl --n 8 --seed 7 \
-        --output_dir runs/improvement/samples_train
+    python -m evals.rl_loop_check prompts --train_per_source 48 --heldout_per_source 0 \
+        --exclude runs/improvement/prompts_train.jsonl runs/improvement/prompts_heldout.jsonl \
+        --output_dir runs/improvement/more
+    for prompts in runs/improvement/prompts_train.jsonl runs/improvement/more/prompts_train.jsonl; do
+      python -m evals.improvement sample --prompts $prompts --n 8 --seed 7 --output_dir runs/improvement/samples_train
+    done
     python -m evals.improvement pool --samples runs/improvement/samples_train --output runs/improvement/pool_train.jsonl
     python recipes/label.py --config recipes/configs/label_own_samples.yaml
-    python -m evals.own_samples --save_judge selfj_rlhf/judge/shipped/selfj-smollm2-135m-v4
+    python -m evals.own_samples --name own_samples_v5 --save_judge selfj_rlhf/judge/shipped/selfj-smollm2-135m-v5
 
 Best-of-n, rejection sampling and DPO rank the policy's own samples, a source that a judge trained on other
 models' answers (the arena pool) does not transfer to (evals/results/improvement_best_of_n.md). SELF-J's own
 recipe trains on the policy's samples, labelled by a teacher that sees the reference. Here the teacher is the
 pool teacher (MiniLM cosine, chunked cosine and token F1 to the reference, ranked within the prompt), the samples
-are 8 per *training* prompt (FLASK, GPTeacher codegen, GSM8K; disjoint from the held-out prompts of
-evals/improvement.py), and every design is a head on layer 18 of the frozen embedded model.
+are 8 per *training* prompt (240 FLASK, GPTeacher codegen and GSM8K prompts: the 96 that trained ``-v4`` and 144
+drawn later; all disjoint from the held-out prompts of evals/improvement.py), and every design is a head on the
+frozen embedded model: on layer 18, or the mean of one head per layer over layers 9, 12, 15 and 18 (a layer
+ensemble, saved as one linear map over their states).
 
 * **Prompt cross-validation** (5 folds by prompt over the training prompts): mean within-prompt Spearman of the
   out-of-fold score with the teacher label, and the best-of-8 pick against random on cosine and F1 to the
@@ -38,10 +44,13 @@ from evals.lib.heads import fit, question_folds, save_head_judge
 from evals.lib.metrics import bootstrap_ci, within_group_spearman
 from selfj_rlhf import SelfJudge
 from selfj_rlhf.data.datasets import iter_records
+from selfj_rlhf.judge.head import ScalarHead
 from selfj_rlhf.judge.features import score_position_features
 
 DESIGNS = {
     "own samples, weight decay 0.3": dict(loss="pairwise", weight_decay=0.3),
+    "own samples, weight decay 0.3, layers 9-18 ensemble": dict(loss="pairwise", weight_decay=0.3,
+                                                                layers=(9, 12, 15, 18)),
     "own samples, weight decay 1": dict(loss="pairwise", weight_decay=1.0),
     "own samples, weight decay 3": dict(loss="pairwise", weight_decay=3.0),
     "own samples, weight decay 10": dict(loss="pairwise", weight_decay=10.0),
@@ -61,7 +70,8 @@ def make_parser():
                         help="Teacher labels of the arena pool (recipes/configs/label_pool_all.yaml).")
     parser.add_argument("--arena", default=default_data("arena_bench_v1"), help="The arena pool, for its grades.")
     parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--layer", type=int, default=18)
+    parser.add_argument("--layer", type=int, default=18,
+                        help="The layer a design reads unless it names its layers; features are cached up to it.")
     parser.add_argument("--max_length", type=int, default=1024)
     parser.add_argument("--cache_dir", default="runs/features")
     parser.add_argument("--folds", type=int, default=5)
@@ -72,7 +82,8 @@ def make_parser():
 
 
 def load(args, judge, path: str, grades: dict | None = None):
-    """(label rows, layer states, response tokens) of one labels file; pool rows get their grade when given."""
+    """(label rows, states of layers 0..``--layer`` [N, layers, hidden], response tokens) of one labels file; pool
+    rows get their grade when given."""
     rows = [row for _, row in iter_records(path)]
     if grades is not None:
         for row in rows:
@@ -81,22 +92,28 @@ def load(args, judge, path: str, grades: dict | None = None):
     feats = score_position_features(judge, [r["instruction"] for r in rows], [r["response"] for r in rows],
                                     cache=f"{args.cache_dir}/{args.model.replace('/', '_')}-upto-L{args.layer}",
                                     max_layer=args.layer)
-    return rows, feats.states[:, args.layer, :].astype(np.float32), feats.response_tokens
+    return rows, feats.states, feats.response_tokens
 
 
 def fit_design(design: dict, own, arena, train: np.ndarray, layer: int):
     """(head, length fit) of a design on the own-sample rows ``train`` (and every arena row, repeated own rows
-    outweighing them, when the design mixes the arena pool in)."""
+    outweighing them, when the design mixes the arena pool in): one head per layer it reads, averaged."""
     spec = dict(design)
     copies = spec.pop("arena_copies", 0)
-    if not copies:
-        return fit(spec, *own, train, layer)
-    (rows, states, tokens), (arena_rows, arena_states, arena_tokens) = own, arena
-    index = np.flatnonzero(train)
-    mixed_rows = [{**rows[i], "group": f"{rows[i]['group']}@{c}"} for c in range(copies) for i in index] + arena_rows
-    mixed_states = np.concatenate([states[index]] * copies + [arena_states])
-    mixed_tokens = np.concatenate([tokens[index]] * copies + [arena_tokens])
-    return fit(spec, mixed_rows, mixed_states, mixed_tokens, np.ones(len(mixed_rows), dtype=bool), layer)
+    layers = spec.pop("layers", (layer,))
+    rows, states, tokens = own
+    if copies:
+        arena_rows, arena_states, arena_tokens = arena
+        index = np.flatnonzero(train)
+        rows = [{**rows[i], "group": f"{rows[i]['group']}@{c}"} for c in range(copies) for i in index] + arena_rows
+        tokens = np.concatenate([tokens[index]] * copies + [arena_tokens])
+        train = np.ones(len(rows), dtype=bool)
+    fits = []
+    for each in layers:
+        layer_states = (np.concatenate([states[index, each]] * copies + [arena_states[:, each]]) if copies
+                        else states[:, each])
+        fits.append(fit(spec, rows, layer_states.astype(np.float32), tokens, train, each))
+    return ScalarHead.average([head for head, _ in fits]), fits[0][1]
 
 
 def pick_gains(rows, scores, index) -> dict:
@@ -120,7 +137,8 @@ def prompt_cv(design, own, arena, args) -> dict:
     scores = np.zeros(len(rows))
     for fold in question_folds(rows, args.folds, args.seed):
         test = np.isin(groups, list(fold))
-        scores[test] = fit_design(design, own, arena, ~test, args.layer)[0].predict(states[test])
+        head = fit_design(design, own, arena, ~test, args.layer)[0]
+        scores[test] = head.predict(head.inputs(states[test]))
     index = np.flatnonzero(pool)
     return {"spearman_within_prompt": within_group_spearman(scores, [r["score_label"] for r in rows], groups, index),
             "best_of_n_vs_random": pick_gains(rows, scores, index)}
@@ -137,9 +155,11 @@ def arena_transfer(design, own, arena, args) -> dict:
             test = np.isin(groups, list(fold))
             keep = np.flatnonzero(~test)
             train_arena = ([arena_rows[i] for i in keep], arena_states[keep], arena[2][keep])
-            scores[test] = fit_design(design, own, train_arena, everything, args.layer)[0].predict(arena_states[test])
+            head = fit_design(design, own, train_arena, everything, args.layer)[0]
+            scores[test] = head.predict(head.inputs(arena_states[test]))
     else:
-        scores = fit_design(design, own, arena, everything, args.layer)[0].predict(arena_states)
+        head = fit_design(design, own, arena, everything, args.layer)[0]
+        scores = head.predict(head.inputs(arena_states))
     index = [i for i, r in enumerate(arena_rows) if r["kind"] == "pool"]
     groups = [r["group"] for r in arena_rows]
     by_group: dict[str, list[int]] = {}
@@ -156,7 +176,8 @@ def render(p: dict) -> str:
     m = p["machine"]
     lines = [f"# A judge for the policy's own samples ({p['prompts']} training prompts, {p['answers']} samples)", "",
              f"Command: `{p['command']}`  ", f"Machine: {m['cpu']}, {m['cpu_count']} cores, {m['date']}", "",
-             "Heads on layer 18 of the frozen embedded model, trained on the SELF-J teacher's labels of the policy's "
+             "Heads on layer 18 of the frozen embedded model (or one head on each of layers 9, 12, 15 and 18, "
+             "averaged: the layer ensemble), trained on the SELF-J teacher's labels of the policy's "
              "own samples (cosine, chunked cosine and F1 to the reference, ranked within the prompt). Prompt CV: 5 "
              "folds by training prompt, out-of-fold scores; best-of-n picks among a prompt's samples against the mean "
              "over them (95 % bootstrap CI over prompts). Arena: trained on every training prompt, measured on the "
@@ -200,10 +221,11 @@ def main(argv=None):
         head, length_fit = fit_design(design, own, arena, np.ones(len(rows), dtype=bool), args.layer)
         keep = np.array([r["kind"] == "pool" for r in rows]) | design.get("augment", True)
         provenance = {"labels": "labels_own_samples.jsonl (recipes/configs/label_own_samples.yaml)",
-                      "design": chosen, "head_layer": args.layer, "rows": int(keep.sum()),
-                      "prompts": payload["prompts"], "selected_by": "evals/results/own_samples.md"}
+                      "design": chosen, "head_layers": list(head.layers), "rows": int(keep.sum()),
+                      "prompts": payload["prompts"], "selected_by": f"evals/results/{args.name}.md"}
         payload["saved_judge"] = save_head_judge(args.save_judge, args.model, args.max_length, head, length_fit,
-                                                 own[1][keep], np.array([r["score_label"] for r in rows])[keep],
+                                                 head.inputs(own[1][keep]),
+                                                 np.array([r["score_label"] for r in rows])[keep],
                                                  provenance)
         payload["judges_measured"] = judges_measured({"saved": args.save_judge})
     payload["wall_s"] = round(time.perf_counter() - start, 1)

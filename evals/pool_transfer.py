@@ -200,9 +200,9 @@ def previous_judge_rows(args, rows, states, tokens) -> dict:
     if not (directory / "selfj_config.json").is_file():
         return {}
     config = json.loads((directory / "selfj_config.json").read_text())
-    if int(config["head"]["layer"]) != args.layer:
+    if config["head"].get("layer") != args.layer:
         return {}
-    head = ScalarHead.load(directory, args.layer)
+    head = ScalarHead.load(directory, config["head"])
     scores = head.predict(states)
     heldout = set(json.loads(Path(args.split).read_text())["heldout"])
     index = np.flatnonzero([r["kind"] == "pool" and r["group"] in heldout for r in rows])

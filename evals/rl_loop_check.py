@@ -57,6 +57,8 @@ def make_parser():
     prompts.add_argument("--max_instruction_chars", type=int, default=1200)
     prompts.add_argument("--seed", type=int, default=7)
     prompts.add_argument("--output_dir", default="runs/rl_check")
+    prompts.add_argument("--exclude", nargs="*", default=[],
+                         help="Prompt files whose ids are not drawn (to add training prompts to an existing split).")
     subset = sub.add_parser("subset", help="The first K prompts of each source of a prompt file, in turn by source.")
     subset.add_argument("--prompts", default="runs/improvement/prompts_train.jsonl")
     subset.add_argument("--per_source", type=int, default=16)
@@ -82,7 +84,9 @@ def write_prompt_files(args) -> None:
                                         train_per_source=args.train_per_source,
                                         heldout_per_source=args.heldout_per_source,
                                         min_reference_chars=args.min_reference_chars,
-                                        max_instruction_chars=args.max_instruction_chars, seed=args.seed)
+                                        max_instruction_chars=args.max_instruction_chars, seed=args.seed,
+                                        exclude_ids=frozenset(row["id"] for path in args.exclude
+                                                              for _, row in iter_records(path)))
     print(f"train and held-out prompts: {train}, {heldout}")
 
 

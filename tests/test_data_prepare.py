@@ -105,3 +105,20 @@ def test_console_data_prepare_check(raw_sources, tmp_path, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "arena_bench_v1" in out and "MISSING" in out and "lacks" in out and "evals/judge_pool.py" in out
     assert not (tmp_path / "data").exists()  # --check writes nothing
+
+
+def test_more_training_prompts_skip_the_ids_already_drawn(tmp_path):
+    from selfj_rlhf.data.prompts import write_prompt_split
+
+    source = write(tmp_path / "src.jsonl", "".join(json.dumps(
+        {"id": f"s:{i}", "instruction": f"Explain idea {i}.", "reference": f"Idea {i}, explained at length."}) + "\n"
+        for i in range(10)))
+    first, heldout = write_prompt_split({"s": str(source)}, tmp_path / "first", train_per_source=3,
+                                        heldout_per_source=3)
+    drawn = frozenset(r["id"] for path in (first, heldout) for _, r in iter_records(path))
+    more, _ = write_prompt_split({"s": str(source)}, tmp_path / "more", train_per_source=4, heldout_per_source=0,
+                                 exclude_ids=drawn)
+    assert len(drawn) == 6 and {r["id"] for _, r in iter_records(more)} == {f"s:{i}" for i in range(10)} - drawn
+    with pytest.raises(ConfigError, match="4 usable rows, 5 wanted"):
+        write_prompt_split({"s": str(source)}, tmp_path / "too_many", train_per_source=5, heldout_per_source=0,
+                           exclude_ids=drawn)

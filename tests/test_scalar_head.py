@@ -13,7 +13,7 @@ from selfj_rlhf.core.errors import ConfigError
 from selfj_rlhf.judge.features import FeatureCache, score_position_features
 from selfj_rlhf.judge.head import LengthControl, ScalarHead, ScoreMap
 from selfj_rlhf.training.scalar_head import ScalarHeadConfig, pairwise_loss, train_scalar_head, training_pairs
-from selfj_rlhf.core.layers import layer_output
+from selfj_rlhf.core.layers import layer_outputs
 
 ITEMS = [("What is 2+2?", "4"), ("What is 2+2?", "Four, because two plus two is four."),
          ("Write a haiku about rain.", "Rain on the tin roof\nsoft drums counting out the night"),
@@ -87,10 +87,11 @@ def test_truncated_forward_equals_full_model_layer(tiny_judge):
     batch = tiny_judge._collate([tiny_judge.encode(i, r).input_ids for i, r in ITEMS])
     with torch.no_grad():
         full = tiny_judge.model(**batch, output_hidden_states=True).hidden_states
-        for layer in (1, 2):
-            assert torch.allclose(layer_output(tiny_judge.model, layer, **batch), full[layer], atol=1e-5)
+        for layers in ([1], [2], [2, 1]):
+            for layer, out in zip(layers, layer_outputs(tiny_judge.model, layers, **batch)):
+                assert torch.allclose(out, full[layer], atol=1e-5)
     with pytest.raises(ConfigError):
-        layer_output(tiny_judge.model, 3, **batch)
+        layer_outputs(tiny_judge.model, [3], **batch)
 
 
 def scalar_judge(tiny_judge, layer, seed=0, score_map=None):
@@ -101,21 +102,39 @@ def scalar_judge(tiny_judge, layer, seed=0, score_map=None):
                      score_map=score_map)
 
 
-@pytest.mark.parametrize("layer", [1, 2])
+@pytest.mark.parametrize("layers", [(1,), (2,), (2, 1)])
 @pytest.mark.parametrize("share_prefix", ["never", "always"])
-def test_scalar_judge_scores_the_layer_state(tiny_judge, layer, share_prefix):
-    judge = scalar_judge(tiny_judge, layer)
+def test_scalar_judge_scores_the_layer_states(tiny_judge, layers, share_prefix):
+    judge = scalar_judge(tiny_judge, layers)
     judge.share_prefix = share_prefix
     details = judge.score_details(*zip(*ITEMS))
     for (instruction, response), detail in zip(ITEMS, details):
         ids = torch.tensor([judge.encode(instruction, response).input_ids])
         with torch.no_grad():
-            state = tiny_judge.model(input_ids=ids, output_hidden_states=True).hidden_states[layer][0, -1]
-            expected = float(judge.head(state))
+            hidden = tiny_judge.model(input_ids=ids, output_hidden_states=True).hidden_states
+            expected = float(judge.head(torch.cat([hidden[layer][0, -1] for layer in layers])))
         assert detail.raw_score == pytest.approx(expected, abs=1e-4)
         assert detail.score == pytest.approx(min(9.0, max(0.0, expected)), abs=1e-4)  # no score map: clipped
         assert detail.probs == [] and detail.digit_mass == 1.0
         assert detail.response_tokens == len(tiny_judge.tokenizer.encode(response.strip(), add_special_tokens=False))
+
+
+def test_layer_ensemble_is_the_mean_of_its_heads_and_round_trips(tiny_judge, tmp_path):
+    singles = [scalar_judge(tiny_judge, layer, seed=layer) for layer in (1, 2)]
+    ensemble = SelfJudge(tiny_judge.model, tiny_judge.tokenizer, max_length=tiny_judge.max_length,
+                         base_model=tiny_judge.base_model, head=ScalarHead.average([j.head for j in singles]))
+    raw = [[d.raw_score for d in judge.score_details(*zip(*ITEMS))] for judge in (*singles, ensemble)]
+    assert raw[2] == pytest.approx(np.mean(raw[:2], axis=0), abs=1e-5)
+    ensemble.save_pretrained(tmp_path / "judge")
+    assert ensemble.judge_config()["head"] == {"kind": "scalar", "layers": [1, 2]}
+    loaded = SelfJudge.from_pretrained(str(tmp_path / "judge"), length_control=False)
+    assert loaded.head.layers == (1, 2)
+    assert [d.raw_score for d in loaded.score_details(*zip(*ITEMS))] == pytest.approx(raw[2], abs=1e-5)
+    states = np.random.default_rng(0).normal(size=(3, 3, tiny_judge.model.config.hidden_size))
+    assert loaded.head.predict(loaded.head.inputs(states)) == pytest.approx(
+        np.mean([j.head.predict(states[:, j.head.layers[0], :]) for j in singles], axis=0), abs=1e-5)
+    with pytest.raises(ConfigError, match="distinct layers"):
+        ScalarHead.average([singles[0].head, singles[0].head])
 
 
 def test_scalar_judge_save_load_and_length_control(tiny_judge, tmp_path):
@@ -124,7 +143,7 @@ def test_scalar_judge_save_load_and_length_control(tiny_judge, tmp_path):
     assert (tmp_path / "judge" / "scalar_head.safetensors").is_file()
     assert not (tmp_path / "judge" / "model.safetensors").exists()  # the frozen base is referenced, not copied
     loaded = SelfJudge.from_pretrained(str(tmp_path / "judge"), length_control=False)
-    assert loaded.head.layer == 1 and loaded.length_fit == judge.length_fit and not loaded.length_control
+    assert loaded.head.layers == (1,) and loaded.length_fit == judge.length_fit and not loaded.length_control
     assert loaded.score_map == judge.score_map
     assert loaded.score(*zip(*ITEMS)) == pytest.approx(judge.score(*zip(*ITEMS)), abs=1e-5)
     assert SelfJudge.from_pretrained(str(tmp_path / "judge")).length_control is LENGTH_CONTROL_DEFAULT

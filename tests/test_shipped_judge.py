@@ -35,7 +35,13 @@ PROVENANCE_NEEDS = {
                               "evals/pool_transfer.py", "evals/results/pool_transfer.md"),
     "selfj-smollm2-135m-v4": ("runs/improvement/prompts_train.jsonl", "recipes/configs/label_own_samples.yaml",
                               "evals/own_samples.py", "evals/results/own_samples.md"),
+    "selfj-smollm2-135m-v5": ("runs/improvement/prompts_train.jsonl", "runs/improvement/more/prompts_train.jsonl",
+                              "recipes/configs/label_own_samples.yaml", "evals/own_samples.py",
+                              "evals/results/own_samples_v5.md"),
 }
+# the layers each shipped judge's head reads (v5: a layer ensemble, one linear map over four layers' states)
+HEAD_LAYERS = {"selfj-smollm2-135m-v3": {"layer": 18}, "selfj-smollm2-135m-v4": {"layer": 18},
+               "selfj-smollm2-135m-v5": {"layers": [9, 12, 15, 18]}}
 
 
 @pytest.mark.parametrize("name", sorted(PROVENANCE_NEEDS))
@@ -44,7 +50,8 @@ def test_shipped_judge_files_and_provenance(name):
     directory = resolve_judge_dir(name)
     config = json.loads((directory / "selfj_config.json").read_text())
     assert config["base_model"] == "smollm2-135m-instruct" and config["template"] == "selfj-chat"
-    assert config["head"] == {"kind": "scalar", "layer": 18} and config["length_control"]["kind"] == "log_length_linear"
+    assert config["head"] == {"kind": "scalar", **HEAD_LAYERS[name]}
+    assert config["length_control"]["kind"] == "log_length_linear"
     assert config["score_map"]["kind"] == "logistic"  # the score contract: every shipped judge scores on 0-9
     assert (directory / "scalar_head.safetensors").stat().st_size < 100_000
     provenance = (directory / "PROVENANCE.md").read_text()

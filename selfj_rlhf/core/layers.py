@@ -1,7 +1,9 @@
-"""Decoder-layer access for judges that read or train one middle layer: the layer list, and a forward that stops
-where a layer's input is captured, so the layers above never run."""
+"""Decoder-layer access for judges that read or train middle layers: the layer list, and a forward that stops
+where the highest wanted layer's output is captured, so the layers above never run."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 
@@ -44,15 +46,37 @@ def layer_input(model, index: int, **forward_kwargs) -> torch.Tensor:
     return captured["hidden"]
 
 
-def layer_output(model, layer: int, **forward_kwargs) -> torch.Tensor:
-    """Output of decoder layer ``layer`` (1-based, as in ``hidden_states[layer]``), running no layer above it.
+def layer_outputs(model, layers: Sequence[int], **forward_kwargs) -> list[torch.Tensor]:
+    """Outputs of decoder layers ``layers`` (1-based, as in ``hidden_states[layer]``), each ``[batch, tokens,
+    hidden]``, from one forward that runs no layer above the highest of them.
 
-    The last layer's output is taken after the final norm, as transformers reports it.
+    A layer's output is captured as the input of the layer after it; the last layer's output is taken after the
+    final norm, as transformers reports it.
     """
     base = base_model(model)
-    layers = decoder_layers(base)
-    if not 1 <= layer <= len(layers):
-        raise ConfigError(f"layer must be in 1..{len(layers)}, got {layer}")
-    if layer == len(layers):
-        return base.model(**forward_kwargs).last_hidden_state
-    return layer_input(base, layer, **forward_kwargs)
+    blocks = decoder_layers(base)
+    for layer in layers:
+        if not 1 <= layer <= len(blocks):
+            raise ConfigError(f"layer must be in 1..{len(blocks)}, got {layer}")
+    top = max(layers)
+    captured: dict[int, torch.Tensor] = {}
+
+    def grabber(layer: int):
+        def grab(module, args, kwargs):
+            captured[layer] = args[0] if args else kwargs["hidden_states"]
+            if layer == top:
+                raise StopForward
+        return grab
+
+    handles = [blocks[layer].register_forward_pre_hook(grabber(layer), with_kwargs=True)
+               for layer in set(layers) if layer < len(blocks)]
+    try:
+        output = base.model(**forward_kwargs)
+        captured[len(blocks)] = output.last_hidden_state
+    except StopForward:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [captured[layer] for layer in layers]
+

@@ -86,11 +86,12 @@ PROMPT_FIELDS = ("id", "instruction", "input", "reference", "category")
 
 def write_prompt_split(sources: dict[str, str], output_dir: str | Path, *, train_per_source: int,
                        heldout_per_source: int, min_reference_chars: int = 20, max_instruction_chars: int = 1200,
-                       seed: int = 7) -> tuple[Path, Path]:
+                       seed: int = 7, exclude_ids: frozenset[str] = frozenset()) -> tuple[Path, Path]:
     """Disjoint train and held-out prompt files (``prompts_train.jsonl``, ``prompts_heldout.jsonl``) with references,
     the same number from each source (a name -> data spec map), seeded. Rows keep ``PROMPT_FIELDS``; rows with a
-    short reference or a long instruction are skipped. Written atomically; an error names a source that has too few
-    usable rows."""
+    short reference or a long instruction, or whose id is in ``exclude_ids`` (prompts already drawn, so that more
+    training prompts stay disjoint from an existing split), are skipped. Written atomically; an error names a source
+    that has too few usable rows."""
     import random
 
     rng = random.Random(seed)
@@ -98,7 +99,8 @@ def write_prompt_split(sources: dict[str, str], output_dir: str | Path, *, train
     for name, spec in sources.items():
         rows = [row for _, row in iter_records(spec)
                 if len(row.get("reference") or "") >= min_reference_chars
-                and len(row["instruction"]) + len(row.get("input") or "") <= max_instruction_chars]
+                and len(row["instruction"]) + len(row.get("input") or "") <= max_instruction_chars
+                and row.get("id") not in exclude_ids]
         wanted = train_per_source + heldout_per_source
         if len(rows) < wanted:
             raise ConfigError(f"{name} ({spec}): {len(rows)} usable rows, {wanted} wanted")

@@ -17,12 +17,14 @@ SHIPPED_JUDGES: dict[str, tuple[str, str]] = {
     "selfj-smollm2-135m-v2": ("selfj-smollm2-135m-v2", "smollm2-135m-instruct"),
     "selfj-smollm2-135m-v3": ("selfj-smollm2-135m-v3", "smollm2-135m-instruct"),
     "selfj-smollm2-135m-v4": ("selfj-smollm2-135m-v4", "smollm2-135m-instruct"),
+    "selfj-smollm2-135m-v5": ("selfj-smollm2-135m-v5", "smollm2-135m-instruct"),
 }
-# short alias -> the newest versioned name: v4 ranks the embedded policy's own samples (what best-of-n, rejection
+# short alias -> the newest versioned name: v5 ranks the embedded policy's own samples (what best-of-n, rejection
 # sampling, DPO pairs and the GRPO reward score); v3 ranks other models' answers (POOL_JUDGE)
-JUDGE_ALIASES: dict[str, str] = {"selfj-smollm2-135m": "selfj-smollm2-135m-v4"}
-# the shipped judge for answers of other models (AlpacaEval's SELF-J annotator): v4 does not rank those
-# (evals/results/own_samples.md), v3 was chosen for exactly that (evals/results/pool_transfer.md)
+JUDGE_ALIASES: dict[str, str] = {"selfj-smollm2-135m": "selfj-smollm2-135m-v5"}
+# the shipped judge for answers of other models (AlpacaEval's SELF-J annotator): the judges of the policy's own
+# samples do not rank those (evals/results/own_samples_v5.md), v3 was chosen for exactly that
+# (evals/results/pool_transfer.md)
 POOL_JUDGE = "selfj-smollm2-135m-v3"
 # files of a judge directory that describe it rather than define it: left out of its content hash
 UNHASHED_FILES = ("PROVENANCE.md",)

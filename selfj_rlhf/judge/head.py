@@ -96,20 +96,45 @@ class ScoreMap:
 
 
 class ScalarHead(torch.nn.Module):
-    """``score = weight . state + bias`` on the raw (unstandardised) state of decoder layer ``layer``."""
+    """``score = weight . states + bias`` on the raw (unstandardised) states of decoder layers ``layers``,
+    concatenated in that order: one layer, or several (a layer ensemble, ``average``, stored as one linear map)."""
 
-    def __init__(self, hidden_size: int, layer: int):
+    def __init__(self, hidden_size: int, layers: int | Sequence[int]):
         super().__init__()
-        self.layer = layer
-        self.linear = torch.nn.Linear(hidden_size, 1)
+        self.layers = (layers,) if isinstance(layers, int) else tuple(int(layer) for layer in layers)
+        if not self.layers:
+            raise ConfigError("a scalar head reads at least one layer")
+        self.linear = torch.nn.Linear(hidden_size * len(self.layers), 1)
+
+    @classmethod
+    def average(cls, heads: Sequence["ScalarHead"]) -> "ScalarHead":
+        """The mean of several heads' scores, as one head over their layers' states concatenated in order."""
+        layers = [layer for head in heads for layer in head.layers]
+        if len(set(layers)) != len(layers):
+            raise ConfigError(f"averaged heads must read distinct layers, got {layers}")
+        merged = cls(heads[0].linear.in_features // len(heads[0].layers), layers)
+        with torch.no_grad():
+            merged.linear.weight.copy_(torch.cat([head.linear.weight for head in heads], 1) / len(heads))
+            merged.linear.bias.copy_(sum(head.linear.bias for head in heads) / len(heads))
+        return merged.eval()
+
+    def inputs(self, states: np.ndarray) -> np.ndarray:
+        """This head's input from cached ``[N, layers + 1, hidden]`` states (``selfj_rlhf.judge.features``)."""
+        return np.concatenate([states[:, layer, :] for layer in self.layers], axis=1)
 
     def forward(self, states: torch.Tensor) -> torch.Tensor:
         return self.linear(states.float()).squeeze(-1)
 
     def predict(self, states: np.ndarray) -> np.ndarray:
-        """Scores of cached ``[N, hidden]`` states (a numpy array), as ``forward`` gives them."""
+        """Scores of cached ``[N, hidden x len(layers)]`` states (a numpy array), as ``forward`` gives them."""
         weight = self.linear.weight.detach().cpu().numpy()[0].astype(np.float64)
         return np.asarray(states, dtype=np.float64) @ weight + self.linear.bias.item()
+
+    def config(self) -> dict:
+        """The ``head`` entry of ``selfj_config.json`` (``layer`` for one layer, as judges have always stored it)."""
+        if len(self.layers) == 1:
+            return {"kind": "scalar", "layer": self.layers[0]}
+        return {"kind": "scalar", "layers": list(self.layers)}
 
     def save(self, directory: str | Path) -> None:
         from safetensors.torch import save_file
@@ -118,11 +143,13 @@ class ScalarHead(torch.nn.Module):
                   str(Path(directory) / HEAD_FILE))
 
     @classmethod
-    def load(cls, directory: str | Path, layer: int) -> "ScalarHead":
+    def load(cls, directory: str | Path, config: dict) -> "ScalarHead":
+        """The head saved in ``directory``, reading the layers that its ``config`` entry (see ``config``) names."""
         from safetensors.torch import load_file
 
+        layers = config["layers"] if "layers" in config else [config["layer"]]
         tensors = load_file(str(Path(directory) / HEAD_FILE))
-        head = cls(tensors["weight"].shape[1], layer)
+        head = cls(tensors["weight"].shape[1] // len(layers), layers)
         head.linear.weight.data.copy_(tensors["weight"])
         head.linear.bias.data.copy_(tensors["bias"])
         return head.eval()

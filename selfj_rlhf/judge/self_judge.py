@@ -20,7 +20,7 @@ import torch
 
 from ..core.errors import ConfigError, DigitTokenError
 from ..core.io import atomic_write_json
-from ..core.layers import layer_output
+from ..core.layers import layer_outputs
 from ..core.tensors import left_pad
 from ..core.models import DEFAULT_POLICY, load_causal_lm, quantize_int8_dynamic
 from .directory import resolve_judge_dir
@@ -179,7 +179,7 @@ class SelfJudge:
             close the judge's turn) and the template's section markers (``[Answer]``, ``[End of Answer]``,
             ``[Reference]``, ...) from the instruction, reference and response before rendering, so user
             text cannot fake the judge prompt's structure (see evals/results/judge_gaming.md).
-        head: a ``ScalarHead`` that scores from its layer's hidden state instead of the digit logits (the
+        head: a ``ScalarHead`` that scores from its layers' hidden states instead of the digit logits (the
             decoder layers above it are not run).
         length_fit: a ``LengthControl`` fitted when the judge was trained (saved in ``selfj_config.json``).
         length_control: subtract the length trend of ``length_fit`` from every score.
@@ -279,7 +279,7 @@ class SelfJudge:
             quantize_int8_dynamic(model)
         head = None
         if scalar:
-            head = ScalarHead.load(judge_dir, int(config["head"]["layer"])).to(next(model.parameters()).device)
+            head = ScalarHead.load(judge_dir, config["head"]).to(next(model.parameters()).device)
 
         length_fit = LengthControl.from_dict(config["length_control"]) if config.get("length_control") else None
         score_map = ScoreMap.from_dict(config["score_map"]) if config.get("score_map") else None
@@ -297,7 +297,7 @@ class SelfJudge:
         config = {"format_version": 1, "base_model": self.base_model, "template": self.template.name,
                   "digit_token_ids": self.digit_ids, "max_length": self.max_length}
         if self.head is not None:
-            config["head"] = {"kind": "scalar", "layer": self.head.layer}
+            config["head"] = self.head.config()
         if self.length_fit is not None:
             config["length_control"] = self.length_fit.to_dict()
         if self.score_map is not None:
@@ -375,9 +375,10 @@ class SelfJudge:
 
     def _readout(self, **forward_kwargs) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Forward one batch; return (scores [B], 10-way digit probabilities [B, 10] or None, log-mass on the
-        digits [B] or None) at the last position. A scalar head stops the forward at its layer."""
+        digits [B] or None) at the last position. A scalar head stops the forward at its highest layer."""
         if self.head is not None:
-            states = layer_output(self.model, self.head.layer, **forward_kwargs)[:, -1, :]
+            states = torch.cat([out[:, -1, :] for out in layer_outputs(self.model, self.head.layers, **forward_kwargs)],
+                               dim=-1)
             return self.head(states.to(self.head.linear.weight.device)).cpu(), None, None
         if self._lm_head is not None:
             self._lm_head.selfj_fp32_logits = self.fp32_readout
@@ -506,7 +507,7 @@ class SelfJudge:
         """Readouts (see ``_readout``) of responses sharing one prefix: the prefix runs once, and each left-padded
         batch of continuations reads its KV cache through a broadcast view (``expand``: no copy of the prefix per
         batch; the forward's own concatenation makes the only copy). Positions continue after the prefix; padding is
-        masked. A scalar head's forward stops at its layer, so layers above it hold no cache and need none."""
+        masked. A scalar head's forward stops at its highest layer, so layers above it hold no cache and need none."""
         from transformers import DynamicCache
 
         prefix_length = items[0].prefix_length
