@@ -58,10 +58,13 @@ def make_parser():
 
 def independence(annotator: str, policies: list[str]) -> str | None:
     """Why an annotator is not independent of the evaluated policies, or None when it is."""
-    if annotator.startswith("selfj:"):
+    from selfj_rlhf.rlhf.alpacaeval import LOCAL_PREFIX, SELFJ_PREFIX
+
+    if annotator.startswith(SELFJ_PREFIX):
         return "a SELF-J judge, built on the same model as the judge the loops optimised"
-    if annotator.startswith("local:") and annotator[len("local:"):] in policies:
-        return f"the model {annotator[len('local:'):]} itself, the base of every evaluated policy and of the judge"
+    model = annotator.removeprefix(LOCAL_PREFIX)
+    if annotator.startswith(LOCAL_PREFIX) and model in policies:
+        return f"the model {model} itself, the base of every evaluated policy and of the judge"
     return None
 
 
