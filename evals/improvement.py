@@ -71,36 +71,29 @@ def make_parser():
 
 
 def sample(args) -> None:
-    """n samples per prompt, one shard row per prompt; a rerun skips the prompts already written."""
-    from tqdm.auto import tqdm
+    """n samples per prompt with the library's sampling stage (recipes/sample.py); a rerun skips finished prompts."""
+    from selfj_rlhf.training.sampling import SampleConfig, run_sampling
 
-    from selfj_rlhf.core.generation import generate_candidates
-    from selfj_rlhf.core.models import load_causal_lm
-    from selfj_rlhf.data.prompts import load_prompts
+    summary = run_sampling(SampleConfig(policy=args.policy, dataset=args.prompts, n=args.n,
+                                        temperature=args.temperature, top_p=args.top_p,
+                                        max_new_tokens=args.max_new_tokens, seed=args.seed,
+                                        output_dir=args.output_dir))
+    print(f"{summary['prompts']} prompts sampled in {args.output_dir}")
 
-    prompts = load_prompts(args.prompts)
-    out = Path(args.output_dir)
-    done = read_shards(out) if out.is_dir() else {}
-    todo = [p for p in prompts if p.id not in done]
-    policy, tokenizer = load_causal_lm(args.policy)
-    with ShardWriter(out / "part-000.jsonl") as writer:
-        for prompt in tqdm(todo, desc=f"sample {args.n}", unit="prompt"):
-            candidates = generate_candidates(policy, tokenizer, prompt.instruction, n=args.n, seed=args.seed,
-                                             prompt_id=prompt.id, max_new_tokens=args.max_new_tokens,
-                                             temperature=args.temperature, top_p=args.top_p)
-            writer.write({"id": prompt.id, "instruction": prompt.instruction, "reference": prompt.reference,
-                          "meta": prompt.meta, "policy": args.policy, "temperature": args.temperature,
-                          "candidates": candidates})
-    print(f"{len(prompts)} prompts sampled in {out} ({len(todo)} this run)")
+
+def read_samples(directory: str) -> dict[str, dict]:
+    """The sampled prompts of a ``sample`` output dir, by id (finished and partial runs alike)."""
+    return read_shards(Path(directory) / "shards")
 
 
 def write_pool(args) -> None:
-    """One pool row per sample: the prompt is the answer group and the policy the answering model."""
+    """One pool row per sample (``selfj_rlhf.training.sampling.pool_rows``): the prompt is the answer group and the
+    policy the answering model."""
     from selfj_rlhf.core.io import atomic_write_jsonl
+    from selfj_rlhf.training.sampling import pool_rows
 
-    prompts = sorted(read_shards(args.samples).values(), key=lambda p: p["id"])
-    rows = [{"id": f"{p['id']}#{k}", "question_id": p["id"], "model": p["policy"], "instruction": p["instruction"],
-             "response": c["text"], "reference": p["reference"]} for p in prompts for k, c in enumerate(p["candidates"])]
+    prompts = sorted(read_samples(args.samples).values(), key=lambda p: p["id"])
+    rows = pool_rows(prompts)
     atomic_write_jsonl(args.output, rows)
     print(f"{len(rows)} answers to {len(prompts)} prompts written to {args.output}")
 
@@ -167,7 +160,7 @@ def bestofn(args) -> None:
     from selfj_rlhf.judge.head import LengthControl
     from selfj_rlhf.judge.directory import resolve_judge_dir
 
-    shards = [read_shards(directory) for directory in args.samples]
+    shards = [read_samples(directory) for directory in args.samples]
     if any(set(a) & set(b) for i, a in enumerate(shards) for b in shards[i + 1:]):
         raise SystemExit(f"--samples {' '.join(args.samples)}: a prompt is in more than one of them")
     prompts = sorted((row for rows in shards for row in rows.values()), key=lambda p: p["id"])

@@ -1,6 +1,6 @@
 """How well do judges agree with GPT-4? Correlation with arena-bench grades and LLMBar pairwise accuracy.
 
-    python -m evals.judge_correlation --judge selfj=selfj-smollm2-135m --judge zero-shot=smollm2-135m-instruct \
+    python -m evals.judge_correlation --judge selfj=selfj-smollm2-135m-pool --judge zero-shot=smollm2-135m-instruct \
         --with_reference selfj --with_reference zero-shot --max_questions 20 --max_pairs 100
 
 Rows of the table: every ``--judge NAME=SPEC`` scored reference-free (and with the reference for the names
@@ -25,6 +25,7 @@ from evals.lib.common import RESULTS_DIR, command_line, machine_info, default_da
 
 from evals.lib.metrics import arena_metrics, pairwise_accuracy
 from evals.lib.score_cache import ScoreCache, judge_scores, load_arena
+from selfj_rlhf.judge.directory import OTHER_MODELS, warn_if_outside_role
 from selfj_rlhf.data.datasets import iter_records
 
 
@@ -83,6 +84,8 @@ def similarity_scores(items: list[tuple[str, str]]) -> list[float]:
 def main(argv=None):
     args = make_parser().parse_args(argv)
     judges = dict(item.split("=", 1) for item in args.judge)
+    for spec in judges.values():
+        warn_if_outside_role(spec, OTHER_MODELS, where="judge correlation on other models' answers")
     unknown = set(args.with_reference) - set(judges)
     if unknown:
         raise SystemExit(f"--with_reference names unknown judges: {sorted(unknown)}")

@@ -5,7 +5,7 @@ duplicated and every output file parsing.
     python -m evals.kill_resume --kills 5                  # the larger run (evals/results/kill_resume.md)
     (tests/test_kill_resume.py runs it with 2 kills per recipe on the tiny model in CI)
 
-Recipes: best-of-n, labelling, pair building, and one rejection-sampling round (sampling, selection, SFT,
+Recipes: the own-samples sampling stage, best-of-n, labelling, pair building, and one rejection-sampling round (sampling, selection, SFT,
 publishing), all on a tiny random Llama with the SmolLM2 tokenizer (the harness builds it), so a kill can
 land in any stage within seconds. Kill times are drawn (seeded) uniformly between 0.2 s and the
 uninterrupted run's duration. Checks per recipe: the final outputs equal the reference run's (rows, order,
@@ -42,6 +42,8 @@ def recipe_commands(work: Path, model: Path) -> dict[str, callable]:
         for j in range(4)]}) + "\n" for i in range(5000)))
     python = sys.executable
     return {
+        "sample": lambda out: [python, "recipes/sample.py", "--policy", str(model), "--dataset", str(prompts),
+                               "--n", "3", "--max_new_tokens", "8", "--output_dir", str(out)],
         "best_of_n": lambda out: [python, "recipes/best_of_n.py", "--policy", str(model), "--dataset", str(prompts),
                                   "--n", "3", "--max_new_tokens", "8", "--output_dir", str(out)],
         "label": lambda out: [python, "recipes/label.py", "--policy", str(model), "--data", str(prompts), "--k", "3",
@@ -57,7 +59,7 @@ def recipe_commands(work: Path, model: Path) -> dict[str, callable]:
     }
 
 
-FINAL_OUTPUTS = {"best_of_n": ["candidates.jsonl", "model_outputs.json", "summary.json"],
+FINAL_OUTPUTS = {"sample": ["samples.jsonl", "pool.jsonl", "summary.json"], "best_of_n": ["candidates.jsonl", "model_outputs.json", "summary.json"],
                  "label": ["labels.jsonl"], "build_pairs": ["pairs.jsonl", "pairs_report.json"],
                  "rejection_sampling": ["round-00/best_of_n/candidates.jsonl", "round-00/sft_data.jsonl",
                                         "round-00/policy/round.json"]}

@@ -1,10 +1,10 @@
 """Rank models by the judge's mean score of their answers; compare with the AlpacaEval 2 leaderboard.
 
     # AlpacaEval's public outputs (a checkout of the alpaca_eval repo's results/ folder, or any local copy):
-    python -m evals.model_ranking --judge selfj=selfj-smollm2-135m --alpaca_results path/to/alpaca_eval/results \
+    python -m evals.model_ranking --judge selfj=selfj-smollm2-135m-pool --alpaca_results path/to/alpaca_eval/results \
         --max_models 20 --max_instructions 50
     # Offline here: the 15 models answering arena-bench (the models the AlpacaEval 2 leaderboard also lists):
-    python -m evals.model_ranking --judge selfj=selfj-smollm2-135m --arena_questions 30
+    python -m evals.model_ranking --judge selfj=selfj-smollm2-135m-pool --arena_questions 30
 
 Every model's score is the judge's mean reference-free score over the same instructions. Reported: Spearman
 and Kendall of that ranking against the AlpacaEval 2 leaderboard (``weighted_alpaca_eval_gpt4_turbo``,
@@ -24,6 +24,7 @@ from pathlib import Path
 
 from evals.lib.common import RESULTS_DIR, command_line, machine_info, default_data, write_results
 from evals.lib.score_cache import ScoreCache, judge_scores, load_arena
+from selfj_rlhf.judge.directory import OTHER_MODELS, warn_if_outside_role
 
 LEADERBOARD = "leaderboards/data_AlpacaEval_2/weighted_alpaca_eval_gpt4_turbo_leaderboard.csv"
 ARENA_TO_LEADERBOARD = {
@@ -89,6 +90,8 @@ def spearman_kendall(xs: list[float], ys: list[float]) -> dict:
 
 def main(argv=None):
     args = make_parser().parse_args(argv)
+    for item in args.judge:  # every answer ranked here is another model's
+        warn_if_outside_role(item.split("=", 1)[1], OTHER_MODELS, where="model ranking")
     if args.alpaca_results:
         tag, rows = alpaca_items(args)
         source = f"AlpacaEval outputs in {args.alpaca_results}"

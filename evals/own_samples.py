@@ -42,6 +42,7 @@ import numpy as np
 from evals.lib.common import command_line, default_data, judges_measured, machine_info, write_results
 from evals.lib.heads import fit, question_folds, save_head_judge
 from evals.lib.metrics import bootstrap_ci, within_group_spearman
+from selfj_rlhf.judge.directory import OWN_SAMPLES
 from selfj_rlhf import SelfJudge
 from selfj_rlhf.data.datasets import iter_records
 from selfj_rlhf.judge.head import ScalarHead
@@ -226,7 +227,7 @@ def main(argv=None):
         payload["saved_judge"] = save_head_judge(args.save_judge, args.model, args.max_length, head, length_fit,
                                                  head.inputs(own[1][keep]),
                                                  np.array([r["score_label"] for r in rows])[keep],
-                                                 provenance)
+                                                 provenance, role=OWN_SAMPLES, policy=args.model)
         payload["judges_measured"] = judges_measured({"saved": args.save_judge})
     payload["wall_s"] = round(time.perf_counter() - start, 1)
     write_results(args.name, payload, render(payload))

@@ -35,6 +35,7 @@ import numpy as np
 
 from evals.lib.common import command_line, default_data, machine_info, write_results
 from evals.lib.heads import fit, question_folds, save_head_judge
+from selfj_rlhf.judge.directory import OTHER_MODELS
 from evals.lib.metrics import bootstrap_ci
 
 # name -> ScalarHeadConfig fields, plus augment (the off-topic / injected rows of the labels)
@@ -219,7 +220,8 @@ def save_judge(args, design_name, rows, states, tokens) -> dict:
                   "design": design_name, "head_layer": args.layer, "rows": int(keep.sum()),
                   "questions": len({r["group"] for r in rows}), "selected_by": "evals/results/pool_transfer.md"}
     return save_head_judge(args.save_judge, args.model, args.max_length, head, length_fit, states[keep],
-                           np.array([r["score_label"] for r in rows])[keep], provenance)
+                           np.array([r["score_label"] for r in rows])[keep], provenance, role=OTHER_MODELS,
+                           policy=args.model)
 
 
 def main(argv=None):

@@ -1,6 +1,6 @@
 """Selective instruction following on arena-bench: can the judge tell which answers to withhold?
 
-    python -m evals.selective --judge selfj=selfj-smollm2-135m --judge zero-shot=smollm2-135m-instruct \
+    python -m evals.selective --judge selfj=selfj-smollm2-135m-pool --judge zero-shot=smollm2-135m-instruct \
         --max_questions 30 --grade_cut 6
 
 Ground truth: GPT-4's 1-10 grade (with reference) of each answer; an answer is a failure (loss 1) when its
@@ -20,6 +20,7 @@ from pathlib import Path
 
 from evals.lib.common import RESULTS_DIR, command_line, machine_info, default_data, write_results
 from evals.lib.score_cache import ScoreCache, judge_scores, load_arena
+from selfj_rlhf.judge.directory import OTHER_MODELS, warn_if_outside_role
 
 
 def make_parser():
@@ -63,6 +64,8 @@ def split_by_question(rows: list[dict], seed: int) -> tuple[list[int], list[int]
 
 def main(argv=None):
     args = make_parser().parse_args(argv)
+    for item in args.judge:  # the arena answers are other models'
+        warn_if_outside_role(item.split("=", 1)[1], OTHER_MODELS, where="selective prediction on other models' answers")
     from selfj_rlhf.rlhf.selective import apply_threshold, choose_threshold, selective_report
 
     rows, scorers = arena_scores(args)

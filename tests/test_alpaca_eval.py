@@ -38,7 +38,8 @@ def test_generate_evaluate_bundle_offline(tiny_model_dir, references, generated,
     main(["alpaca-eval", "evaluate", "--model_outputs", str(generated), "--reference_outputs", str(references),
           "--annotator", f"local:{tiny_model_dir}", "--output_dir", "eval"])
     result = json.loads((eval_dir / "result.json").read_text())
-    assert result["n_total"] == 3 and result["independent_annotator"] is True
+    assert result["n_total"] == 3 and result["independent_annotator"] is False  # an offline stand-in
+    assert "local model" in result["independence_note"]
     assert (eval_dir / "annotator_local" / "configs.yaml").is_file()  # the generated offline annotator config
     annotations = json.loads((eval_dir / "annotations.json").read_text())
     assert all(1 <= a["preference"] <= 2 for a in annotations)

@@ -36,8 +36,9 @@ def raw_sources(tmp_path, monkeypatch):
     gsm8k = tmp_path / "gsm8k"
     for split in ("train", "test"):
         write(gsm8k / f"{split}.jsonl", "".join(json.dumps(
-            {"question": f"What is {i} + {i}?", "answer": f"{i} + {i} = <<{i}+{i}={2 * i}>>{2 * i}\n#### {2 * i}"}) + "\n"
-            for i in range(2)))
+            {"question": f"What is {i} + {i} ({split})?",
+             "answer": f"{i} + {i} = <<{i}+{i}={2 * i}>>{2 * i}\n#### {2 * i}"}) + "\n"
+            for i in range(4)))
     alpaca = write(tmp_path / "hub" / "alpaca_eval_gpt4_baseline.json", json.dumps(
         [{"instruction": "Name a colour.", "output": "Blue.", "generator": "gpt4", "dataset": "x"}]))
     monkeypatch.setitem(PRESETS, "alpaca_eval", dataclasses.replace(PRESETS["alpaca_eval"], hub_download=lambda: alpaca))
@@ -52,7 +53,7 @@ def raw_sources(tmp_path, monkeypatch):
 def test_prepare_converts_presets_writes_rl_prompts_and_reports_the_rest(raw_sources, tmp_path):
     data = tmp_path / "data"
     report = prepare(DataPrepareConfig(data_dir=str(data), raw=[f"{k}={v}" for k, v in raw_sources.items()],
-                                       rl_train_per_source=2, rl_heldout_per_source=1))
+                                       rl_train_per_source=2, rl_heldout_per_source=1, judge_extra_per_source=1))
     for name in ("alpaca_eval", "flask", "gpteacher_codegen", "gsm8k"):
         assert report[name]["present"] and (data / LOCAL_FILES[name]).is_file(), name
     assert [r["output"] for _, r in iter_records(data / LOCAL_FILES["alpaca_eval"])] == ["Blue."]  # a JSON list
@@ -62,6 +63,10 @@ def test_prepare_converts_presets_writes_rl_prompts_and_reports_the_rest(raw_sou
     heldout = [r for _, r in iter_records(data / "rl_prompts" / "prompts_heldout.jsonl")]
     assert len(train) == 6 and len(heldout) == 3 and not {r["id"] for r in train} & {r["id"] for r in heldout}
     assert all(r["reference"] for r in train + heldout)
+    judge_train = [r for _, r in iter_records(data / "rl_prompts" / "prompts_judge_train.jsonl")]
+    assert judge_train[:6] == train and len(judge_train) == 9  # the RL training prompts, then one more per source
+    assert not {r["id"] for r in judge_train} & {r["id"] for r in heldout}
+    assert not any(":test:" in r["id"] for r in train + heldout + judge_train)  # GSM8K's test split: never drawn
 
 
 def test_a_preset_that_cannot_be_had_is_reported_and_the_others_still_convert(raw_sources, tmp_path):
@@ -78,7 +83,7 @@ def test_check_lists_what_each_recipe_and_benchmark_lacks(raw_sources, tmp_path)
     assert before["consumers"]["recipes/configs/grpo.yaml"] == ["file:rl_prompts/prompts_train.jsonl"]
     assert "preset:arena_bench_v1" in before["consumers"]["evals/judge_pool.py"]
     prepare(DataPrepareConfig(data_dir=str(data), raw=[f"{k}={v}" for k, v in raw_sources.items()],
-                              rl_train_per_source=2, rl_heldout_per_source=1))
+                              rl_train_per_source=2, rl_heldout_per_source=1, judge_extra_per_source=1))
     after = check(DataPrepareConfig(data_dir=str(data)), REPO)
     assert after["consumers"]["recipes/configs/grpo.yaml"] == [] and after["rl_prompts"]
     assert after["presets"]["gsm8k"]["present"] and not after["presets"]["llmbar"]["present"]

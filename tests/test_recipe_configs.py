@@ -24,6 +24,20 @@ def load_module(path: Path):
     return module
 
 
+def prepared_data_dir(shared_data: Path, tmp_path: Path, monkeypatch) -> Path:
+    """A SELFJ_DATA_DIR as `selfj data prepare` leaves it: the external data plus the RL prompt files."""
+    from selfj_rlhf.data.prepare import DataPrepareConfig, rl_prompt_files
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for item in shared_data.iterdir():
+        if item.is_dir():
+            (data / item.name).symlink_to(item)
+    rl_prompt_files(DataPrepareConfig(), data)
+    monkeypatch.setenv("SELFJ_DATA_DIR", str(data))
+    return data
+
+
 def test_there_are_configs():
     assert CONFIGS
 
@@ -95,7 +109,51 @@ CONFIGS_7B = [c for c in CONFIGS if c.stem.endswith("_7b")]
 
 def test_7b_configs_cover_the_gpu_scale_path():
     assert {c.stem for c in CONFIGS_7B} == {"label_7b", "train_judge_7b", "best_of_n_7b", "dpo_7b", "grpo_7b",
-                                           "label_pool_7b", "train_judge_pool_7b"}
+                                           "label_pool_7b", "train_judge_pool_7b", "sample_own_7b",
+                                           "label_own_samples_7b", "train_judge_own_samples_7b",
+                                           "rejection_sampling_7b"}
+
+
+def test_the_7b_loops_use_the_judge_the_7b_own_samples_chain_trains():
+    """One judge path: the own-samples chain's output is the judge of every 7B loop."""
+    config = {c.stem: yaml.safe_load(c.read_text()) for c in CONFIGS_7B}
+    assert config["label_own_samples_7b"]["pool"] == [f"{config['sample_own_7b']['output_dir']}/pool.jsonl"]
+    labels = f"{config['label_own_samples_7b']['output_dir']}/{config['label_own_samples_7b']['labels_name']}"
+    assert config["train_judge_own_samples_7b"]["labels"] == labels
+    judge = config["train_judge_own_samples_7b"]["output_dir"]
+    for loop in ("best_of_n_7b", "rejection_sampling_7b", "dpo_7b", "grpo_7b"):
+        assert config[loop]["judge"] == judge, loop
+    assert config["best_of_n_7b"]["judge_dtype"] == "float32"  # an AlpacaEval submission scores in fp32
+
+
+# recipes whose configs train (a judge or a policy) on their data, and the keys that name it
+TRAINING_DATA_KEYS = {"sample": ("dataset",), "label": ("data", "pool"), "rejection_sampling": ("dataset",),
+                      "dpo": ("dataset",), "grpo": ("dataset",), "train_judge": ("labels",)}
+
+
+def test_no_config_trains_on_an_evaluation_set(shared_data, tmp_path, monkeypatch):
+    """No training config's data is AlpacaEval (the evaluation set) or holds a row of a test split, or an instruction
+    of AlpacaEval's 805. Files an earlier stage writes (runs/...) are built from these and are not read here."""
+    from selfj_rlhf.data.datasets import iter_records, resolve_dataset
+
+    prepared_data_dir(shared_data, tmp_path, monkeypatch)
+    evaluation = {" ".join(r["instruction"].lower().split()) for _, r in iter_records(resolve_dataset("preset:alpaca_eval"))}
+    checked = 0
+    for config in CONFIGS:
+        keys = TRAINING_DATA_KEYS.get(recipe_for(config).stem, ())
+        values = yaml.safe_load(config.read_text())
+        specs = [s for key in keys for s in ([values.get(key)] if isinstance(values.get(key), str)
+                                              else values.get(key) or [])]
+        for spec in specs:
+            assert "alpaca_eval" not in spec, f"{config.name} trains on {spec}"
+            if spec.startswith("runs/"):
+                continue
+            for line, row in iter_records(resolve_dataset(spec)):
+                where = f"{config.name}: {spec} line {line}"
+                assert (row.get("meta") or {}).get("split") != "test" and ":test:" not in str(row.get("id")), where
+                assert " ".join(str(row.get("instruction", "")).lower().split()) not in evaluation, where
+            checked += 1
+    assert checked >= 5
 
 
 @pytest.mark.parametrize("config", CONFIGS_7B, ids=lambda p: p.name)
@@ -118,7 +176,7 @@ def test_7b_config_dry_run(config, shared_data, capsys):
         assert data.get("rows", 0) > 0 or data["state"].startswith("not present yet")
 
 
-DRY_RUN_RECIPES = {"best_of_n", "dpo", "grpo", "label", "train_judge", "rejection_sampling"}
+DRY_RUN_RECIPES = {"best_of_n", "dpo", "grpo", "label", "train_judge", "rejection_sampling", "sample"}
 EMBEDDED_CONFIGS = [c for c in CONFIGS if c not in CONFIGS_7B and recipe_for(c).stem in DRY_RUN_RECIPES]
 
 
@@ -128,15 +186,7 @@ def test_every_config_dry_runs_when_its_data_is_there(config, shared_data, tmp_p
     weights. The data folder is the external data plus the RL prompt files that `selfj data prepare` writes."""
     import json
 
-    from selfj_rlhf.data.prepare import DataPrepareConfig, rl_prompt_files
-
-    data = tmp_path / "data"
-    data.mkdir()
-    for item in shared_data.iterdir():
-        if item.is_dir():
-            (data / item.name).symlink_to(item)
-    rl_prompt_files(DataPrepareConfig(), data)
-    monkeypatch.setenv("SELFJ_DATA_DIR", str(data))
+    prepared_data_dir(shared_data, tmp_path, monkeypatch)
     module = load_module(recipe_for(config))
     module.main(["--config", str(config), "--dry_run", "true"])
     plan = json.loads(capsys.readouterr().out)

@@ -233,7 +233,7 @@ def test_scalar_judge_recipe_saves_a_score_map_and_scores_on_0_9(tiny_model_dir,
                               feature_cache=str(tmp_path / "features"))
     out = train_scalar_judge(cfg, tmp_path / "judge")
     config = json.loads((out / "selfj_config.json").read_text())
-    assert config["score_map"]["kind"] == "logistic" and config["training"]["weight_decay"] == 0.1
+    assert config["score_map"]["kind"] == "logistic" and config["training"]["design"]["weight_decay"] == 0.1
     judge = SelfJudge.from_pretrained(str(out))
     details = judge.score_details([r["instruction"] for r in rows], [r["response"] for r in rows])
     assert all(0 <= d.score <= 9 for d in details)

@@ -63,8 +63,9 @@ def test_the_other_models_annotator_uses_the_pool_judge():
     from selfj_rlhf.judge.directory import POOL_JUDGE
     from selfj_rlhf.rlhf.alpacaeval import SelfJPairwiseAnnotator
 
-    assert SelfJPairwiseAnnotator().judge_spec == POOL_JUDGE == "selfj-smollm2-135m-v3"
-    assert JUDGE_ALIASES["selfj-smollm2-135m"] != POOL_JUDGE  # the alias ranks the embedded policy's own samples
+    assert SelfJPairwiseAnnotator().judge_spec == POOL_JUDGE == "selfj-smollm2-135m-pool"
+    assert JUDGE_ALIASES[POOL_JUDGE] == "selfj-smollm2-135m-v3"
+    assert JUDGE_ALIASES["selfj-smollm2-135m"] != JUDGE_ALIASES[POOL_JUDGE]  # it ranks the policy's own samples
 
 
 def test_shipped_judge_is_the_default_for_the_embedded_policy():

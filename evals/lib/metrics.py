@@ -7,6 +7,8 @@ import statistics
 
 import numpy as np
 
+from selfj_rlhf.training.head_selection import within_group_spearman  # noqa: F401  (one implementation, the library's)
+
 
 NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
@@ -82,20 +84,3 @@ def pairwise_accuracy(scores_a: list[float], scores_b: list[float], rows: list[d
         elif (a > b) == (row["preference"] == "a"):
             correct += 1
     return correct / len(rows)
-
-
-def within_group_spearman(scores, values, groups, index) -> float:
-    """Mean Spearman correlation of ``scores`` with ``values`` within each group of the rows ``index`` (groups where
-    either side is constant are left out)."""
-    from scipy.stats import spearmanr
-
-    scores, values = np.asarray(scores), np.asarray(values)
-    members: dict = {}
-    for i in index:  # one pass over the rows, not one per group
-        members.setdefault(groups[i], []).append(i)
-    out = []
-    for group in sorted(members):
-        a, b = scores[members[group]], values[members[group]]
-        if len(set(a)) > 1 and len(set(b)) > 1:
-            out.append(spearmanr(a, b).statistic)
-    return float(np.mean(out))

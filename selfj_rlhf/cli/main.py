@@ -1,5 +1,5 @@
-"""The ``selfj`` command line: ``selfj alpaca-eval generate|evaluate|bundle``, ``selfj serve`` and
-``selfj data prepare``.
+"""The ``selfj`` command line: ``selfj alpaca-eval generate|evaluate|bundle``, ``selfj serve``, ``selfj data prepare``
+and the judge-building stages ``selfj sample``, ``selfj label`` and ``selfj train-judge`` (the recipes' twins).
 
     selfj alpaca-eval generate --policy smollm2-135m-instruct --n 4 --max_prompts 20 --output_dir runs/ae
     selfj alpaca-eval evaluate --model_outputs runs/ae/model_outputs.json --annotator local:smollm2-135m-instruct \
@@ -9,6 +9,10 @@
     selfj serve --judge selfj-smollm2-135m --port 5000     # the judge as an HTTP reward service (selfj_rlhf/serving/server.py)
 
     selfj data prepare --data_dir data --check             # a SELFJ_DATA_DIR for every preset (selfj_rlhf/data/prepare.py)
+
+    selfj sample --config recipes/configs/sample_own.yaml                   # the policy's own answers
+    selfj label --config recipes/configs/label_own_samples.yaml             # the teacher's labels of them
+    selfj train-judge --config recipes/configs/train_judge_own_samples.yaml # the judge, design chosen by CV
 
 ``generate`` is best-of-n (recipes/best_of_n.py) with AlpacaEval defaults: the 805 AlpacaEval instructions
 and greedy decoding when ``--n 1``. Every subcommand takes ``--config file.yaml`` like the recipes.
@@ -23,7 +27,9 @@ from typing import Callable
 from ..data.prepare import check, prepare, print_report
 from ..rlhf.alpacaeval import evaluate_outputs, write_bundle
 from ..rlhf.best_of_n import run_best_of_n
-from .recipes import make_trl_parser, run_cli
+from ..training.sampling import run_sampling
+from .stages import run_label_stage, run_train_judge_stage
+from .recipes import cpu_training_defaults, make_trl_parser, run_cli
 
 ALPACA_EVAL_INSTRUCTIONS = "preset:alpaca_eval"  # the 805 AlpacaEval instructions (see selfj_rlhf.data.datasets)
 
@@ -73,6 +79,22 @@ def _data_prepare(config) -> None:
     print_report(check(config), config.target())
 
 
+def _sample(config) -> None:
+    summary = run_sampling(config)
+    if summary is not None:
+        print(summary)
+
+
+def _label(config, pool, run_args) -> None:
+    summary = run_label_stage(config, pool, run_args)
+    if summary is not None:
+        print({k: v for k, v in summary.items() if k != "config"})
+
+
+def _train_judge(config, training_args) -> None:
+    print(f"judge saved to {run_train_judge_stage(config, training_args)}")
+
+
 def _env() -> None:
     import json
 
@@ -120,7 +142,12 @@ class Subcommand:
         return classes
 
     def parser(self):
-        parser = make_trl_parser(*self.config_classes())
+        from transformers import TrainingArguments
+
+        classes = self.config_classes()
+        parser = make_trl_parser(*classes)
+        if any(issubclass(c, TrainingArguments) for c in classes):  # a training stage runs on CPU-only machines too
+            cpu_training_defaults(parser)
         parser.set_defaults(**self.defaults)
         return parser
 
@@ -139,6 +166,15 @@ SUBCOMMANDS: dict[str, Subcommand] = {
                         ("..judge.reward_signal:SelfJRewardConfig", "..serving.server:ServeConfig"), _serve),
     "data prepare": Subcommand("A SELFJ_DATA_DIR with every preset and the RL prompt files; --check reports.",
                                ("..data.prepare:DataPrepareConfig",), _data_prepare),
+    "sample": Subcommand("The policy's own answers to training prompts, n per prompt (recipes/sample.py).",
+                         ("..training.sampling:SampleConfig",), _sample),
+    "label": Subcommand("The SELF-J teacher's labels of answers (recipes/label.py).",
+                        ("..training.labeling:LabelConfig", "..training.pool:PoolLabelConfig", ".stages:LabelRunArgs"),
+                        _label),
+    "train-judge": Subcommand("Train a judge from labels; scalar heads choose their design by CV "
+                              "(recipes/train_judge.py).",
+                              ("..training.distill:JudgeTrainingConfig", "transformers:TrainingArguments"),
+                              _train_judge),
     "env": Subcommand("What this machine has: torch and CUDA, GPUs, vLLM, DeepSpeed, flash-attn.", (), _env),
 }
 USAGE = "usage:\n" + "\n".join(f"  selfj {name}{' [--config FILE] [flags]' if sub.configs else ''}    {sub.help}"

@@ -7,7 +7,9 @@ import hashlib
 import torch
 
 from .errors import ConfigError
-from .models import load_tokenizer, resolve_model_path
+from .models import load_causal_lm, load_tokenizer, resolve_model_path
+
+BACKENDS = ("hf", "vllm")
 
 
 def prompt_seed(seed: int, prompt_id: str) -> int:
@@ -86,3 +88,23 @@ def vllm_candidate_generator(policy: str, *, n: int, seed: int, max_new_tokens: 
         return results
 
     return generate
+
+
+def candidate_generator(policy: str, *, backend: str, n: int, seed: int, max_new_tokens: int, temperature: float,
+                        top_p: float, dtype: str = "auto", device: str = "cpu", gpu_memory_utilization: float = 0.5):
+    """``(generate(prompts) -> candidates per prompt, HF policy or None, tokenizer or None)`` for a backend: ``hf``
+    (one ``generate`` call per prompt, its n samples batched) or ``vllm`` (many prompts per call). Prompts need
+    ``id`` and ``instruction``; every prompt is seeded from (seed, prompt id)."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend must be one of {BACKENDS}, got '{backend}'")
+    if backend == "vllm":
+        return vllm_candidate_generator(policy, n=n, seed=seed, max_new_tokens=max_new_tokens, temperature=temperature,
+                                        top_p=top_p, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization), None, None
+    model, tokenizer = load_causal_lm(policy, dtype=dtype, device=device)
+
+    def generate(prompts) -> list[list[dict]]:
+        return [generate_candidates(model, tokenizer, p.instruction, n=n, seed=seed, prompt_id=p.id,
+                                    max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+                for p in prompts]
+
+    return generate, model, tokenizer

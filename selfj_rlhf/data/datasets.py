@@ -12,6 +12,8 @@ Forms of a data spec (``resolve_dataset``):
   rationale``; pairwise rows: ``id, instruction, response_a, response_b, preference, judge, source, subset``.
 * ``preset:<name>=<path>``: the same conversion from the source's raw files on disk (offline use; for sources
   that live only in a GitHub repository, pass the file or folder of a checkout).
+* ``preset:<name>@<split>`` (also with ``=<path>``): only the rows whose ``meta.split`` is ``<split>``; training
+  configs read ``preset:gsm8k@train``, never GSM8K's test problems.
 
 With ``SELFJ_DATA_DIR`` set to a folder of already converted files (``LOCAL_FILES``: e.g.
 ``gsm8k/gsm8k_ref.jsonl``), ``preset:<name>`` reads the file there instead of converting or downloading.
@@ -266,6 +268,20 @@ def is_spec(text: str) -> bool:
     return text.startswith(("preset:", "hf:"))
 
 
+def _split_rows(source: Path, split: str, spec: str) -> Path:
+    """A cached file of the rows of ``source`` whose ``meta.split`` is ``split`` (written once, atomically)."""
+    import hashlib
+
+    key = hashlib.sha1(str(source.resolve()).encode()).hexdigest()[:12]
+    target = _cache_dir() / f"{source.stem}-{split}-{key}.jsonl"
+    if not target.is_file() or source.stat().st_mtime > target.stat().st_mtime:
+        rows = [row for _, row in read_records(source) if (row.get("meta") or {}).get("split") == split]
+        if not rows:
+            raise ConfigError(f"{spec}@{split}: no row of {source} has meta.split '{split}'")
+        _write_jsonl(target, rows)
+    return target
+
+
 def resolve_dataset(spec: str | Path) -> Path:
     """A local file holding the data a spec names (see the module docstring), converting or downloading once.
     Environment variables in the spec are expanded (``$SELFJ_DATA_DIR/gsm8k/gsm8k_ref.jsonl``)."""
@@ -274,7 +290,10 @@ def resolve_dataset(spec: str | Path) -> Path:
     if unset:
         raise ConfigError(f"data path '{spec}' uses ${unset.group(1)}, which is not set in the environment")
     if text.startswith("preset:"):
-        name, _, raw = text[len("preset:"):].partition("=")
+        head, sep, raw = text[len("preset:"):].partition("=")
+        name, _, split = head.partition("@")
+        if split:
+            return _split_rows(resolve_dataset(f"preset:{name}{sep}{raw}"), split, f"preset:{name}")
         if name not in PRESETS:
             raise ConfigError(f"unknown dataset preset '{name}'; presets: {', '.join(sorted(PRESETS))}")
         preset = PRESETS[name]

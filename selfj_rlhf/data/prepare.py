@@ -8,7 +8,8 @@ Each preset is converted to the file name its readers expect (``datasets.LOCAL_F
 when given, else from its hub copy when it has one; a preset with neither is listed with where its raw files are.
 When FLASK, GPTeacher codegen and GSM8K are all present, the RL prompt files are written too:
 ``rl_prompts/prompts_train.jsonl`` and ``rl_prompts/prompts_heldout.jsonl`` (disjoint, balanced by source), which
-the rejection-sampling, DPO and GRPO configs read. ``--check`` changes nothing: it lists each preset and, in a
+the rejection-sampling, DPO and GRPO configs read, and ``rl_prompts/prompts_judge_train.jsonl`` (the training prompts
+and more drawn with every RL prompt excluded), which the own-samples judge's chain samples (sample_own.yaml). ``--check`` changes nothing: it lists each preset and, in a
 checkout, each recipe config and benchmark with the data it still lacks.
 """
 
@@ -21,12 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..core.errors import ConfigError, SelfJError
-from ..core.io import atomic_write_json
+from ..core.io import atomic_write_json, atomic_write_jsonl
 from .datasets import LOCAL_FILES, PRESETS, iter_records, resolve_dataset
-from .prompts import write_prompt_split
+from .prompts import draw_prompt_split, write_prompt_split
 
 RL_PROMPTS_DIR = "rl_prompts"
 RL_SOURCES = ("flask", "gpteacher_codegen", "gsm8k")
+JUDGE_TRAIN_PROMPTS = "prompts_judge_train.jsonl"
 # a benchmark's data defaults: evals.lib.common.default_data("<preset>") calls
 DEFAULT_DATA_CALL = re.compile(r"default_data\(\s*[\"'](\w+)[\"']\s*\)")
 DATA_DIR_PATH = re.compile(r"\$\{?SELFJ_DATA_DIR\}?/([\w./-]+)")
@@ -45,6 +47,9 @@ class DataPrepareConfig:
     rl_train_per_source: int = field(default=32, metadata={"help": "RL training prompts per source."})
     rl_heldout_per_source: int = field(default=22, metadata={"help": "RL held-out prompts per source."})
     rl_seed: int = field(default=7, metadata={"help": "Seed of the RL prompt split."})
+    judge_extra_per_source: int = field(default=48, metadata={
+        "help": "The own-samples judge's training prompts (rl_prompts/prompts_judge_train.jsonl): the RL training "
+                "prompts plus this many more per source, drawn with every RL prompt excluded (0: not written)."})
 
     def __post_init__(self):
         for item in self.raw:
@@ -87,9 +92,18 @@ def convert_preset(name: str, raw: str | None, data_dir: Path) -> Path:
 
 
 def rl_prompt_files(cfg: DataPrepareConfig, data_dir: Path) -> tuple[Path, Path]:
-    return write_prompt_split({name: str(data_dir / LOCAL_FILES[name]) for name in RL_SOURCES},
-                              data_dir / RL_PROMPTS_DIR, train_per_source=cfg.rl_train_per_source,
-                              heldout_per_source=cfg.rl_heldout_per_source, seed=cfg.rl_seed)
+    """The RL prompt split and, from it, the own-samples judge's training prompts (both disjoint from the held-out
+    prompts)."""
+    sources = {name: str(data_dir / LOCAL_FILES[name]) for name in RL_SOURCES}
+    train, heldout = write_prompt_split(sources, data_dir / RL_PROMPTS_DIR, train_per_source=cfg.rl_train_per_source,
+                                        heldout_per_source=cfg.rl_heldout_per_source, seed=cfg.rl_seed)
+    if cfg.judge_extra_per_source:
+        drawn = frozenset(row["id"] for path in (train, heldout) for _, row in iter_records(path))
+        extra, _ = draw_prompt_split(sources, train_per_source=cfg.judge_extra_per_source, heldout_per_source=0,
+                                     seed=cfg.rl_seed, exclude_ids=drawn)
+        atomic_write_jsonl(data_dir / RL_PROMPTS_DIR / JUDGE_TRAIN_PROMPTS,
+                           [row for _, row in iter_records(train)] + extra)
+    return train, heldout
 
 
 def prepare(cfg: DataPrepareConfig) -> dict:

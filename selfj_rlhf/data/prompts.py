@@ -82,16 +82,18 @@ def load_prompts(dataset: str | None = None, *, split: str = "train", instructio
 
 
 PROMPT_FIELDS = ("id", "instruction", "input", "reference", "category")
+# a source row's ``meta.split`` that marks it as part of an evaluation set
+EVALUATION_SPLITS = ("test",)
 
 
-def write_prompt_split(sources: dict[str, str], output_dir: str | Path, *, train_per_source: int,
-                       heldout_per_source: int, min_reference_chars: int = 20, max_instruction_chars: int = 1200,
-                       seed: int = 7, exclude_ids: frozenset[str] = frozenset()) -> tuple[Path, Path]:
-    """Disjoint train and held-out prompt files (``prompts_train.jsonl``, ``prompts_heldout.jsonl``) with references,
-    the same number from each source (a name -> data spec map), seeded. Rows keep ``PROMPT_FIELDS``; rows with a
-    short reference or a long instruction, or whose id is in ``exclude_ids`` (prompts already drawn, so that more
-    training prompts stay disjoint from an existing split), are skipped. Written atomically; an error names a source
-    that has too few usable rows."""
+def draw_prompt_split(sources: dict[str, str], *, train_per_source: int, heldout_per_source: int,
+                      min_reference_chars: int = 20, max_instruction_chars: int = 1200, seed: int = 7,
+                      exclude_ids: frozenset[str] = frozenset()) -> tuple[list[dict], list[dict]]:
+    """Disjoint train and held-out prompt rows with references, the same number from each source (a name -> data
+    spec map), seeded. Rows keep ``PROMPT_FIELDS``; rows of a source's test split (``meta.split``: GSM8K's test
+    problems are an evaluation set, never training prompts), rows with a short reference or a long instruction, or
+    whose id is in ``exclude_ids`` (prompts already drawn, so that more prompts stay disjoint from an existing split), are
+    skipped. An error names a source that has too few usable rows."""
     import random
 
     rng = random.Random(seed)
@@ -100,13 +102,24 @@ def write_prompt_split(sources: dict[str, str], output_dir: str | Path, *, train
         rows = [row for _, row in iter_records(spec)
                 if len(row.get("reference") or "") >= min_reference_chars
                 and len(row["instruction"]) + len(row.get("input") or "") <= max_instruction_chars
-                and row.get("id") not in exclude_ids]
+                and row.get("id") not in exclude_ids
+                and (row.get("meta") or {}).get("split") not in EVALUATION_SPLITS]
         wanted = train_per_source + heldout_per_source
         if len(rows) < wanted:
             raise ConfigError(f"{name} ({spec}): {len(rows)} usable rows, {wanted} wanted")
         picked = [{k: r[k] for k in PROMPT_FIELDS if k in r} for r in rng.sample(rows, wanted)]
         train += picked[:train_per_source]
         heldout += picked[train_per_source:]
+    return train, heldout
+
+
+def write_prompt_split(sources: dict[str, str], output_dir: str | Path, *, train_per_source: int,
+                       heldout_per_source: int, min_reference_chars: int = 20, max_instruction_chars: int = 1200,
+                       seed: int = 7, exclude_ids: frozenset[str] = frozenset()) -> tuple[Path, Path]:
+    """``draw_prompt_split`` written atomically as ``prompts_train.jsonl`` and ``prompts_heldout.jsonl``."""
+    train, heldout = draw_prompt_split(sources, train_per_source=train_per_source,
+                                       heldout_per_source=heldout_per_source, min_reference_chars=min_reference_chars,
+                                       max_instruction_chars=max_instruction_chars, seed=seed, exclude_ids=exclude_ids)
     out = Path(output_dir)
     atomic_write_jsonl(out / "prompts_train.jsonl", train)
     atomic_write_jsonl(out / "prompts_heldout.jsonl", heldout)

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 from ..core.errors import ConfigError
 from ..core.models import DEFAULT_POLICY
-from .directory import default_judge_for
+from .directory import OWN_SAMPLES, default_judge_for, warn_if_outside_role
 from .options import JudgeArgs, deprecated, rename_deprecated
 from .self_judge import SelfJudge
 
@@ -23,6 +23,9 @@ class SelfJRewardConfig(JudgeArgs):
     The judge defaults to the shipped judge of the embedded policy.
     """
 
+    policy: str | None = field(default=None, metadata={
+        "help": "The policy whose completions this reward scores: a judge trained for another policy's samples, or "
+                "for other models' answers, warns once, naming the judge to use."})
     use_reference: bool = field(default=False, metadata={
         "help": "Score with the with-reference template using the dataset column named by `reference_column`."})
     reference_column: str = field(default="reference", metadata={"help": "Dataset column holding references."})
@@ -53,7 +56,9 @@ class SelfJRewardConfig(JudgeArgs):
         rename_deprecated(self, RENAMED_REWARD_OPTIONS)
         super().__post_init__()
         if self.judge is None:
-            self.judge = default_judge_for(DEFAULT_POLICY)
+            self.judge = default_judge_for(self.policy or DEFAULT_POLICY)
+        if not self.judge_server_url:
+            warn_if_outside_role(self.judge, OWN_SAMPLES, self.policy, where="SelfJReward")
         if self.transform not in ("raw", "centered", "zscore"):
             raise ConfigError(f"transform must be raw, centered or zscore, got '{self.transform}'")
         if not math.isfinite(self.length_penalty) or self.length_penalty < 0:

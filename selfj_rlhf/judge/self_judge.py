@@ -248,7 +248,7 @@ class SelfJudge:
         ``length_control``: score with the length control fitted at training (True; the directory must have one),
         without it (False), or as ``LENGTH_CONTROL_DEFAULT`` says (None: on when the judge has a fit).
         ``quantize="int8"``: int8 dynamic quantization of the decoder's linear layers (CPU only; see
-        evals/results/bench_int8.md for its speedup and score drift).
+        evals/results/bench_cpu.md: 1.37x faster on CPU, but the ranking is lost, so only for load tests).
         """
         if quantize not in (None, "int8"):
             raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")

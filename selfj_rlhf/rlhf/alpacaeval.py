@@ -35,7 +35,7 @@ from ..core.errors import ConfigError, RecordError
 from ..core.io import atomic_write_json, atomic_write_text, require_str
 from ..core.models import load_causal_lm, validate_model_spec
 from ..data.datasets import iter_records
-from ..judge.directory import POOL_JUDGE
+from ..judge.directory import OTHER_MODELS, POOL_JUDGE, warn_if_outside_role
 from ..judge.self_judge import SelfJudge
 
 LOCAL_PREFIX, SELFJ_PREFIX = "local:", "selfj:"
@@ -161,6 +161,7 @@ class SelfJPairwiseAnnotator:
         if temperature <= 0:
             raise ConfigError(f"temperature must be > 0, got {temperature}")
         self.judge_spec, self.temperature, self.batch_size, self.max_length = judge, temperature, batch_size, max_length
+        warn_if_outside_role(judge, OTHER_MODELS, where="the AlpacaEval annotator")
 
     def annotate_head2head(self, outputs_1, outputs_2, **_: Any) -> list[dict]:
         first, second = outputs_1.to_dict("records"), outputs_2.to_dict("records")
@@ -302,11 +303,25 @@ def evaluate_outputs(cfg: EvaluateConfig) -> dict:
         row.update(offline_length_controlled_winrate(annotations))
     result = {"name": name, "annotator": cfg.annotator, "reference_outputs": cfg.reference_outputs,
               "instances": len(model_rows), **row,
-              "independent_annotator": not cfg.annotator.startswith(SELFJ_PREFIX)}
+              **annotator_independence(cfg.annotator)}
     if lc_note:
         result["note"] = f"{lc_note}; {result.get('lc_glm') or 'plain win rate only'}"
     atomic_write_json(run_dir / "result.json", result)
     return result
+
+
+def annotator_independence(annotator: str) -> dict:
+    """Whether an annotator is independent of the policies it judges, and why not: only the official (API)
+    annotators are. A SELF-J judge is what a SELF-J policy was trained or reranked with; a local model is an
+    offline stand-in, often the policy's own base model, whose verdicts follow its own preferences."""
+    if annotator.startswith(SELFJ_PREFIX):
+        return {"independent_annotator": False,
+                "independence_note": "the SELF-J judge itself: not independent of a SELF-J-trained or -reranked policy"}
+    if annotator.startswith(LOCAL_PREFIX):
+        return {"independent_annotator": False,
+                "independence_note": "a local model annotator: an offline stand-in, not independent of a policy "
+                                     "built on the same model, and not the leaderboard's annotator"}
+    return {"independent_annotator": True}
 
 
 # --- bundle ------------------------------------------------------------------------------------------------
@@ -369,7 +384,7 @@ def write_bundle(model_outputs: str | Path, eval_dir: str | Path, output_dir: st
     values = [name] + ["" if result.get(c) is None else str(result.get(c)) for c in columns[1:]]
     atomic_write_text(out / "leaderboard_row.csv", ",".join(columns) + "\n" + ",".join(values) + "\n")
     independence = ("" if result.get("independent_annotator", True) else
-                    " (the SELF-J judge itself: NOT independent of a SELF-J-trained or -reranked policy)")
+                    f" (NOT independent: {result.get('independence_note', 'not the official annotator')})")
     atomic_write_text(out / "README.md", BUNDLE_README.format(name=name, count=len(rows), annotator=annotator,
                                                               annotator_dir=annotator_dir, independence=independence))
     return out

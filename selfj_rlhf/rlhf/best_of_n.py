@@ -13,17 +13,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..core.errors import ConfigError
-from ..core.generation import generate_candidates, vllm_candidate_generator
+from ..core.generation import candidate_generator
 from ..core.io import ShardWriter, atomic_write_json, atomic_write_jsonl, read_shards, start_sharded_run
-from ..core.models import DEFAULT_POLICY, load_causal_lm, validate_model_spec
+from ..core.models import DEFAULT_POLICY, validate_model_spec
 from ..data.prompts import load_prompts
-from ..judge.directory import default_judge_for, resolve_judge_dir
+from ..judge.directory import OWN_SAMPLES, default_judge_for, resolve_judge_dir, warn_if_outside_role
 from ..judge.options import JudgeArgs
 from ..judge.self_judge import SelfJudge, resolve_length_control
 from .selective import DEFAULT_DECLINE_MESSAGE
 
 RESULT_FIELDS = ("policy", "judge", "judge_template", "dataset", "dataset_split", "n", "max_new_tokens",
-                 "temperature", "top_p", "seed", "use_reference", "max_judge_length", "dtype", "judge_quantize",
+                 "temperature", "top_p", "seed", "use_reference", "max_judge_length", "dtype", "judge_dtype",
+                 "judge_quantize",
                  "backend", "length_control")
 # sampling temperature of n > 1 candidates when none is given (n = 1 is greedy)
 SAMPLING_TEMPERATURE = 0.7
@@ -50,6 +51,9 @@ class BestOfNConfig(JudgeArgs):
     use_reference: bool = field(default=False, metadata={
         "help": "Judge with the with-reference template using the dataset's `reference` column."})
     dtype: str = field(default="auto", metadata={"help": "auto (bf16 on GPU, fp32 on CPU), float32, bfloat16."})
+    judge_dtype: str | None = field(default=None, metadata={
+        "help": "The judge's dtype, when it should differ from the policy's: float32 for evaluation and AlpacaEval "
+                "submissions, whose picks must not depend on batching (docs/performance.md). Default: dtype."})
     backend: str = field(default="hf", metadata={
         "help": "Generation backend: hf (transformers generate, n samples of a prompt in one batch) or vllm "
                 "(GPU; batches many prompts; extra `vllm`). The judge always runs in transformers."})
@@ -58,8 +62,8 @@ class BestOfNConfig(JudgeArgs):
     vllm_gpu_memory_utilization: float = field(default=0.5, metadata={
         "help": "vllm: share of GPU memory vLLM may take (the rest holds the judge)."})
     judge_quantize: str | None = field(default=None, metadata={
-        "help": "int8: int8 dynamic quantization of the judge on CPU (faster, small score drift; see "
-                "evals/results/bench_int8.md). Default: full precision."})
+        "help": "int8: int8 dynamic quantization of the judge on CPU: 1.37x faster, but it loses the ranking (Spearman "
+                "with fp32 -0.01; evals/results/bench_cpu.md), so only for load tests. Default: full precision."})
     generator: str | None = field(default=None, metadata={
         "help": "Name written to AlpacaEval's `generator` field (default: derived from policy and n)."})
     abstain_below: float | None = field(default=None, metadata={
@@ -98,23 +102,6 @@ class BestOfNConfig(JudgeArgs):
         return self.generator or f"{Path(self.policy).name}-selfj-best-of-{self.n}"
 
 
-def _candidate_generator(cfg: BestOfNConfig, device: str):
-    """``(generate(prompts) -> candidates per prompt, HF policy or None, tokenizer)`` for the chosen backend."""
-
-    if cfg.backend == "vllm":
-        return vllm_candidate_generator(cfg.policy, n=cfg.n, seed=cfg.seed, max_new_tokens=cfg.max_new_tokens,
-                                        temperature=cfg.temperature, top_p=cfg.top_p, dtype=cfg.dtype,
-                                        gpu_memory_utilization=cfg.vllm_gpu_memory_utilization), None, None
-    policy, tokenizer = load_causal_lm(cfg.policy, dtype=cfg.dtype, device=device)
-
-    def generate(prompts):
-        return [generate_candidates(policy, tokenizer, p.instruction, n=cfg.n, seed=cfg.seed, prompt_id=p.id,
-                                    max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p)
-                for p in prompts]
-
-    return generate, policy, tokenizer
-
-
 def _judged_row(judge, cfg: BestOfNConfig, prompt, candidates: list[dict]) -> dict:
     """Score one prompt's candidates (together, so the judge shares their prompt prefix) and pick the best."""
     refs = [prompt.reference] * cfg.n if cfg.use_reference else None
@@ -135,8 +122,10 @@ def _judged_row(judge, cfg: BestOfNConfig, prompt, candidates: list[dict]) -> di
     return row
 
 
-def run_best_of_n(cfg: BestOfNConfig, accelerator=None) -> dict | None:
-    """Run (or resume) best-of-n; returns the summary on the main process, None elsewhere."""
+def run_best_of_n(cfg: BestOfNConfig, accelerator=None, check_role: bool = True) -> dict | None:
+    """Run (or resume) best-of-n; returns the summary on the main process, None elsewhere. ``check_role``: warn
+    when the judge was not trained on ``cfg.policy``'s samples (a loop whose policy is trained off for rounds
+    checks its starting policy instead)."""
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
@@ -151,20 +140,26 @@ def run_best_of_n(cfg: BestOfNConfig, accelerator=None) -> dict | None:
     validate_model_spec(cfg.policy)
     if resolve_judge_dir(judge_spec) is None:
         validate_model_spec(judge_spec)
+    if check_role and accelerator.is_main_process:
+        warn_if_outside_role(judge_spec, OWN_SAMPLES, cfg.policy, where="best-of-n")
     settings = {k: v for k, v in asdict(cfg).items() if k in RESULT_FIELDS} | {"judge": judge_spec}
     shard_dir, done, todo = start_sharded_run(accelerator, out, settings, prompts, lambda p: p.id)
     start = time.perf_counter()
     with accelerator.split_between_processes(todo) as mine:
         if mine:
             with accelerator.main_process_first():  # the first load converts/caches the embedded GGUF
-                generate, policy, tokenizer = _candidate_generator(cfg, str(accelerator.device))
-                if judge_spec == cfg.policy and policy is not None and not cfg.judge_quantize:
+                generate, policy, tokenizer = candidate_generator(
+                    cfg.policy, backend=cfg.backend, n=cfg.n, seed=cfg.seed, max_new_tokens=cfg.max_new_tokens,
+                    temperature=cfg.temperature, top_p=cfg.top_p, dtype=cfg.dtype, device=str(accelerator.device),
+                    gpu_memory_utilization=cfg.vllm_gpu_memory_utilization)
+                judge_dtype = cfg.judge_dtype or cfg.dtype
+                if judge_spec == cfg.policy and policy is not None and not cfg.judge_quantize and judge_dtype == cfg.dtype:
                     # self-judging shares the policy's weights
                     judge = SelfJudge(policy, tokenizer, cfg.judge_template or "selfj-chat", cfg.max_judge_length,
                                       base_model=cfg.policy,
                                       length_control=resolve_length_control(cfg.length_control, None, cfg.policy))
                 else:
-                    judge = SelfJudge.from_pretrained(judge_spec, template=cfg.judge_template, dtype=cfg.dtype,
+                    judge = SelfJudge.from_pretrained(judge_spec, template=cfg.judge_template, dtype=judge_dtype,
                                                       device=str(accelerator.device), max_length=cfg.max_judge_length,
                                                       quantize=cfg.judge_quantize, length_control=cfg.length_control)
             with ShardWriter(shard_dir / f"part-{accelerator.process_index:03d}.jsonl") as writer:

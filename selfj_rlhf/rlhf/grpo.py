@@ -62,7 +62,7 @@ def reward_functions(cfg: GRPOScriptConfig, policy: str, max_completion_length: 
     from trl.rewards import get_soft_overlong_punishment
 
     options = {**cfg.judge_options(), "judge": cfg.judge or default_judge_for(policy)}
-    rewards = [SelfJReward(SelfJRewardConfig(**options, use_reference=cfg.reward_use_reference,
+    rewards = [SelfJReward(SelfJRewardConfig(**options, policy=policy, use_reference=cfg.reward_use_reference,
                                              transform=cfg.reward_transform, length_penalty=cfg.reward_length_penalty))]
     if cfg.overlong_cache:
         if cfg.overlong_cache >= max_completion_length:

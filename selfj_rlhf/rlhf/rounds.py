@@ -27,7 +27,7 @@ from ..core.errors import ConfigError
 from ..core.io import atomic_write_json, atomic_write_jsonl, last_complete_checkpoint
 from ..core.models import load_causal_lm, load_tokenizer, validate_model_spec
 from ..data.datasets import iter_records
-from ..judge.directory import default_judge_for
+from ..judge.directory import OWN_SAMPLES, default_judge_for, warn_if_outside_role
 from ..judge.options import JudgeArgs, deprecated, rename_deprecated
 from .best_of_n import BestOfNConfig, run_best_of_n
 from .pairs import PairConfig, build_pairs, load_scored_prompts
@@ -101,7 +101,7 @@ def _sample_and_score(cfg: LoopConfig, policy: str, judge: str, directory: Path,
                                     max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                                     top_p=cfg.top_p, seed=seed, judge_batch_size=cfg.judge_batch_size,
                                     max_judge_length=cfg.max_judge_length, length_control=cfg.length_control,
-                                    output_dir=str(out)), accelerator=state)
+                                    output_dir=str(out)), accelerator=state, check_role=False)
     state.wait_for_everyone()
     return out / "candidates.jsonl"
 
@@ -205,7 +205,11 @@ def _prepare(cfg: LoopConfig, training_args, model_args):
     if not model_args.model_name_or_path:
         raise ConfigError("set the starting policy with --model_name_or_path (hub id, directory or embedded alias)")
     validate_model_spec(model_args.model_name_or_path)
-    return PartialState(), _judge_for(cfg, model_args.model_name_or_path)
+    judge = _judge_for(cfg, model_args.model_name_or_path)
+    state = PartialState()
+    if state.is_main_process:  # the rounds' later policies descend from the starting one, which the judge must fit
+        warn_if_outside_role(judge, OWN_SAMPLES, model_args.model_name_or_path, where="rounds")
+    return state, judge
 
 
 def _summary_row(index: int, directory: Path, stage_report: dict) -> dict:

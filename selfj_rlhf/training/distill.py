@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from ..core.errors import ConfigError
 from ..core.tensors import left_pad
+from ..judge.directory import ROLES
 
 
 def selfj_distill_loss(teacher_logits: torch.Tensor, student_logits: torch.Tensor, targets: torch.Tensor,
@@ -74,6 +76,24 @@ class JudgeTrainingConfig:
                 "score-position state of the frozen model (selfj_rlhf.training.scalar_head), trained on cached states; "
                 "alpha / beta weigh the student and distillation terms, beta 0 trains the student alone."})
     head_layer: int = field(default=18, metadata={"help": "scalar: the decoder layer the head reads."})
+    head_layers: list[int] | None = field(default=None, metadata={
+        "help": "scalar: a layer ensemble instead of head_layer: one head per listed layer, their scores averaged "
+                "(saved as one linear map over those layers' states; the layers above the highest never run)."})
+    cv_folds: int = field(default=0, metadata={
+        "help": "scalar: choose the design by K-fold cross-validation grouped by prompt over cv_grid, on the training "
+                "labels only (the highest within-prompt Spearman with the teacher label); 0: train the one design "
+                "given by head_layer(s), head_weight_decay and head_loss."})
+    cv_grid: list[dict] | None = field(default=None, metadata={
+        "help": "scalar, with cv_folds: the designs to compare, each a mapping of any of layers (a number or a "
+                "list: a layer ensemble), weight_decay, loss, pair_margin, augment (false: the off-topic and injected "
+                "label rows do not train it) and name; unset keys come from the single-design settings."})
+    judge_role: str = field(default="auto", metadata={
+        "help": "The judge's job, recorded in selfj_config.json: own_samples (ranks one policy's samples), "
+                "other_models (ranks other models' answers), or auto: own_samples when every labelled answer comes "
+                "from one model, other_models otherwise."})
+    judge_policy: str | None = field(default=None, metadata={
+        "help": "The policy the judge is for (recorded in selfj_config.json); unset: the one model that wrote the "
+                "labelled answers, else base_model."})
     head_loss: str = field(default="expected_mse", metadata={"help": "scalar: expected_mse | pairwise | mse+pairwise."})
     pair_margin: float = field(default=1.0, metadata={"help": "scalar, pairwise: smallest label gap of a pair."})
     head_weight_decay: float | None = field(default=None, metadata={
@@ -87,6 +107,18 @@ class JudgeTrainingConfig:
                 "and the reward's length_control subtract it)."})
     feature_cache: str = field(default="runs/features", metadata={
         "help": "scalar: where the frozen model's states are cached (reused by reruns and other heads)."})
+
+    def __post_init__(self):
+        if self.judge_role not in ("auto", *ROLES):
+            raise ConfigError(f"judge_role must be auto or one of {ROLES}, got '{self.judge_role}'")
+        if self.cv_folds < 0 or self.cv_folds == 1:
+            raise ConfigError(f"cv_folds must be 0 (no cross-validation) or >= 2, got {self.cv_folds}")
+        if self.cv_folds and not self.cv_grid:
+            raise ConfigError("cv_folds needs a cv_grid of designs to compare")
+        if self.cv_grid and not self.cv_folds:
+            raise ConfigError("cv_grid is only read with cv_folds >= 2")
+        if self.head_layers is not None and not self.head_layers:
+            raise ConfigError("head_layers must list at least one layer (or be unset)")
 
 
 class DistillCollator:

@@ -3,18 +3,25 @@ and save a judge directory that ``SelfJudge.from_pretrained`` loads."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 from ..core.errors import ConfigError, RecordError
-from ..core.io import atomic_write_json, last_complete_checkpoint, require_finite, require_str
+from ..core.io import atomic_write_json, atomic_write_text, last_complete_checkpoint, require_finite, require_str
 from ..core.models import load_causal_lm, validate_model_spec
 from ..data.datasets import iter_records
+from ..judge.directory import OTHER_MODELS, OWN_SAMPLES, directory_hash
 from ..judge.features import score_position_features
-from ..judge.head import LengthControl, ScoreMap
-from ..judge.self_judge import SelfJudge
+from ..judge.head import ScoreMap
+from ..judge.self_judge import JUDGE_CONFIG_NAME, SelfJudge
 from ..judge.templates import get_template
 from .distill import DistillCollator, JudgeTrainingConfig, make_distill_trainer_class
-from .scalar_head import ScalarHeadConfig, train_scalar_head
+from .head_selection import HONEST, HeadDesign, cross_validate, fit_head_design, select_design
+from .scalar_head import ScalarHeadConfig
 from .top_layers import (CachedDistillCollator, cache_layer_inputs, check_split, frozen_layer_count,
                          full_model_state_dict, keep_top_layers)
 
@@ -170,8 +177,9 @@ def train_judge(cfg: JudgeTrainingConfig, training_args) -> Path:
                       * training_args.gradient_accumulation_steps * training_args.world_size,
                       "final_loss": next((h["train_loss"] for h in reversed(trainer.state.log_history)
                                           if "train_loss" in h), None)}
-        atomic_write_json(output_dir / "selfj_config.json",
-                          {**judge.judge_config(), "training": provenance})
+        role, policy = judge_role_of(cfg, [])
+        atomic_write_json(output_dir / JUDGE_CONFIG_NAME,
+                          {**judge.judge_config(), "role": role, "policy": policy, "training": provenance})
         atomic_write_json(output_dir / "train_log.json", trainer.state.log_history)
     trainer.accelerator.wait_for_everyone()
     return output_dir
@@ -185,7 +193,8 @@ def _last_checkpoint(training_args) -> str | None:
 
 
 def load_scalar_rows(cfg: JudgeTrainingConfig) -> list[dict]:
-    """Validated rows for a scalar head: instruction, reference, response, group and a 0-9 ``score_field``."""
+    """Validated rows for a scalar head: instruction, reference, response, group, kind (``pool`` for an answer, else
+    an augmentation row), model and a 0-9 ``score_field``."""
     rows = []
     for line, row in iter_records(cfg.labels):
         item = {name: require_str(row, name, cfg.labels, line, allow_empty=name == "response")
@@ -194,7 +203,8 @@ def load_scalar_rows(cfg: JudgeTrainingConfig) -> list[dict]:
             if cfg.score_field in row else None
         if score is None or not 0 <= score <= 9:
             raise RecordError(cfg.labels, line, cfg.score_field, f"expected a number in 0-9, got {row.get(cfg.score_field)}")
-        item.update(score=score, group=str(row.get("group", item["instruction"])))
+        item.update(score=score, group=str(row.get("group", item["instruction"])), kind=str(row.get("kind", HONEST)),
+                    model=row.get("model"))
         rows.append(item)
         if cfg.max_examples is not None and len(rows) >= cfg.max_examples:
             break
@@ -203,39 +213,132 @@ def load_scalar_rows(cfg: JudgeTrainingConfig) -> list[dict]:
     return rows
 
 
+def judge_role_of(cfg: JudgeTrainingConfig, rows: list[dict]) -> tuple[str, str]:
+    """``(role, policy)`` for the judge directory: as configured, or read from who wrote the labelled answers."""
+    models = {r["model"] for r in rows if r.get("kind", HONEST) == HONEST and r.get("model")}
+    role = cfg.judge_role
+    if role == "auto":
+        role = OWN_SAMPLES if len(models) <= 1 else OTHER_MODELS
+    policy = cfg.judge_policy or (next(iter(models)) if role == OWN_SAMPLES and len(models) == 1 else cfg.base_model)
+    return role, policy
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def head_designs(cfg: JudgeTrainingConfig) -> tuple[HeadDesign, list[HeadDesign]]:
+    """The single design the settings give, and the designs of ``cv_grid`` (empty without cross-validation)."""
+    base = HeadDesign(name="configured", layers=tuple(cfg.head_layers or [cfg.head_layer]),
+                      weight_decay=cfg.head_weight_decay, loss=cfg.head_loss, pair_margin=cfg.pair_margin,
+                      max_length_ratio=cfg.max_length_ratio)
+    grid = [HeadDesign.from_dict(entry, base, i) for i, entry in enumerate(cfg.cv_grid or [])] if cfg.cv_folds else []
+    names = [d.name for d in grid]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"cv_grid: design names must differ, got {names}")
+    return base, grid
+
+
 def train_scalar_judge(cfg: JudgeTrainingConfig, output_dir: str | Path, seed: int = 0) -> Path:
-    """``head: scalar``: cache the frozen model's states (student and, with ``beta > 0``, teacher prompts), fit
-    the head (``selfj_rlhf.training.scalar_head``) and save a judge directory holding the head and its settings."""
+    """``head: scalar``: cache the frozen model's states (student and, with ``beta > 0``, teacher prompts), choose
+    the design by cross-validation when ``cv_folds`` is set (``selfj_rlhf.training.head_selection``), fit it on
+    every row and publish a judge directory holding the head, its length fit and score map, its role, the CV table
+    (``cv.json``) and a generated ``PROVENANCE.md``. A finished directory is not trained again."""
     import numpy as np
 
+    output_dir = Path(output_dir)
+    if (output_dir / JUDGE_CONFIG_NAME).is_file():
+        print(f"{output_dir} already holds a trained judge; remove it to train again")
+        return output_dir
     validate_model_spec(cfg.base_model)
-    head_cfg = ScalarHeadConfig(layer=cfg.head_layer, loss=cfg.head_loss, distill=cfg.beta > 0,
-                                student_weight=cfg.alpha, distill_weight=cfg.beta, pair_margin=cfg.pair_margin,
-                                max_length_ratio=cfg.max_length_ratio, weight_decay=cfg.head_weight_decay, seed=seed)
+    base_design, grid = head_designs(cfg)
     rows = load_scalar_rows(cfg)
+    role, policy = judge_role_of(cfg, rows)
     judge = SelfJudge.from_pretrained(cfg.base_model, template=cfg.template, max_length=cfg.max_length)
     layers = judge.model.config.num_hidden_layers
-    if cfg.head_layer > layers:
-        raise ConfigError(f"head_layer {cfg.head_layer} is above the model's {layers} layers")
+    highest = max(layer for design in [base_design, *grid] for layer in design.layers)
+    if highest > layers:
+        raise ConfigError(f"head layer {highest} is above the model's {layers} layers")
+    # the layers above the highest head layer never run, as when the judge scores
+    max_layer = highest if highest < layers else None
     cache = Path(cfg.feature_cache) / cfg.base_model.replace("/", "_")
     instructions, responses = [r["instruction"] for r in rows], [r["response"] for r in rows]
-    student = score_position_features(judge, instructions, responses, cache=cache)
+    student = score_position_features(judge, instructions, responses, cache=cache, max_layer=max_layer)
+    head_cfg = ScalarHeadConfig(distill=cfg.beta > 0, student_weight=cfg.alpha, distill_weight=cfg.beta, seed=seed)
     teacher = None
     if head_cfg.distill:
         teacher_judge = SelfJudge(judge.model, judge.tokenizer, judge.template, cfg.max_length + TEACHER_EXTRA_TOKENS,
                                   base_model=cfg.base_model)
         teacher = score_position_features(teacher_judge, instructions, responses, [r["reference"] for r in rows],
-                                          cache=cache).states[:, cfg.head_layer, :].astype(np.float32)
-    labels = [r["score"] for r in rows]
-    states = student.states[:, cfg.head_layer, :].astype(np.float32)
-    head, info = train_scalar_head(head_cfg, states, labels,
-                                   [r["group"] for r in rows], student.response_tokens, teacher)
-    length_fit = LengthControl.fit(labels, student.response_tokens) if cfg.length_control else None
+                                          cache=cache, max_layer=max_layer).states
+    tokens = student.response_tokens
+    cv = None
+    design = base_design
+    if grid:
+        table = cross_validate(grid, rows, student.states, tokens, head_cfg, cfg.cv_folds, seed, teacher)
+        design = select_design(grid, table, rows)
+        cv = {"folds": cfg.cv_folds, "seed": seed, "metric": "within-prompt Spearman of out-of-fold scores with the "
+              "teacher label, honest answers", "chosen": design.name,
+              "designs": {name: {k: v for k, v in entry.items() if k != "out_of_fold_scores"}
+                          for name, entry in table.items()}}
+    everything = np.ones(len(rows), dtype=bool)
+    head, length_fit, kept = fit_head_design(design, rows, student.states, tokens, everything, head_cfg, teacher)
+    labels = np.array([r["score"] for r in rows])
+    score_map = ScoreMap.fit(head.predict(head.inputs(student.states[kept])), labels[kept])
     scalar = SelfJudge(judge.model, judge.tokenizer, judge.template, cfg.max_length, base_model=cfg.base_model,
-                       head=head, length_fit=length_fit, score_map=ScoreMap.fit(head.predict(states), labels))
-    output_dir = Path(output_dir)
-    provenance = {"labels": str(cfg.labels), "score_field": cfg.score_field, "examples": len(rows),
-                  "head_layer": cfg.head_layer, "head_loss": cfg.head_loss, "alpha": cfg.alpha, "beta": cfg.beta,
-                  "max_length": cfg.max_length, "truncated_share": float(student.truncated.mean()), **info}
-    scalar.save_pretrained(output_dir, extra={"training": provenance})
+                       head=head, length_fit=length_fit if cfg.length_control else None, score_map=score_map)
+    provenance = {"labels": str(cfg.labels), "labels_sha256": file_sha256(cfg.labels), "score_field": cfg.score_field,
+                  "examples": int(kept.sum()), "prompts": len({r["group"] for r in rows}),
+                  "answers": sum(r["kind"] == HONEST for r in rows), "design": design.to_dict(),
+                  "head_layers": list(head.layers), "alpha": cfg.alpha, "beta": cfg.beta, "max_length": cfg.max_length,
+                  "truncated_share": float(student.truncated.mean()), "seed": seed,
+                  "config": {k: v for k, v in asdict(cfg).items()}}
+    if cv is not None:
+        provenance["cv"] = {"folds": cfg.cv_folds, "chosen": design.name,
+                            "spearman_within_prompt": cv["designs"][design.name]["spearman_within_prompt"],
+                            "fold_std": cv["designs"][design.name]["fold_std"]}
+    for stale in output_dir.parent.glob(f".{output_dir.name}.*.tmp"):  # left by a killed run
+        shutil.rmtree(stale, ignore_errors=True)
+    staging = output_dir.with_name(f".{output_dir.name}.{os.getpid()}.tmp")
+    scalar.save_pretrained(staging, extra={"role": role, "policy": policy, "training": provenance})
+    if cv is not None:
+        atomic_write_json(staging / "cv.json", cv)
+    atomic_write_text(staging / "PROVENANCE.md", provenance_markdown(output_dir.name, role, policy, provenance, cv,
+                                                                     directory_hash(staging)))
+    shutil.rmtree(output_dir, ignore_errors=True)
+    os.replace(staging, output_dir)
     return output_dir
+
+
+def provenance_markdown(name: str, role: str, policy: str, provenance: dict, cv: dict | None, content_hash: str) -> str:
+    """The judge directory's PROVENANCE.md, generated from what trained it."""
+    job = (f"ranks the own samples of `{policy}` (best-of-n, rejection sampling, DPO pairs, the GRPO reward)"
+           if role == OWN_SAMPLES else f"ranks other models' answers (an AlpacaEval annotator, model ranking) on `{policy}`")
+    design = provenance["design"]
+    lines = [f"# {name}: provenance", "",
+             f"A SELF-J judge that {job}: a scalar head on the frozen `{provenance['config']['base_model']}` "
+             f"(layers {', '.join(map(str, provenance['head_layers']))}{', one head per layer, averaged' if len(provenance['head_layers']) > 1 else ''}), "
+             f"read at the score position of the reference-free `{provenance['config']['template']}` judge prompt "
+             f"(up to {provenance['max_length']} tokens). Role `{role}`, policy `{policy}`; content hash "
+             f"`{content_hash}`.", "",
+             "## Data", "",
+             f"- Labels: `{provenance['labels']}` (sha256 `{provenance['labels_sha256'][:16]}`), column "
+             f"`{provenance['score_field']}`: {provenance['answers']} answers to {provenance['prompts']} prompts, "
+             f"{provenance['examples']} rows trained on (with the off-topic and injected rows: {design['augment']}).",
+             "- No grade or preference field is read: the labels come from the SELF-J teacher that sees the reference.",
+             "", "## Design", "",
+             f"- {design['name']}: loss {design['loss']}, pair margin {design['pair_margin']}, weight decay "
+             f"{design['weight_decay'] if design['weight_decay'] is not None else 'picked on held-back prompts'}."]
+    if cv is not None:
+        lines += ["", f"## Cross-validation ({cv['folds']} folds by prompt, training prompts only)", "",
+                  "| design | within-prompt Spearman | per fold | fold std |", "|---|---:|---|---:|"]
+        for design_name, entry in cv["designs"].items():
+            mark = " **(chosen)**" if design_name == cv["chosen"] else ""
+            lines.append(f"| {design_name}{mark} | {entry['spearman_within_prompt']:.3f} | "
+                         f"{', '.join(f'{v:.3f}' for v in entry['folds'])} | {entry['fold_std']:.3f} |")
+    lines += ["", "## Config", "", "```json", json.dumps(provenance["config"], indent=2, default=str), "```", ""]
+    return "\n".join(lines)

@@ -1,0 +1,171 @@
+"""Choosing a scalar-head design by cross-validation grouped by prompt, on the training prompts only.
+
+A design is what a head is trained with: the layers it reads (one head per layer, their scores averaged: a layer
+ensemble, stored as one linear map), its weight decay, its loss, and whether the off-topic and injected label rows
+(``kind`` other than ``pool``) train it. ``cross_validate`` scores every row out of fold (K folds of whole prompts,
+so no prompt's answers are on both sides) and reports, per design, the mean within-prompt Spearman of those scores
+with the teacher's label over the honest answers, pooled and per fold. ``select_design`` takes the highest pooled
+figure; designs that never saw the off-topic and injected rows are reported but not chosen when the labels hold any,
+because a judge a loop optimises against must score an answer to another question, or a note to the grader, low,
+and the honest answers' ranking cannot show whether it does.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+from dataclasses import asdict, dataclass, fields
+from typing import Sequence
+
+import numpy as np
+
+from ..core.errors import ConfigError
+from ..judge.head import LengthControl, ScalarHead
+from .scalar_head import LOSSES, ScalarHeadConfig, train_scalar_head
+
+HONEST = "pool"  # the label rows' ``kind`` of the answers themselves (the others are augmentation rows)
+
+
+@dataclass(frozen=True)
+class HeadDesign:
+    """One scalar-head design (the keys of a ``cv_grid`` entry)."""
+
+    name: str
+    layers: tuple[int, ...]
+    weight_decay: float | None = None
+    loss: str = "pairwise"
+    pair_margin: float = 1.0
+    max_length_ratio: float | None = None
+    augment: bool = True
+
+    def __post_init__(self):
+        if not self.layers or len(set(self.layers)) != len(self.layers) or min(self.layers) < 1:
+            raise ConfigError(f"design '{self.name}': layers must be distinct layer numbers >= 1, got {self.layers}")
+        if self.loss not in LOSSES:
+            raise ConfigError(f"design '{self.name}': loss must be one of {LOSSES}, got '{self.loss}'")
+        if self.weight_decay is not None and self.weight_decay < 0:
+            raise ConfigError(f"design '{self.name}': weight_decay must be >= 0, got {self.weight_decay}")
+
+    @classmethod
+    def from_dict(cls, data: dict, base: "HeadDesign", index: int) -> "HeadDesign":
+        """A grid entry: any of the fields, the rest from ``base``; ``layers`` may be one number."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"cv_grid entry {index}: expected a mapping, got {data!r}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"cv_grid entry {index}: unknown keys {unknown}; known: {sorted(known)}")
+        values = {**asdict(base), **data}
+        layers = values["layers"]
+        values["layers"] = (int(layers),) if isinstance(layers, (int, float, str)) else tuple(int(x) for x in layers)
+        if "name" not in data:
+            values["name"] = design_name(values)
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "layers": list(self.layers)}
+
+
+def design_name(values: dict) -> str:
+    layers = values["layers"]
+    parts = [f"layers {','.join(map(str, layers))}" if len(layers) > 1 else f"layer {layers[0]}",
+             f"weight decay {values['weight_decay']}" if values["weight_decay"] is not None else "weight decay picked",
+             values["loss"]]
+    if not values["augment"]:
+        parts.append("no off-topic/injected rows")
+    return ", ".join(parts)
+
+
+def prompt_folds(groups: Sequence[str], folds: int, seed: int) -> list[set]:
+    """``folds`` disjoint sets of whole groups (prompts), shuffled by ``seed``."""
+    names = sorted(set(groups))
+    if folds < 2 or folds > len(names):
+        raise ConfigError(f"cross-validation needs 2 <= folds <= prompts ({len(names)}), got {folds}")
+    random.Random(seed).shuffle(names)
+    return [set(names[k::folds]) for k in range(folds)]
+
+
+def within_group_spearman(scores, values, groups, index) -> float:
+    """Mean Spearman correlation of ``scores`` with ``values`` within each group of the rows ``index`` (groups where
+    either side is constant are left out; NaN when none is left)."""
+    from scipy.stats import spearmanr
+
+    scores, values = np.asarray(scores), np.asarray(values)
+    members: dict = {}
+    for i in index:  # one pass over the rows, not one per group
+        members.setdefault(groups[i], []).append(i)
+    out = []
+    for group in sorted(members):
+        a, b = scores[members[group]], values[members[group]]
+        if len(set(a)) > 1 and len(set(b)) > 1:
+            out.append(spearmanr(a, b).statistic)
+    return float(np.mean(out)) if out else float("nan")
+
+
+def fit_head_design(design: HeadDesign, rows: list[dict], states: np.ndarray, tokens: np.ndarray,
+                    train: np.ndarray, head_config: ScalarHeadConfig,
+                    teacher_states: np.ndarray | None = None) -> tuple[ScalarHead, LengthControl, np.ndarray]:
+    """``(head, length fit, rows it trained on)`` of one design on the row mask ``train``.
+
+    ``rows`` need ``score``, ``group`` and ``kind``; ``states`` are cached ``[N, layers + 1, hidden]`` states
+    (``selfj_rlhf.judge.features``), ``teacher_states`` the with-reference prompts' (``head_config.distill``).
+    ``head_config`` gives the settings a design does not (steps, learning rate, distillation weights, seed).
+    """
+    keep = train & (np.array([r["kind"] == HONEST for r in rows]) | design.augment)
+    index = np.flatnonzero(keep)
+    if not len(index):
+        raise ConfigError(f"design '{design.name}': no training rows")
+    labels = [rows[i]["score"] for i in index]
+    groups = [rows[i]["group"] for i in index]
+    heads = []
+    for layer in design.layers:
+        if layer >= states.shape[1]:
+            raise ConfigError(f"design '{design.name}': layer {layer} is above the {states.shape[1] - 1} cached layers")
+        cfg = ScalarHeadConfig(**{**asdict(head_config), "layer": layer, "loss": design.loss,
+                                  "pair_margin": design.pair_margin, "weight_decay": design.weight_decay,
+                                  "max_length_ratio": design.max_length_ratio})
+        teacher = None if teacher_states is None else teacher_states[index, layer].astype(np.float32)
+        head, _ = train_scalar_head(cfg, states[index, layer].astype(np.float32), labels, groups, tokens[index],
+                                    teacher)
+        heads.append(head)
+    head = heads[0] if len(heads) == 1 else ScalarHead.average(heads)
+    return head, LengthControl.fit(labels, tokens[index]), keep
+
+
+def cross_validate(designs: Sequence[HeadDesign], rows: list[dict], states: np.ndarray, tokens: np.ndarray,
+                   head_config: ScalarHeadConfig, folds: int, seed: int = 0,
+                   teacher_states: np.ndarray | None = None, progress: bool = True) -> dict[str, dict]:
+    """Per design: the out-of-fold scores' within-prompt Spearman with the label on the honest answers, pooled over
+    every prompt (``spearman_within_prompt``) and per fold (``folds``, with their standard deviation)."""
+    from tqdm.auto import tqdm
+
+    groups = [r["group"] for r in rows]
+    group_array = np.array(groups)
+    labels = [r["score"] for r in rows]
+    honest = np.array([r["kind"] == HONEST for r in rows])
+    splits = prompt_folds(groups, folds, seed)
+    table = {}
+    for design in tqdm(designs, desc="cross-validation", unit="design", disable=not progress):
+        scores = np.zeros(len(rows))
+        per_fold = []
+        for fold in splits:
+            test = np.isin(group_array, list(fold))
+            head = fit_head_design(design, rows, states, tokens, ~test, head_config, teacher_states)[0]
+            scores[test] = head.predict(head.inputs(states[test]))
+            per_fold.append(within_group_spearman(scores, labels, groups, np.flatnonzero(test & honest)))
+        table[design.name] = {
+            "design": design.to_dict(),
+            "spearman_within_prompt": within_group_spearman(scores, labels, groups, np.flatnonzero(honest)),
+            "folds": per_fold, "fold_std": statistics.pstdev(per_fold), "out_of_fold_scores": scores.tolist()}
+    return table
+
+
+def select_design(designs: Sequence[HeadDesign], table: dict[str, dict], rows: list[dict]) -> HeadDesign:
+    """The design with the highest pooled within-prompt Spearman, among those that train on the off-topic and
+    injected rows when the labels hold any (see the module docstring)."""
+    has_attacks = any(r["kind"] != HONEST for r in rows)
+    eligible = [d for d in designs if d.augment or not has_attacks]
+    if not eligible:
+        raise ConfigError("cv_grid: every design leaves out the off-topic and injected rows, which a judge that a "
+                          "loop optimises against must learn from; add one with augment: true")
+    return max(eligible, key=lambda d: table[d.name]["spearman_within_prompt"])
