@@ -125,3 +125,43 @@ def test_every_measured_number_cites_its_result():
                 unbacked.append(f"{page.relative_to(REPO)}: {MEASUREMENT.search(block).group(0)!r} in "
                                 f"{' '.join(block.split())[:120]}")
     assert not unbacked, "measurements without a cited result:\n" + "\n".join(unbacked)
+
+
+def test_code_cites_only_results_that_exist():
+    """Help texts and docstrings that point at a benchmark result point at a committed one."""
+    cited = set()
+    for path in [*(REPO / "selfj_rlhf").rglob("*.py"), *(REPO / "recipes").glob("*.py")]:
+        cited |= {(path.name, name) for name in re.findall(r"evals/results/([\w.-]+\.md)", path.read_text())}
+    missing = [f"{source}: {name}" for source, name in sorted(cited) if not (REPO / "evals" / "results" / name).is_file()]
+    assert cited and not missing, missing
+
+
+def test_a_subcommand_default_is_not_contradicted_by_its_help():
+    """docs/reference.md: where a subcommand overrides a field's default, the dataclass's "Default: ..." sentence
+    is left out of the help (it would name another default)."""
+    import dataclasses
+    import importlib.util
+
+    from selfj_rlhf.cli.main import SUBCOMMANDS
+
+    spec = importlib.util.spec_from_file_location("render_reference", REPO / "scripts" / "render_reference.py")
+    render = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(render)
+    checked = 0
+    for sub in SUBCOMMANDS.values():
+        for config in sub.config_classes():
+            for item in dataclasses.fields(config) if dataclasses.is_dataclass(config) else []:
+                if item.name in sub.defaults:
+                    assert "Default:" not in render.field_help(item, sub.defaults), item.name
+                    checked += 1
+    assert checked
+
+
+def test_commands_on_other_models_answers_name_the_pool_judge():
+    """Model ranking, judge correlation and selective prediction score other models' answers: their documented
+    commands use the judge of that role, not the judge of the embedded policy's own samples."""
+    command = re.compile(r"evals\.(model_ranking|judge_correlation|selective)\b[^\n]*--judge \w+=selfj-smollm2-135m(?![\w-])")
+    offenders = [f"{path.relative_to(REPO)}: {match.group(0)[:80]}"
+                 for path in [REPO / "README.md", *(REPO / "docs").glob("*.md"), *(REPO / "evals").glob("*.py")]
+                 if path.name != "results.md" for match in command.finditer(path.read_text())]
+    assert not offenders, offenders

@@ -240,3 +240,23 @@ def test_best_of_n_and_rounds_with_another_policy_warn(tiny_model_dir, tmp_path)
 
     with role_warning("rounds"):
         _prepare(RejectionSamplingConfig(judge="selfj-smollm2-135m"), None, ModelArgs())
+
+
+def test_the_chain_result_compares_the_chosen_design_with_v5_within_its_fold_spread():
+    from evals.own_samples_chain import V5_DESIGNS, compare, render
+
+    v5 = {"chosen_design": "own samples, weight decay 0.3, layers 9-18 ensemble",
+          "designs": {name: {"prompt_cv": {"spearman_within_prompt": value}}
+                      for name, value in zip(V5_DESIGNS.values(), (0.300, 0.298, 0.282, 0.319, 0.314))}}
+    names = list(V5_DESIGNS)
+    cv = {"chosen": names[3], "folds": 5, "designs": {
+        name: {"spearman_within_prompt": value, "folds": [value - 0.02, value + 0.02], "fold_std": 0.02}
+        for name, value in zip(names, (0.29, 0.28, 0.27, 0.31, 0.30))}}
+    result = compare(cv, v5)
+    assert result["designs"][names[3]]["v5_benchmark"] == 0.319
+    assert result["difference_to_v5"] == pytest.approx(-0.009) and result["within_fold_spread"]
+    cv["designs"][names[3]]["spearman_within_prompt"] = 0.25
+    assert not compare(cv, v5)["within_fold_spread"]
+    payload = {"command": "python -m evals.own_samples_chain", "prompts": 240, "answers": 1920, "folds": 5,
+               "machine": {"cpu": "cpu", "cpu_count": 2, "date": "today"}, "comparison": result, "stage_times": {}}
+    assert "**(chosen)**" in render(payload) and "within the spread" in render(payload)

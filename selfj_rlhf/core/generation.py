@@ -58,6 +58,58 @@ def generate_candidates(model, tokenizer, instruction: str, *, n: int, seed: int
     return candidates if sampling else candidates * n
 
 
+class RowSeededSampler:
+    """A logits processor that draws each row's next token with that row's own generator, after temperature and
+    top-p, and returns logits under which greedy decoding picks exactly that token. A row's samples then depend on
+    its own seed and text, not on which other prompts share the batch (up to the floating-point effect of their
+    padding), so several prompts can be sampled in one ``generate`` call and still be seeded by prompt id."""
+
+    def __init__(self, seeds: list[int], temperature: float, top_p: float):
+        from transformers import TemperatureLogitsWarper, TopPLogitsWarper
+
+        self.generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+        self.warpers = [TemperatureLogitsWarper(temperature)] + ([TopPLogitsWarper(top_p)] if top_p < 1 else [])
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        for warper in self.warpers:
+            scores = warper(input_ids, scores)
+        probs = torch.softmax(scores.float(), dim=-1).cpu()
+        picks = torch.cat([torch.multinomial(probs[row], 1, generator=generator)
+                           for row, generator in enumerate(self.generators)]).to(scores.device)
+        chosen = torch.full_like(scores, float("-inf"))
+        chosen[torch.arange(len(picks), device=scores.device), picks] = 0.0
+        return chosen
+
+
+@torch.inference_mode()
+def generate_candidates_batch(model, tokenizer, prompts, *, n: int, seed: int, max_new_tokens: int = 256,
+                              temperature: float = 0.7, top_p: float = 0.95) -> list[list[dict]]:
+    """``n`` sampled responses to each of several prompts (``id``, ``instruction``) in one ``generate`` call: the
+    prompts left-padded, every row drawn by ``RowSeededSampler`` from a seed of (seed, prompt id, sample index).
+    Returns, per prompt, ``[{"text", "num_tokens", "finished"}]`` as ``generate_candidates`` does. On a CPU, four
+    prompts of 8 samples per call decode about twice as many tokens per second as one."""
+    if not temperature > 0:
+        raise ConfigError("batched sampling needs temperature > 0")
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    encoded = [chat_prompt_ids(tokenizer, p.instruction) for p in prompts]
+    width = max(len(ids) for ids in encoded)
+    rows = [[pad] * (width - len(ids)) + ids for ids in encoded for _ in range(n)]
+    mask = [[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded for _ in range(n)]
+    seeds = [prompt_seed(seed, f"{p.id}#{k}") for p in prompts for k in range(n)]
+    out = model.generate(input_ids=torch.tensor(rows, device=device), attention_mask=torch.tensor(mask, device=device),
+                         max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad,
+                         logits_processor=[RowSeededSampler(seeds, temperature, top_p)])
+    eos_ids = eos_token_ids(model, tokenizer)
+    samples = []
+    for row in out[:, width:].tolist():
+        end = next((i for i, t in enumerate(row) if t in eos_ids), None)
+        kept = row if end is None else row[:end]
+        samples.append({"text": tokenizer.decode(kept, skip_special_tokens=True).strip(), "num_tokens": len(kept),
+                        "finished": end is not None})
+    return [samples[i * n:(i + 1) * n] for i in range(len(prompts))]
+
+
 def vllm_candidate_generator(policy: str, *, n: int, seed: int, max_new_tokens: int, temperature: float, top_p: float,
                              dtype: str = "auto", gpu_memory_utilization: float = 0.5):
     """A ``generate(prompts) -> [[{"text", "num_tokens", "finished"}] * n]`` function backed by vLLM.
@@ -91,10 +143,12 @@ def vllm_candidate_generator(policy: str, *, n: int, seed: int, max_new_tokens: 
 
 
 def candidate_generator(policy: str, *, backend: str, n: int, seed: int, max_new_tokens: int, temperature: float,
-                        top_p: float, dtype: str = "auto", device: str = "cpu", gpu_memory_utilization: float = 0.5):
+                        top_p: float, dtype: str = "auto", device: str = "cpu", gpu_memory_utilization: float = 0.5,
+                        batched: bool = False):
     """``(generate(prompts) -> candidates per prompt, HF policy or None, tokenizer or None)`` for a backend: ``hf``
-    (one ``generate`` call per prompt, its n samples batched) or ``vllm`` (many prompts per call). Prompts need
-    ``id`` and ``instruction``; every prompt is seeded from (seed, prompt id)."""
+    (one ``generate`` call per prompt, its n samples batched; with ``batched``, all the prompts of a call in one
+    ``generate_candidates_batch``) or ``vllm`` (many prompts per call). Prompts need ``id`` and ``instruction``;
+    every prompt is seeded from (seed, prompt id)."""
     if backend not in BACKENDS:
         raise ConfigError(f"backend must be one of {BACKENDS}, got '{backend}'")
     if backend == "vllm":
@@ -103,6 +157,9 @@ def candidate_generator(policy: str, *, backend: str, n: int, seed: int, max_new
     model, tokenizer = load_causal_lm(policy, dtype=dtype, device=device)
 
     def generate(prompts) -> list[list[dict]]:
+        if batched:
+            return generate_candidates_batch(model, tokenizer, prompts, n=n, seed=seed, max_new_tokens=max_new_tokens,
+                                             temperature=temperature, top_p=top_p)
         return [generate_candidates(model, tokenizer, p.instruction, n=n, seed=seed, prompt_id=p.id,
                                     max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
                 for p in prompts]
