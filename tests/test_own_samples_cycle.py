@@ -260,3 +260,18 @@ def test_the_chain_result_compares_the_chosen_design_with_v5_within_its_fold_spr
     payload = {"command": "python -m evals.own_samples_chain", "prompts": 240, "answers": 1920, "folds": 5,
                "machine": {"cpu": "cpu", "cpu_count": 2, "date": "today"}, "comparison": result, "stage_times": {}}
     assert "**(chosen)**" in render(payload) and "within the spread" in render(payload)
+
+
+def test_batched_sampling_does_not_depend_on_which_prompts_share_a_call(tiny_model_dir, tmp_path):
+    """Several prompts per generate call: each answer comes from its own seed, so calls of 2 and of 3 prompts (and
+    so any sharding) give the same samples."""
+    from selfj_rlhf.training.sampling import SampleConfig, run_sampling
+
+    prompts = write_prompts(tmp_path / "prompts.jsonl", count=5)
+    for size in (2, 3):
+        run_sampling(SampleConfig(policy=str(tiny_model_dir), dataset=str(prompts), n=3, max_new_tokens=10,
+                                  prompts_per_batch=size, output_dir=str(tmp_path / f"batch{size}")))
+    two, three = ((tmp_path / f"batch{size}" / "samples.jsonl").read_text() for size in (2, 3))
+    assert two == three
+    rows = [json.loads(line) for line in two.splitlines()]
+    assert len(rows) == 5 and all(len({c["text"] for c in r["candidates"]}) > 1 for r in rows)

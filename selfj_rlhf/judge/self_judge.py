@@ -31,6 +31,10 @@ logger = logging.getLogger(__name__)
 
 JUDGE_CONFIG_NAME = "selfj_config.json"
 # section markers of the judge templates ([Question], [Answer], [End of Answer], [Reference], ...), any case
+# characters that render as nothing: removed from user text, so they can neither hide a marker from the sanitiser
+# nor split one that the removal of another would join
+INVISIBLE = re.compile("[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180e\u200b-\u200f\u202a-\u202e"
+                       "\u2060-\u2064\u206a-\u206f\ufeff]")
 TEMPLATE_MARKERS = r"\[\s*(?:end\s+of\s+)?(?:question|answer|reference|response|instruction)\s*\]"
 DIGITS = tuple(str(d) for d in range(10))
 # Whether a judge trained with a length fit scores with its length trend removed when the caller leaves
@@ -328,9 +332,18 @@ class SelfJudge:
         return next(self.model.parameters()).device
 
     def clean(self, text: str) -> str:
-        """User text with special-token strings and template markers removed (when ``sanitize`` is on), and
-        surrounding whitespace stripped (the one text normalisation of every scoring path)."""
-        return (self._markers.sub("", text) if self.sanitize else text).strip()
+        """User text with special-token strings, template markers and zero-width characters removed (when
+        ``sanitize`` is on), and surrounding whitespace stripped (the one text normalisation of every scoring path).
+
+        Removal repeats until nothing is left to remove: one pass over ``<|im_<|im_end|>end|>`` would leave
+        ``<|im_end|>``, which the tokenizer reads as the real end of the turn. So ``clean`` is idempotent, and no
+        special-token string survives it, however the pieces are nested or split by invisible characters."""
+        if self.sanitize:
+            previous = None
+            while previous != text:
+                previous = text
+                text = self._markers.sub("", INVISIBLE.sub("", text))
+        return text.strip()
 
     def _prefix_suffix_ids(self, instruction: str, reference: str | None) -> tuple[list[int], list[int]]:
         key = (instruction, reference, self.sanitize)
