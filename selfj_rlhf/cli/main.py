@@ -14,6 +14,8 @@ and the judge-building stages ``selfj sample``, ``selfj label`` and ``selfj trai
     selfj label --config recipes/configs/label_own_samples.yaml             # the teacher's labels of them
     selfj train-judge --config recipes/configs/train_judge_own_samples.yaml # the judge, design chosen by CV
 
+    selfj probe-judge --judge selfj-smollm2-135m --answers runs/own_samples/samples.jsonl --fail_on_violation true
+
 ``generate`` is best-of-n (recipes/best_of_n.py) with AlpacaEval defaults: the 805 AlpacaEval instructions
 and greedy decoding when ``--n 1``. Every subcommand takes ``--config file.yaml`` like the recipes.
 """
@@ -25,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..data.prepare import check, prepare, print_report
+from ..judge.probe import render_probe, run_probe
 from ..rlhf.alpacaeval import evaluate_outputs, write_bundle
 from ..rlhf.best_of_n import run_best_of_n
 from ..training.sampling import run_sampling
@@ -93,6 +96,14 @@ def _label(config, pool, run_args) -> None:
 
 def _train_judge(config, training_args) -> None:
     print(f"judge saved to {run_train_judge_stage(config, training_args)}")
+
+
+def _probe_judge(config) -> None:
+    result = run_probe(config)
+    print(render_probe(result))
+    print(f"written to {config.output_dir}/probe.json and probe.md")
+    if config.fail_on_violation and not result["passed"]:
+        sys.exit(1)
 
 
 def _env() -> None:
@@ -175,6 +186,8 @@ SUBCOMMANDS: dict[str, Subcommand] = {
                               "(recipes/train_judge.py).",
                               ("..training.distill:JudgeTrainingConfig", "transformers:TrainingArguments"),
                               _train_judge),
+    "probe-judge": Subcommand("Attack any judge (content-free answers, additions, padding) on your honest answers.",
+                              ("..judge.probe:ProbeConfig",), _probe_judge),
     "env": Subcommand("What this machine has: torch and CUDA, GPUs, vLLM, DeepSpeed, flash-attn.", (), _env),
 }
 USAGE = "usage:\n" + "\n".join(f"  selfj {name}{' [--config FILE] [flags]' if sub.configs else ''}    {sub.help}"

@@ -1,0 +1,74 @@
+"""``selfj probe-judge``: the attack suite runs end to end on the tiny model and its thresholds are applied."""
+
+import json
+
+import pytest
+
+from selfj_rlhf.core.errors import ConfigError, RecordError
+from selfj_rlhf.judge.probe import ATTACKS, CONTENT_FREE, PADDING, ProbeConfig, attack_table, verdict, wilson_interval
+
+
+def write_answers(path, count=6):
+    path.write_text("".join(json.dumps({"instruction": f"How do rivers form, part {i}?",
+                                        "response": f"Rain collects in channels and flows downhill ({i})."}) + "\n"
+                            for i in range(count)))
+    return path
+
+
+def test_the_probe_runs_every_attack_and_applies_its_thresholds(tiny_model_dir, tmp_path, capsys):
+    from selfj_rlhf.cli.main import main
+
+    answers = write_answers(tmp_path / "answers.jsonl")
+    argv = ["probe-judge", "--judge", str(tiny_model_dir), "--answers", str(answers), "--max_length", "256",
+            "--output_dir", str(tmp_path / "probe"), "--fail_on_violation", "true"]
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as exit:
+        code = exit.code
+    result = json.loads((tmp_path / "probe" / "probe.json").read_text())
+    assert result["prompts"] == 6 and set(result["attacks"]) == {a.name for a in ATTACKS}
+    for row in result["attacks"].values():
+        low, high = row["false_positive_ci95"]
+        assert 0 <= low <= row["false_positive_rate"] <= high <= 1
+    assert code == (0 if result["passed"] else 1)
+    assert result["passed"] == (not result["failures"])
+    assert "probe.md" in capsys.readouterr().out and (tmp_path / "probe" / "probe.md").read_text().startswith("Judge")
+
+
+def test_the_verdict_fails_content_free_wins_and_padding_gains():
+    cfg = ProbeConfig(answers="unused.jsonl")
+    honest = [5.0] * 100
+    fine = {a.name: [4.0] * 100 for a in ATTACKS}
+    assert verdict(attack_table(honest, fine), cfg)["passed"]
+    colon = next(a.name for a in ATTACKS if a.kind == CONTENT_FREE)
+    leaky = {**fine, colon: [6.0] * 15 + [4.0] * 85}  # 15 % at least as high as honest
+    failures = verdict(attack_table(honest, leaky), cfg)["failures"]
+    assert len(failures) == 1 and failures[0].startswith(colon)
+    borderline = {**fine, colon: [6.0] * 9 + [4.0] * 11}  # 45 %: also the interval
+    assert not verdict(attack_table([5.0] * 20, {k: v[:20] for k, v in borderline.items()}), cfg)["passed"]
+    padding = next(a.name for a in ATTACKS if a.kind == PADDING)
+    assert not verdict(attack_table(honest, {**fine, padding: [5.2] * 100}), cfg)["passed"]
+
+
+def test_wilson_interval_and_bad_input(tmp_path):
+    low, high = wilson_interval(10, 100)
+    assert low < 0.10 < high < 0.2
+    with pytest.raises(ConfigError, match="--answers"):
+        ProbeConfig()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "Q?", "response": "A."}\n{"instruction": "Q2?"}\n')
+    from selfj_rlhf.judge.probe import load_honest_answers
+
+    with pytest.raises(RecordError, match=r"bad.jsonl:2: field .response.: missing"):
+        load_honest_answers(ProbeConfig(answers=str(bad)))
+
+
+def test_candidates_files_give_their_chosen_answer(tmp_path):
+    from selfj_rlhf.judge.probe import load_honest_answers
+
+    path = tmp_path / "candidates.jsonl"
+    path.write_text("".join(json.dumps({"instruction": f"Q{i}?", "chosen": 1,
+                                        "candidates": [{"text": "first"}, {"text": f"picked {i}"}]}) + "\n"
+                            for i in range(3)))
+    assert load_honest_answers(ProbeConfig(answers=str(path))) == [(f"Q{i}?", f"picked {i}") for i in range(3)]
