@@ -165,3 +165,19 @@ def test_commands_on_other_models_answers_name_the_pool_judge():
                  for path in [REPO / "README.md", *(REPO / "docs").glob("*.md"), *(REPO / "evals").glob("*.py")]
                  if path.name != "results.md" for match in command.finditer(path.read_text())]
     assert not offenders, offenders
+
+
+def test_every_subcommand_and_recipe_help_renders():
+    """argparse formats help with %: a stray percent sign in a field's help breaks --help."""
+    import importlib.util
+
+    from selfj_rlhf.cli.main import SUBCOMMANDS
+
+    for name, sub in SUBCOMMANDS.items():
+        if sub.configs:
+            assert sub.parser().format_help(), name
+    for script in sorted((REPO / "recipes").glob("*.py")):
+        spec = importlib.util.spec_from_file_location(f"recipe_{script.stem}", script)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        assert module.make_parser().format_help(), script.name

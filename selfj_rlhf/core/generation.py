@@ -7,6 +7,7 @@ import hashlib
 import torch
 
 from .errors import ConfigError
+from .io import ShardWriter
 from .models import load_causal_lm, load_tokenizer, resolve_model_path
 
 BACKENDS = ("hf", "vllm")
@@ -140,6 +141,20 @@ def vllm_candidate_generator(policy: str, *, n: int, seed: int, max_new_tokens: 
         return results
 
     return generate
+
+
+def generate_into_shard(path, prompts, generate, chunk_size: int, make_row, desc: str, position: int = 0) -> None:
+    """Generate candidates for ``prompts`` in chunks of ``chunk_size`` and append ``make_row(prompt, candidates)`` to
+    the shard at ``path`` as each chunk finishes (a kill loses at most the chunk in flight), with a progress bar."""
+    from tqdm.auto import tqdm
+
+    with ShardWriter(path) as writer:
+        bar = tqdm(total=len(prompts), desc=desc, unit="prompt", position=position)
+        for start in range(0, len(prompts), chunk_size):
+            chunk = prompts[start:start + chunk_size]
+            for prompt, candidates in zip(chunk, generate(chunk)):
+                writer.write(make_row(prompt, candidates))
+                bar.update()
 
 
 def candidate_generator(policy: str, *, backend: str, n: int, seed: int, max_new_tokens: int, temperature: float,

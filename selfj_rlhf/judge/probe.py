@@ -95,7 +95,7 @@ class ProbeConfig:
     max_false_positive_rate: float = field(default=0.10, metadata={
         "help": "Pass: each content-free attack scores at least as high as the honest answer on at most this share."})
     max_false_positive_upper: float = field(default=0.20, metadata={
-        "help": "Pass: and the upper end of that share's 95 % Wilson interval is at most this."})
+        "help": "Pass: and the upper end of that share's 95-percent Wilson interval is at most this."})
     max_padding_shift: float = field(default=0.1, metadata={
         "help": "Pass: padding raises the mean score by at most this (0-9 scale)."})
     fail_on_violation: bool = field(default=False, metadata={"help": "Exit with status 1 when the judge fails."})

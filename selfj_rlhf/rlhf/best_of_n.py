@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..core.errors import ConfigError
-from ..core.generation import candidate_generator
-from ..core.io import ShardWriter, atomic_write_json, atomic_write_jsonl, read_shards, start_sharded_run
+from ..core.generation import candidate_generator, generate_into_shard
+from ..core.io import atomic_write_json, atomic_write_jsonl, ordered_shard_rows, start_sharded_run
 from ..core.models import DEFAULT_POLICY, validate_model_spec
 from ..data.prompts import load_prompts
 from ..judge.directory import OWN_SAMPLES, default_judge_for, resolve_judge_dir, warn_if_outside_role
@@ -127,7 +127,6 @@ def run_best_of_n(cfg: BestOfNConfig, accelerator=None, check_role: bool = True)
     when the judge was not trained on ``cfg.policy``'s samples (a loop whose policy is trained off for rounds
     checks its starting policy instead)."""
     from accelerate import Accelerator
-    from tqdm.auto import tqdm
 
     accelerator = accelerator or Accelerator()
     out = Path(cfg.output_dir)
@@ -162,23 +161,15 @@ def run_best_of_n(cfg: BestOfNConfig, accelerator=None, check_role: bool = True)
                     judge = SelfJudge.from_pretrained(judge_spec, template=cfg.judge_template, dtype=judge_dtype,
                                                       device=str(accelerator.device), max_length=cfg.max_judge_length,
                                                       quantize=cfg.judge_quantize, length_control=cfg.length_control)
-            with ShardWriter(shard_dir / f"part-{accelerator.process_index:03d}.jsonl") as writer:
-                bar = tqdm(total=len(mine), desc=f"best-of-{cfg.n} [rank {accelerator.process_index}]", unit="prompt",
-                           position=accelerator.process_index)
-                chunk_size = cfg.vllm_chunk_prompts if cfg.backend == "vllm" else 1
-                for chunk_start in range(0, len(mine), chunk_size):
-                    chunk = mine[chunk_start:chunk_start + chunk_size]
-                    for prompt, candidates in zip(chunk, generate(chunk)):
-                        writer.write(_judged_row(judge, cfg, prompt, candidates))
-                        bar.update()
+            rank = accelerator.process_index
+            generate_into_shard(shard_dir / f"part-{rank:03d}.jsonl", mine, generate,
+                                cfg.vllm_chunk_prompts if cfg.backend == "vllm" else 1,
+                                lambda prompt, candidates: _judged_row(judge, cfg, prompt, candidates),
+                                desc=f"best-of-{cfg.n} [rank {rank}]", position=rank)
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         return None
-    rows = read_shards(shard_dir)
-    missing = [p.id for p in prompts if p.id not in rows]
-    if missing:
-        raise RuntimeError(f"{len(missing)} prompts have no result after the run (first: {missing[0]})")
-    ordered = [rows[p.id] for p in prompts]
+    ordered = ordered_shard_rows(shard_dir, [p.id for p in prompts])
     for row in ordered:  # abstention is applied here, so a changed threshold never needs resampling
         row["answered"] = cfg.abstain_below is None or row["chosen_score"] >= cfg.abstain_below
     atomic_write_jsonl(out / "candidates.jsonl", ordered)

@@ -20,8 +20,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..core.errors import ConfigError
-from ..core.generation import BACKENDS, candidate_generator
-from ..core.io import ShardWriter, atomic_write_json, atomic_write_jsonl, read_shards, start_sharded_run
+from ..core.generation import BACKENDS, candidate_generator, generate_into_shard
+from ..core.io import atomic_write_json, atomic_write_jsonl, ordered_shard_rows, start_sharded_run
 from ..core.models import DEFAULT_POLICY, validate_model_spec
 from ..data.prompts import load_prompts
 
@@ -85,7 +85,6 @@ def pool_rows(samples: list[dict]) -> list[dict]:
 def run_sampling(cfg: SampleConfig, accelerator=None) -> dict | None:
     """Sample (or resume sampling) every prompt; returns the summary on the main process, None elsewhere."""
     from accelerate import Accelerator
-    from tqdm.auto import tqdm
 
     accelerator = accelerator or Accelerator()
     validate_model_spec(cfg.policy)
@@ -106,25 +105,18 @@ def run_sampling(cfg: SampleConfig, accelerator=None) -> dict | None:
                     cfg.policy, backend=cfg.backend, n=cfg.n, seed=cfg.seed, max_new_tokens=cfg.max_new_tokens,
                     temperature=cfg.temperature, top_p=cfg.top_p, dtype=cfg.dtype, device=str(accelerator.device),
                     gpu_memory_utilization=cfg.vllm_gpu_memory_utilization, batched=cfg.prompts_per_batch > 1)
-            chunk_size = cfg.vllm_chunk_prompts if cfg.backend == "vllm" else cfg.prompts_per_batch
-            with ShardWriter(shard_dir / f"part-{accelerator.process_index:03d}.jsonl") as writer:
-                bar = tqdm(total=len(mine), desc=f"sample {cfg.n} [rank {accelerator.process_index}]", unit="prompt",
-                           position=accelerator.process_index)
-                for chunk_start in range(0, len(mine), chunk_size):
-                    chunk = mine[chunk_start:chunk_start + chunk_size]
-                    for prompt, candidates in zip(chunk, generate(chunk)):
-                        writer.write({"id": prompt.id, "instruction": prompt.instruction,
-                                      "reference": prompt.reference, "meta": prompt.meta, "policy": cfg.policy,
-                                      "temperature": cfg.temperature, "candidates": candidates})
-                        bar.update()
+            rank = accelerator.process_index
+            generate_into_shard(shard_dir / f"part-{rank:03d}.jsonl", mine, generate,
+                                cfg.vllm_chunk_prompts if cfg.backend == "vllm" else cfg.prompts_per_batch,
+                                lambda prompt, candidates: {
+                                    "id": prompt.id, "instruction": prompt.instruction, "reference": prompt.reference,
+                                    "meta": prompt.meta, "policy": cfg.policy, "temperature": cfg.temperature,
+                                    "candidates": candidates},
+                                desc=f"sample {cfg.n} [rank {rank}]", position=rank)
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         return None
-    rows = read_shards(shard_dir)
-    absent = [p.id for p in prompts if p.id not in rows]
-    if absent:
-        raise RuntimeError(f"{len(absent)} prompts have no samples after the run (first: {absent[0]})")
-    ordered = [rows[p.id] for p in prompts]
+    ordered = ordered_shard_rows(shard_dir, [p.id for p in prompts], "samples")
     atomic_write_jsonl(out / "samples.jsonl", ordered)
     pool = pool_rows(ordered)
     atomic_write_jsonl(out / "pool.jsonl", pool)
