@@ -210,12 +210,13 @@ def read_shards(directory: str | os.PathLike, pattern: str = "*.jsonl", key: str
     return rows
 
 
-def ordered_shard_rows(shard_dir: str | os.PathLike, ids: list[str], what: str = "result") -> list[dict]:
+def ordered_shard_rows(shard_dir: str | os.PathLike, ids: list[str], what: str = "result",
+                       items: str = "prompts") -> list[dict]:
     """The rows of a finished sharded stage in the order of ``ids``; an error when one is missing."""
     rows = read_shards(shard_dir)
     missing = [i for i in ids if i not in rows]
     if missing:
-        raise RuntimeError(f"{len(missing)} prompts have no {what} after the run (first: {missing[0]})")
+        raise RuntimeError(f"{len(missing)} {items} have no {what} after the run (first: {missing[0]})")
     return [rows[i] for i in ids]
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from ..core.errors import ConfigError, RecordError
 from ..core.generation import generate_candidates, vllm_candidate_generator
-from ..core.io import ShardWriter, atomic_write_json, atomic_write_jsonl, read_shards, require_str, start_sharded_run
+from ..core.io import ShardWriter, atomic_write_json, atomic_write_jsonl, ordered_shard_rows, require_str, start_sharded_run
 from ..core.models import DEFAULT_POLICY, load_causal_lm, load_tokenizer, validate_model_spec
 from ..data.datasets import iter_records
 from ..judge.self_judge import SelfJudge
@@ -406,11 +406,7 @@ def finalize_labels(cfg: LabelConfig, ids: list[str], wall_s: float = 0.0, resum
     import statistics
 
     out = Path(cfg.output_dir)
-    shards = read_shards(out / "shards")
-    missing = [i for i in ids if i not in shards]
-    if missing:
-        raise RuntimeError(f"{len(missing)} instructions have no samples (first: {missing[0]})")
-    sampled = [shards[i] for i in ids]
+    sampled = ordered_shard_rows(out / "shards", ids, "samples", items="instructions")
     rows = flatten(sampled) + borrowed_rows(sampled, cfg)
     position = {instruction_id: index for index, instruction_id in enumerate(ids)}
     rows.sort(key=lambda r: (position[r["group"]], r["id"]))  # each instruction's responses together, stable

@@ -296,7 +296,7 @@ def train_scalar_judge(cfg: JudgeTrainingConfig, output_dir: str | Path, seed: i
                   "answers": sum(r["kind"] == HONEST for r in rows), "design": design.to_dict(),
                   "head_layers": list(head.layers), "alpha": cfg.alpha, "beta": cfg.beta, "max_length": cfg.max_length,
                   "truncated_share": float(student.truncated.mean()), "seed": seed,
-                  "config": {k: v for k, v in asdict(cfg).items()}}
+                  "config": asdict(cfg)}
     if cv is not None:
         provenance["cv"] = {"folds": cfg.cv_folds, "chosen": design.name,
                             "spearman_within_prompt": cv["designs"][design.name]["spearman_within_prompt"],
