@@ -30,7 +30,7 @@ V5_DESIGNS = {"layer 18, weight decay 0.3, pairwise": "own samples, weight decay
               "layer 18, weight decay 1.0, pairwise": "own samples, weight decay 1",
               "layer 18, weight decay 3.0, pairwise": "own samples, weight decay 3",
               "layers 9,12,15,18, weight decay 0.3, pairwise": "own samples, weight decay 0.3, layers 9-18 ensemble",
-              "layer 18, weight decay 1.0, pairwise, no off-topic/injected rows":
+              "layer 18, weight decay 1.0, pairwise, no augmentation rows":
                   "own samples, weight decay 1, no off-topic/injected rows"}
 
 
@@ -51,7 +51,8 @@ def compare(cv: dict, v5: dict) -> dict:
     rows = {}
     for name, entry in cv["designs"].items():
         rows[name] = {"spearman_within_prompt": entry["spearman_within_prompt"], "folds": entry["folds"],
-                      "fold_std": entry["fold_std"], "v5_benchmark": v5_figures.get(V5_DESIGNS.get(name, ""))}
+                      "fold_std": entry["fold_std"], "at_or_above_honest": entry.get("at_or_above_honest", {}),
+                      "v5_benchmark": v5_figures.get(V5_DESIGNS.get(name, ""))}
     chosen = rows[cv["chosen"]]
     v5_chosen = v5_figures[v5["chosen_design"]]
     gap = chosen["spearman_within_prompt"] - v5_chosen
@@ -62,6 +63,7 @@ def compare(cv: dict, v5: dict) -> dict:
 
 def render(p: dict) -> str:
     m, c = p["machine"], p["comparison"]
+    kinds = sorted({k for row in c["designs"].values() for k in row["at_or_above_honest"]})
     lines = [f"# The own-samples chain of the recipes, rebuilt for the embedded policy ({p['prompts']} prompts, "
              f"{p['answers']} samples)", "", f"Command: `{p['command']}`  ",
              f"Machine: {m['cpu']}, {m['cpu_count']} cores, {m['date']}", "",
@@ -70,13 +72,18 @@ def render(p: dict) -> str:
              f"design by {p['folds']}-fold cross-validation by training prompt. Within-prompt Spearman of the "
              "out-of-fold scores with the teacher label (honest answers), pooled over prompts and per fold, beside "
              "the v5 benchmark's figure for the same design (evals/results/own_samples_v5.md; its 80 GSM8K prompts "
-             "included 8 from GSM8K's test split, the chain's come from the train split only).", "",
-             "| design | within-prompt Spearman (CV) | per fold | fold std | v5 benchmark |", "|---|---:|---|---:|---:|"]
+             "included 8 from GSM8K's test split, the chain's come from the train split only). The last columns: per "
+             "augmentation kind, the share of (augmentation row, honest answer of its prompt) pairs where the "
+             "augmentation row's out-of-fold score is at least as high.", "",
+             f"| design | within-prompt Spearman (CV) | per fold | fold std | v5 benchmark | {' | '.join(kinds)} |",
+             "|---|---:|---|---:|---:|" + "---:|" * len(kinds)]
     for name, row in c["designs"].items():
         mark = " **(chosen)**" if name == c["chosen"] else ""
         v5 = "-" if row["v5_benchmark"] is None else f"{row['v5_benchmark']:.3f}"
+        rates = " | ".join(f"{row['at_or_above_honest'][k]:.1%}" if k in row["at_or_above_honest"] else "-"
+                           for k in kinds)
         lines.append(f"| {name}{mark} | {row['spearman_within_prompt']:.3f} | "
-                     f"{', '.join(f'{v:.3f}' for v in row['folds'])} | {row['fold_std']:.3f} | {v5} |")
+                     f"{', '.join(f'{v:.3f}' for v in row['folds'])} | {row['fold_std']:.3f} | {v5} | {rates} |")
     chosen = c["designs"][c["chosen"]]
     lines += ["", f"The chosen design's {chosen['spearman_within_prompt']:.3f} is {c['difference_to_v5']:+.3f} from "
                   f"v5's {c['v5_chosen_spearman']:.3f} (its fold-to-fold standard deviation: "

@@ -136,6 +136,29 @@ def test_cross_validation_picks_the_layer_that_carries_the_label():
     assert select_design(designs, table, rows).name == "layer 2"
 
 
+def test_augmentation_rates_and_the_honest_length_trend():
+    """The CV table reports, per augmentation kind, how often it scores at least as high as the honest answers of
+    its prompt; the length trend is fitted on honest answers only (short label-0 content-free rows would make
+    short look bad, and length control would then pay short answers back)."""
+    from selfj_rlhf.training.head_selection import HeadDesign, at_or_above_honest, fit_head_design
+    from selfj_rlhf.training.scalar_head import ScalarHeadConfig
+
+    rows = [{"group": "p", "kind": "pool"}, {"group": "p", "kind": "pool"}, {"group": "p", "kind": "content_free"},
+            {"group": "q", "kind": "pool"}, {"group": "q", "kind": "padded"}, {"group": "r", "kind": "padded"}]
+    rates = at_or_above_honest([1.0, 3.0, 2.0, 5.0, 5.0, 9.0], rows)
+    assert rates == {"content_free": 0.5, "padded": 1.0}  # r has no honest answer: left out
+
+    rng = np.random.default_rng(0)
+    n = 40
+    states = rng.normal(size=(n, 2, 4)).astype(np.float32)
+    rows = [{"group": f"p{i // 5}", "kind": "pool" if i % 5 else "content_free",
+             "score": 0.0 if i % 5 == 0 else float(9 - (i % 5))} for i in range(n)]
+    tokens = np.array([1 if i % 5 == 0 else 10 * (i % 5) for i in range(n)])  # honest: longer is worse
+    _, length_fit, kept = fit_head_design(HeadDesign("layer 1", (1,), 0.3), rows, states, tokens,
+                                          np.ones(n, dtype=bool), ScalarHeadConfig(distill=False, steps=5))
+    assert kept.all() and length_fit.slope < 0
+
+
 def test_the_sampling_stage_survives_kills(tmp_path_factory):
     from evals.kill_resume import campaign
 

@@ -149,6 +149,48 @@ def test_training_injections_differ_from_the_gaming_benchmark():
         assert all(injection.strip() not in text for text in attacks)
 
 
+def test_augmented_rows_label_content_free_and_padded_answers_low(tmp_path):
+    from selfj_rlhf.training.pool import TRAINING_CONTENT_FREE
+
+    answers = load_pool([write_jsonl(tmp_path / "pool.jsonl", pool_rows())])
+    labels = {a.id: 6.0 for a in answers}
+    settings = dict(offtopic_per_group=1, injected_per_group=2, penalty=4.0, seed=0)
+    before = augmented_rows(answers, labels, **settings)
+    rows = augmented_rows(answers, labels, **settings, content_free_per_group=2, padded_per_group=2,
+                          padding_penalty=2.5)
+    assert [r for r in rows if r["kind"] in ("offtopic", "injected")] == before  # the earlier kinds do not change
+    content_free = [r for r in rows if r["kind"] == "content_free"]
+    padded = [r for r in rows if r["kind"] == "padded"]
+    groups = {a.group for a in answers}
+    assert len(content_free) == 2 * len(groups) and len(padded) == 2 * len(groups)
+    instruction = {a.group: a.instruction for a in answers}
+    wordings = {t.replace("{instruction}", instruction[r["group"]]) for r in content_free for t in TRAINING_CONTENT_FREE}
+    for row in content_free:
+        assert row["label"] == 0.0 and row["response"] in wordings
+    kinds = set()
+    for row in padded:
+        honest = next(a for a in answers if a.id == row["id"].split("#")[0])
+        assert row["response"].startswith(honest.response.rstrip()) and len(row["response"]) > len(honest.response)
+        assert row["label"] == pytest.approx(3.5) and row["group"] == honest.group
+        kinds.add(row["response"] == "\n\n".join([honest.response.rstrip()] * 2))
+    assert kinds == {True, False}  # both repetition and filler
+    assert rows == augmented_rows(answers, labels, **settings, content_free_per_group=2, padded_per_group=2,
+                                  padding_penalty=2.5)
+
+
+def test_training_content_free_answers_differ_from_the_probe():
+    """The probe measures what the judge learnt from the content-free and padded rows, not what it memorised."""
+    from selfj_rlhf.judge.probe import ATTACKS, CONTENT_FREE, FILLER, PADDING
+    from selfj_rlhf.training.pool import TRAINING_CONTENT_FREE, TRAINING_FILLER
+
+    instruction = "Name three primes."
+    probe = {attack.make("HONEST", instruction, "OTHER").strip() for attack in ATTACKS if attack.kind == CONTENT_FREE}
+    training = {t.replace("{instruction}", instruction).strip() for t in TRAINING_CONTENT_FREE}
+    assert not probe & training
+    assert all(text for text in training)  # the empty answer is the probe's alone
+    assert {a.name for a in ATTACKS if a.kind == PADDING} and TRAINING_FILLER.strip() not in FILLER
+
+
 def test_pool_labeling_run_reads_no_grade_and_writes_labels(tmp_path, monkeypatch):
     """The whole labelling run (signals, teacher labels, augmentation, labels.jsonl) never reads a grade field."""
     import selfj_rlhf.training.pool as pool_module

@@ -85,8 +85,8 @@ class JudgeTrainingConfig:
                 "given by head_layer(s), head_weight_decay and head_loss."})
     cv_grid: list[dict] | None = field(default=None, metadata={
         "help": "scalar, with cv_folds: the designs to compare, each a mapping of any of layers (a number or a "
-                "list: a layer ensemble), weight_decay, loss, pair_margin, augment (false: the off-topic and injected "
-                "label rows do not train it) and name; unset keys come from the single-design settings."})
+                "list: a layer ensemble), weight_decay, loss, pair_margin, augment (false: the augmentation "
+                "label rows, off-topic, injected, content-free and padded, do not train it) and name; unset keys come from the single-design settings."})
     judge_role: str = field(default="auto", metadata={
         "help": "The judge's job, recorded in selfj_config.json: own_samples (ranks one policy's samples), "
                 "other_models (ranks other models' answers), or auto: own_samples when every labelled answer comes "

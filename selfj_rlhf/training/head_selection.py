@@ -1,13 +1,15 @@
 """Choosing a scalar-head design by cross-validation grouped by prompt, on the training prompts only.
 
 A design is what a head is trained with: the layers it reads (one head per layer, their scores averaged: a layer
-ensemble, stored as one linear map), its weight decay, its loss, and whether the off-topic and injected label rows
-(``kind`` other than ``pool``) train it. ``cross_validate`` scores every row out of fold (K folds of whole prompts,
-so no prompt's answers are on both sides) and reports, per design, the mean within-prompt Spearman of those scores
-with the teacher's label over the honest answers, pooled and per fold. ``select_design`` takes the highest pooled
-figure; designs that never saw the off-topic and injected rows are reported but not chosen when the labels hold any,
-because a judge a loop optimises against must score an answer to another question, or a note to the grader, low,
-and the honest answers' ranking cannot show whether it does.
+ensemble, stored as one linear map), its weight decay, its loss, and whether the augmentation rows (``kind`` other
+than ``pool``: off-topic, injected, content-free and padded answers) train it. ``cross_validate`` scores every row
+out of fold (K folds of whole prompts, so no prompt's answers are on both sides) and reports, per design, the mean
+within-prompt Spearman of those scores with the teacher's label over the honest answers, pooled and per fold, and
+per augmentation kind the share of (augmentation row, honest answer of its prompt) pairs where the augmentation
+scores at least as high. ``select_design`` takes the highest pooled Spearman; designs that never saw the
+augmentation rows are reported but not chosen when the labels hold any, because a judge a loop optimises against
+must score an answer to another question, a note to the grader or an answer that says nothing low, and the honest
+answers' ranking cannot show whether it does.
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ def design_name(values: dict) -> str:
              f"weight decay {values['weight_decay']}" if values["weight_decay"] is not None else "weight decay picked",
              values["loss"]]
     if not values["augment"]:
-        parts.append("no off-topic/injected rows")
+        parts.append("no augmentation rows")
     return ", ".join(parts)
 
 
@@ -129,7 +131,12 @@ def fit_head_design(design: HeadDesign, rows: list[dict], states: np.ndarray, to
                                     teacher)
         heads.append(head)
     head = heads[0] if len(heads) == 1 else ScalarHead.average(heads)
-    return head, LengthControl.fit(labels, tokens[index]), keep
+    # the length trend of the honest answers: content-free rows (short, label 0) would teach it that short is bad,
+    # and the length control would then pay short answers back
+    honest = np.flatnonzero(train & np.array([r["kind"] == HONEST for r in rows]))
+    if len(honest) < 2:
+        raise ConfigError(f"design '{design.name}': fewer than two honest answers to fit the length trend on")
+    return head, LengthControl.fit([rows[i]["score"] for i in honest], tokens[honest]), keep
 
 
 def cross_validate(designs: Sequence[HeadDesign], rows: list[dict], states: np.ndarray, tokens: np.ndarray,
@@ -156,16 +163,34 @@ def cross_validate(designs: Sequence[HeadDesign], rows: list[dict], states: np.n
         table[design.name] = {
             "design": design.to_dict(),
             "spearman_within_prompt": within_group_spearman(scores, labels, groups, np.flatnonzero(honest)),
-            "folds": per_fold, "fold_std": statistics.pstdev(per_fold), "out_of_fold_scores": scores.tolist()}
+            "folds": per_fold, "fold_std": statistics.pstdev(per_fold),
+            "at_or_above_honest": at_or_above_honest(scores, rows), "out_of_fold_scores": scores.tolist()}
     return table
 
 
+def at_or_above_honest(scores, rows: list[dict]) -> dict[str, float]:
+    """Per augmentation kind: the share of (augmentation row, honest answer to the same prompt) pairs where the
+    augmentation row scores at least as high (the attack probe's false-positive rate, on the training kinds)."""
+    honest_scores: dict = {}
+    for score, row in zip(scores, rows):
+        if row["kind"] == HONEST:
+            honest_scores.setdefault(row["group"], []).append(score)
+    hits: dict[str, list[int]] = {}
+    for score, row in zip(scores, rows):
+        if row["kind"] != HONEST and row["group"] in honest_scores:
+            tally = hits.setdefault(row["kind"], [0, 0])
+            tally[0] += sum(score >= h for h in honest_scores[row["group"]])
+            tally[1] += len(honest_scores[row["group"]])
+    return {kind: hit / total for kind, (hit, total) in sorted(hits.items())}
+
+
 def select_design(designs: Sequence[HeadDesign], table: dict[str, dict], rows: list[dict]) -> HeadDesign:
-    """The design with the highest pooled within-prompt Spearman, among those that train on the off-topic and
-    injected rows when the labels hold any (see the module docstring)."""
+    """The design with the highest pooled within-prompt Spearman, among those that train on the augmentation rows
+    when the labels hold any (see the module docstring)."""
     has_attacks = any(r["kind"] != HONEST for r in rows)
     eligible = [d for d in designs if d.augment or not has_attacks]
     if not eligible:
-        raise ConfigError("cv_grid: every design leaves out the off-topic and injected rows, which a judge that a "
-                          "loop optimises against must learn from; add one with augment: true")
+        raise ConfigError("cv_grid: every design leaves out the augmentation rows (off-topic, injected, content-free, "
+                          "padded), which a judge that a loop optimises against must learn from; add one with "
+                          "augment: true")
     return max(eligible, key=lambda d: table[d.name]["spearman_within_prompt"])

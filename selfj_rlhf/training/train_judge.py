@@ -328,17 +328,25 @@ def provenance_markdown(name: str, role: str, policy: str, provenance: dict, cv:
              "## Data", "",
              f"- Labels: `{provenance['labels']}` (sha256 `{provenance['labels_sha256'][:16]}`), column "
              f"`{provenance['score_field']}`: {provenance['answers']} answers to {provenance['prompts']} prompts, "
-             f"{provenance['examples']} rows trained on (with the off-topic and injected rows: {design['augment']}).",
+             f"{provenance['examples']} rows trained on (with the augmentation rows, off-topic, injected, content-free and padded answers: "
+             f"{design['augment']}).",
              "- No grade or preference field is read: the labels come from the SELF-J teacher that sees the reference.",
              "", "## Design", "",
              f"- {design['name']}: loss {design['loss']}, pair margin {design['pair_margin']}, weight decay "
              f"{design['weight_decay'] if design['weight_decay'] is not None else 'picked on held-back prompts'}."]
     if cv is not None:
+        kinds = sorted({k for entry in cv["designs"].values() for k in entry.get("at_or_above_honest", {})})
         lines += ["", f"## Cross-validation ({cv['folds']} folds by prompt, training prompts only)", "",
-                  "| design | within-prompt Spearman | per fold | fold std |", "|---|---:|---|---:|"]
+                  "Within-prompt Spearman of the out-of-fold scores with the teacher label (honest answers), and per "
+                  "augmentation kind the share of (augmentation row, honest answer of its prompt) pairs where the "
+                  "augmentation row scores at least as high.", "",
+                  f"| design | within-prompt Spearman | per fold | fold std |{''.join(f' {k} |' for k in kinds)}",
+                  "|---|---:|---|---:|" + "---:|" * len(kinds)]
         for design_name, entry in cv["designs"].items():
             mark = " **(chosen)**" if design_name == cv["chosen"] else ""
+            rates = "".join(f" {entry['at_or_above_honest'][k]:.1%} |" if k in entry.get("at_or_above_honest", {})
+                            else " - |" for k in kinds)
             lines.append(f"| {design_name}{mark} | {entry['spearman_within_prompt']:.3f} | "
-                         f"{', '.join(f'{v:.3f}' for v in entry['folds'])} | {entry['fold_std']:.3f} |")
+                         f"{', '.join(f'{v:.3f}' for v in entry['folds'])} | {entry['fold_std']:.3f} |{rates}")
     lines += ["", "## Config", "", "```json", json.dumps(provenance["config"], indent=2, default=str), "```", ""]
     return "\n".join(lines)
