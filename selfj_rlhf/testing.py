@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from .core.models import embedded_gguf_path
@@ -130,8 +131,8 @@ class JudgeServerProcess:
 class SimulatedDeviceJudge:
     """A judge that costs what a GPU judge costs, for testing serving on a CPU.
 
-    Each forward (one batch) takes ``latency_s + per_item_s x items``, so a batch of 32 costs little more than a batch
-    of 1, as on a GPU. A share ``gil_share`` of that time is spent busy in Python holding the GIL, as eager PyTorch
+    Each forward (one device call, whatever its size) takes ``latency_s + per_item_s x items``, so a batch of 32 costs
+    little more than a batch of 1, as on a GPU, and one call runs at a time (calls from several threads queue). A share ``gil_share`` of that time is spent busy in Python holding the GIL, as eager PyTorch
     does while it launches kernels, and the rest asleep, as the host is while the device computes: the server's event
     loop has to live with both. Scores are a deterministic function of the text, on 0-9; the judge records the size
     of every forward in ``forward_sizes``. It has the attributes and methods the server uses of a ``SelfJudge``.
@@ -148,6 +149,7 @@ class SimulatedDeviceJudge:
         self.length_control = False
         self.latency_s, self.per_item_s, self.gil_share = latency_s, per_item_s, gil_share
         self.forward_sizes: list[int] = []
+        self._device = threading.Lock()  # one device: calls run one at a time
 
     def template_token_count(self, with_reference: bool = True) -> int:
         return 40
@@ -159,11 +161,12 @@ class SimulatedDeviceJudge:
         import time
 
         total = self.forward_seconds(items)
-        busy_until = time.perf_counter() + self.gil_share * total
-        while time.perf_counter() < busy_until:  # launching kernels: the GIL is held
-            pass
-        time.sleep((1 - self.gil_share) * total)  # the device computes: the GIL is free
-        self.forward_sizes.append(items)
+        with self._device:
+            busy_until = time.perf_counter() + self.gil_share * total
+            while time.perf_counter() < busy_until:  # launching kernels: the GIL is held
+                pass
+            time.sleep((1 - self.gil_share) * total)  # the device computes: the GIL is free
+            self.forward_sizes.append(items)
 
     def score_details(self, instructions, responses, references=None, batch_size: int = 8, progress: bool = False,
                       max_batch_tokens: int | None = None):

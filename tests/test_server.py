@@ -186,6 +186,84 @@ def test_overload_and_timeout(tiny_judge):
         assert metrics['selfj_requests_total{status="503"}'] == 1 and metrics['selfj_requests_total{status="504"}'] == 1
 
 
+def test_abuse_is_answered_without_exception_text(tiny_judge, caplog):
+    """Too large bodies get 413 (also without a Content-Length), JSON nested too deep and long runs of spaces get
+    an ordinary answer, a judge failure answers 500 with an id to find in the log and none of the exception's
+    text, and an overloaded queue answers 503 with Retry-After."""
+
+    class FailingJudge:  # the real judge, except that scoring raises with a message that must not reach a client
+        def __init__(self, judge):
+            self.__dict__.update(judge.__dict__)
+            self._judge = judge
+
+        def __getattr__(self, name):
+            return getattr(self._judge, name)
+
+        def score_details(self, *args, **kwargs):
+            raise RuntimeError("secret internal detail /srv/models/weights.bin")
+
+    with ServerThread(create_app(tiny_judge, SelfJRewardConfig(judge="tiny"), ServeConfig(max_body_bytes=4096))) as url:
+        big = httpx.post(url + "/get_reward", content=b"x" * 5000, timeout=30)
+        assert big.status_code == 413 and "max_body_bytes" in big.json()["error"]
+
+        def chunks():  # no Content-Length: the limit applies while the body streams in
+            for _ in range(10):
+                yield b"y" * 1000
+
+        streamed = httpx.post(url + "/get_reward", content=chunks(), timeout=30)
+        assert streamed.status_code == 413
+        nested = httpx.post(url + "/get_reward", content=b"[" * 2000 + b"]" * 2000, timeout=30)
+        assert nested.status_code == 400
+        spaces = post(url, {"prompts": ["a" + " " * 1000], "responses": [" " * 2000 + "x" + " " * 1000]})
+        assert spaces.status_code == 200
+        assert httpx.get(url + "/health", timeout=10).status_code == 200
+    with ServerThread(create_app(FailingJudge(tiny_judge), SelfJRewardConfig(judge="tiny"), ServeConfig())) as url:
+        with caplog.at_level("ERROR", logger="selfj_rlhf.serving.server"):
+            failed = post(url, {"prompts": ["a"], "responses": ["x"]})
+        assert failed.status_code == 500
+        answer = failed.json()
+        assert "secret" not in failed.text and "RuntimeError" not in failed.text and answer["error_id"] in answer["error"]
+        assert answer["error_id"] in caplog.text and "secret internal detail" in caplog.text
+
+
+def test_overload_says_when_to_retry(tiny_judge):
+    class SlowJudge:
+        def __init__(self, judge):
+            self.__dict__.update(judge.__dict__)
+            self._judge = judge
+
+        def __getattr__(self, name):
+            return getattr(self._judge, name)
+
+        def score_details(self, *args, **kwargs):
+            time.sleep(0.3)
+            return self._judge.score_details(*args, **kwargs)
+
+    with ServerThread(create_app(SlowJudge(tiny_judge), SelfJRewardConfig(judge="tiny"), ServeConfig(max_queue=2))) as url:
+        full = post(url, {"prompts": ["a", "b", "c"], "responses": ["x", "y", "z"]})
+        assert full.status_code == 503 and int(full.headers["retry-after"]) >= 1
+
+
+@pytest.mark.parametrize("transform", ["centered", "zscore"])
+def test_a_server_refuses_transforms_over_one_request(tiny_judge, transform):
+    from selfj_rlhf.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="one sample per request.*trainer"):
+        create_app(tiny_judge, SelfJRewardConfig(judge="tiny", transform=transform), ServeConfig())
+
+
+def test_query_parsing_is_linear():
+    """Recovering the response must not be quadratic in what an engine (or an attacker) sends: these inputs take
+    minutes with the earlier regexes and a rescanning suffix search (evals/server_abuse.py times them)."""
+    prompt = "x" + "p" * 50_000
+    assert split_query("p" * 49_999 + "q" * 50_000, prompt) == "q" * 50_000  # the longest suffix, not "p" * 64
+    with pytest.raises(ValueError):
+        split_query("pq" * 50_000, prompt)
+    assert strip_end_markers(" " * 200_000 + "x") == " " * 200_000 + "x"
+    assert strip_end_markers("x" + " <pad>" * 50_000) == "x"
+    assert prompt_from_template("[INST]" * 50_000) == "[INST]" * 50_000
+
+
 def test_api_key(tiny_judge):
     config = ServeConfig(api_key="s3cret")
     with ServerThread(create_app(tiny_judge, SelfJRewardConfig(judge="tiny"), config)) as url:
@@ -306,6 +384,49 @@ def test_grpo_two_steps_with_remote_reward(server, tiny_model_dir, tmp_path):
     assert all(e["rewards/selfj/mean"] == pytest.approx(e["rewards/selfj_async/mean"], abs=1e-5) for e in logged)
 
 
+def test_client_failures_are_errors_the_engine_sees(tiny_judge):
+    """The client retries 503 with a jittered pause of at least the server's Retry-After, stops at its deadline,
+    and raises on a judge failure: a failed reward never becomes a number."""
+    import random
+
+    from selfj_rlhf.serving.client import JudgeClient, JudgeServerError, _pause
+
+    random.seed(0)
+    pauses = [_pause(2) for _ in range(200)]
+    assert 2 <= min(pauses) < max(pauses) <= 4 and len(set(pauses)) == 200  # jittered within [2, 4] s
+    assert _pause(0, retry_after=5.0) == 5.0
+
+    class Judge:  # overloaded for its first two calls, then the real judge
+        def __init__(self, judge):
+            self.__dict__.update(judge.__dict__)
+            self._judge = judge
+
+        def __getattr__(self, name):
+            return getattr(self._judge, name)
+
+        def score_details(self, *args, **kwargs):
+            time.sleep(1.0)
+            return self._judge.score_details(*args, **kwargs)
+
+    config = ServeConfig(max_queue=1)
+    with ServerThread(create_app(Judge(tiny_judge), SelfJRewardConfig(judge="tiny"), config)) as url:
+        client = JudgeClient(url, max_retries=10, deadline_s=1.5)
+        started = time.monotonic()
+        with pytest.raises(JudgeServerError, match="deadline"):
+            client.score(["a", "b"], ["x", "y"])  # two items never fit a queue of one: 503 until the deadline
+        assert time.monotonic() - started < 3
+        remote = SelfJReward(judge_server_url=url, server_deadline_s=30)
+        assert remote(["a"], ["x"]) == pytest.approx(tiny_judge.score(["a"], ["x"]), abs=1e-5)
+
+    class Broken(Judge):
+        def score_details(self, *args, **kwargs):
+            raise RuntimeError("out of memory")
+
+    with ServerThread(create_app(Broken(tiny_judge), SelfJRewardConfig(judge="tiny"), ServeConfig())) as url:
+        with pytest.raises(JudgeServerError, match="500.*error_id"):
+            SelfJReward(judge_server_url=url)(["a"], ["x"])
+
+
 # ----------------------------------------------------------------------------- the command, restart, load
 def test_cli_server_restart_and_sigterm(tiny_model_dir, tiny_judge):
     """`selfj serve` as users start it: SIGTERM lets the request in flight finish and ends the server with status 0,
@@ -366,22 +487,29 @@ def test_embedded_judge_server(tmp_path):
 
 # ----------------------------------------------------------------------------- batching against a GPU-like judge
 def test_server_keeps_up_with_a_simulated_device_judge(smol_tokenizer_dir):
-    """32 one-sample clients in another process against a judge that costs like a GPU (a batch of 32 costs little
-    more than one, part of it holding the GIL): the server must coalesce (mean batch >= 16) and reach 90 % of the
-    judge's own throughput on the same items in batches of 32."""
+    """64 one-sample clients in another process against a judge that costs like a GPU (each device call 0.2 s + 1 ms
+    per item, one call at a time, part of it holding the GIL): the server, with the judge batch size left at its
+    default, must put a whole coalesced batch into one device call (mean batch >= 28 of 32) and reach 90 % of the
+    judge's own throughput on the same items in calls of 32. 32 clients are measured beside it (reported)."""
     from transformers import AutoTokenizer
 
     from selfj_rlhf.testing import SimulatedDeviceJudge, one_sample_clients
 
-    # a 7B judge's forward of 32 answers of ~500 tokens takes about this long on one GPU
-    judge = SimulatedDeviceJudge(AutoTokenizer.from_pretrained(smol_tokenizer_dir), latency_s=0.4, per_item_s=0.004)
-    items = [(f"Question {i % 24}: explain item {i}.", f"Answer {i}: " + "words " * (i % 17)) for i in range(256)]
-    in_process = 256 / (8 * judge.forward_seconds(32))  # what the judge does with the same items in batches of 32
-    config = SelfJRewardConfig(judge="simulated", judge_batch_size=32)
-    with ServerThread(create_app(judge, config, ServeConfig(max_batch_size=32, max_wait_ms=5))) as url:
-        served = one_sample_clients(url, items, concurrency=32)
-        metrics = httpx.get(url + "/metrics?format=json", timeout=10).json()
-    batches = metrics["selfj_batch_size_count"]
-    mean_batch = metrics["selfj_batch_size_sum"] / batches
-    assert mean_batch >= 16, (mean_batch, judge.forward_sizes)
-    assert served["items_per_s"] >= 0.9 * in_process, (served, in_process, judge.forward_sizes)
+    tokenizer = AutoTokenizer.from_pretrained(smol_tokenizer_dir)
+    items = [(f"Question {i % 24}: explain item {i}.", f"Answer {i}: " + "words " * (i % 17)) for i in range(512)]
+    measured = {}
+    for clients in (32, 64):
+        judge = SimulatedDeviceJudge(tokenizer, latency_s=0.2, per_item_s=0.001)
+        in_process = len(items) / (len(items) / 32 * judge.forward_seconds(32))  # the same items in calls of 32
+        with ServerThread(create_app(judge, SelfJRewardConfig(judge="simulated"),
+                                     ServeConfig(max_batch_size=32, max_wait_ms=5))) as url:
+            served = one_sample_clients(url, items, concurrency=clients)
+            metrics = httpx.get(url + "/metrics?format=json", timeout=10).json()
+        measured[clients] = {"share_of_in_process": served["items_per_s"] / in_process,
+                             "mean_batch": metrics["selfj_batch_size_sum"] / metrics["selfj_batch_size_count"],
+                             "device_calls": len(judge.forward_sizes)}
+        # one device call per coalesced batch: the server does not split it into the judge's in-process batch size
+        assert len(judge.forward_sizes) == metrics["selfj_batch_size_count"], measured
+    print(measured)
+    assert measured[64]["mean_batch"] >= 28, measured
+    assert measured[64]["share_of_in_process"] >= 0.9, measured

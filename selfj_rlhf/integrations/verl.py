@@ -26,7 +26,7 @@ from selfj_rlhf.serving.client import JudgeClient
 async def compute_score(data_source: str | None = None, solution_str: str = "", ground_truth: Any = None,
                         extra_info: dict | None = None, *, judge_url: str, prompt_key: str = "question",
                         use_reference: bool = False, api_key: str | None = None, timeout_s: float = 300.0,
-                        max_retries: int = 5, **unused: Any) -> dict:
+                        max_retries: int = 5, deadline_s: float | None = None, **unused: Any) -> dict:
     """The judge's reward for one verl response: ``{"score": the server's reward, "selfj_expected_digit": ...,
     "selfj_digit_mass": ..., ...}`` (the extra keys are the server's ``extra_logs``, logged by verl).
 
@@ -35,6 +35,8 @@ async def compute_score(data_source: str | None = None, solution_str: str = "", 
         prompt_key: key of ``extra_info`` holding the instruction (a string, or a list of chat messages).
         use_reference: judge with the with-reference template against ``ground_truth``.
         api_key: the server's bearer token (default: the SELFJ_API_KEY environment variable).
+        deadline_s: time budget of this reward, retries included; past it (or when the judge fails) this raises
+            ``JudgeServerError``, which verl sees: a failed reward is never returned as a score of 0.
         unused: verl's other keyword arguments (``reward_router_address`` and the like), ignored.
     """
     extra_info = extra_info or {}
@@ -47,7 +49,8 @@ async def compute_score(data_source: str | None = None, solution_str: str = "", 
         if not isinstance(ground_truth, str) or not ground_truth.strip():
             raise ValueError(f"use_reference is set but ground_truth is {ground_truth!r}")
         reference = ground_truth
-    client = JudgeClient(judge_url, api_key=api_key, timeout_s=timeout_s, max_retries=max_retries)
+    client = JudgeClient(judge_url, api_key=api_key, timeout_s=timeout_s, max_retries=max_retries,
+                         deadline_s=deadline_s)
     answer = await client.apost(client.payload([instruction], [solution_str],
                                                None if reference is None else [reference]))
     extra = {f"selfj_{name}": values[0] for name, values in answer["extra_logs"].items()}

@@ -40,7 +40,11 @@ class SelfJRewardConfig(JudgeArgs):
         "help": "Bearer token of the judge server (default: the SELFJ_API_KEY environment variable)."})
     server_timeout_s: float = field(default=300.0, metadata={"help": "Timeout of one request to the judge server."})
     server_max_retries: int = field(default=5, metadata={
-        "help": "Retries of a request that the server answers 503/504 or that fails to connect (1 s apart, doubling)."})
+        "help": "Retries of a request that the server answers 502/503/504 or that fails to connect (a jittered pause "
+                "from about 1 s, doubling, at least the server's Retry-After)."})
+    server_deadline_s: float | None = field(default=None, metadata={
+        "help": "Time budget of one reward call to the judge server, retries included; past it the call raises "
+                "(JudgeServerError), never a reward of 0. Unset: bounded by the retries only."})
     template: str | None = deprecated("judge_template")
     batch_size: int | None = deprecated("judge_batch_size")
     max_length: int | None = deprecated("max_judge_length")
@@ -65,6 +69,8 @@ class SelfJRewardConfig(JudgeArgs):
             raise ConfigError(f"length_penalty must be a finite number >= 0, got {self.length_penalty}")
         if self.server_max_retries < 0 or not self.server_timeout_s > 0:
             raise ConfigError("server_max_retries must be >= 0 and server_timeout_s > 0")
+        if self.server_deadline_s is not None and not self.server_deadline_s > 0:
+            raise ConfigError(f"server_deadline_s must be > 0, got {self.server_deadline_s}")
 
 
 # the reward's own names before the judge options were declared once (JudgeArgs)

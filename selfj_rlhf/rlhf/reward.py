@@ -92,7 +92,8 @@ class SelfJReward:
         if self._client is None:
             self._client = JudgeClient(self.config.judge_server_url, api_key=self.config.server_api_key,
                                        timeout_s=self.config.server_timeout_s,
-                                       max_retries=self.config.server_max_retries)
+                                       max_retries=self.config.server_max_retries,
+                                       deadline_s=self.config.server_deadline_s)
         return self._client
 
     def _rewards(self, scored: list["JudgedItem"], keep: list[int], count: int, log_metric) -> list[float | None]:

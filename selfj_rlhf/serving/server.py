@@ -58,6 +58,8 @@ class ServeConfig:
     max_wait_ms: float = field(default=5.0, metadata={
         "help": "How long the first item of a batch waits for others while the judge is idle (ms)."})
     max_queue: int = field(default=4096, metadata={"help": "Most responses waiting; beyond it requests get 503."})
+    max_body_bytes: int = field(default=16 * 2**20, metadata={
+        "help": "Largest request body in bytes; a larger one is answered 413 without being read to its end."})
     request_timeout_s: float = field(default=300.0, metadata={"help": "Per-request timeout; past it the answer is 504."})
     api_key: str | None = field(default=None, metadata={
         "help": "Bearer token required on /get_reward and /metrics (default: SELFJ_API_KEY if set; else no auth)."})
@@ -66,8 +68,8 @@ class ServeConfig:
     log_level: str = field(default="info", metadata={"help": "uvicorn log level."})
 
     def __post_init__(self):
-        if self.max_batch_size < 1 or self.max_batch_tokens < 1 or self.max_queue < 1:
-            raise ConfigError("max_batch_size, max_batch_tokens and max_queue must be >= 1")
+        if min(self.max_batch_size, self.max_batch_tokens, self.max_queue, self.max_body_bytes) < 1:
+            raise ConfigError("max_batch_size, max_batch_tokens, max_queue and max_body_bytes must be >= 1")
         if self.max_wait_ms < 0 or not self.request_timeout_s > 0:
             raise ConfigError("max_wait_ms must be >= 0 and request_timeout_s > 0")
 
@@ -77,7 +79,56 @@ class RequestError(SelfJError):
 
 
 class Overloaded(Exception):
-    """The queue is full: answered 503."""
+    """The queue is full: answered 503 with a Retry-After of ``retry_after_s``."""
+
+    def __init__(self, message: str, retry_after_s: int = 1):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class BodyTooLarge(Exception):
+    """The body is longer than ``max_body_bytes``: answered 413."""
+
+
+# the per-call transforms that standardise over the responses of one call: over one request, in a server
+GROUP_TRANSFORMS = ("centered", "zscore")
+
+
+def refuse_group_transform(transform: str) -> None:
+    """A server scores whatever one request holds, and RL engines send one sample per request: a transform over the
+    request would make every reward 0. Group baselines belong in the trainer (GRPO and RLOO compute them)."""
+    if transform in GROUP_TRANSFORMS:
+        raise ConfigError(f"transform '{transform}' standardises the rewards within one request, and RL engines send "
+                          "one sample per request, so every reward would be 0: serve with --transform raw and let the "
+                          "trainer normalise within its groups (GRPO's and RLOO's advantages do)")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused (``BodyTooLarge``) as soon as it is known to exceed ``limit`` bytes: from the
+    Content-Length header, or while a body without one streams in, so a huge body is never buffered."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(f"the body has {int(declared)} bytes (max_body_bytes {limit})")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"the body exceeds max_body_bytes {limit}")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def decode_reward_request(raw: bytes, use_reference: bool, special_tokens: tuple[str, ...] = ()
+                          ) -> tuple[list[RewardItem], bool]:
+    """``parse_reward_request`` of a raw body; invalid JSON, including nesting too deep to parse, is a
+    ``RequestError``. Runs on a worker thread: parsing a large body must not hold up the event loop."""
+    import json
+
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise RequestError("the body is not valid JSON") from None
+    return parse_reward_request(body, use_reference, special_tokens)
 
 
 # --------------------------------------------------------------------------- recovering instruction and response
@@ -88,7 +139,20 @@ CHAT_TURNS = (
                re.S),  # Llama 3
     re.compile(r"<start_of_turn>(\w+)\n(.*?)(?=<end_of_turn>|<start_of_turn>|$)", re.S),  # Gemma
 )
-MISTRAL_USER_TURNS = re.compile(r"\[INST\](.*?)\[/INST\]", re.S)
+
+
+def mistral_user_turns(prompt: str) -> list[str]:
+    """The ``[INST] ... [/INST]`` turns, by a forward scan (a lazy regex rescans the rest of the prompt from every
+    unclosed ``[INST]``: quadratic)."""
+    turns, position = [], 0
+    while (start := prompt.find("[INST]", position)) != -1:
+        end = prompt.find("[/INST]", start + 6)
+        if end == -1:
+            break  # no turn closes after this one, so none after the later ones either
+        turns.append(prompt[start + 6:end])
+        position = end + 7
+    return turns
+
 # end-of-turn and padding strings that engines leave at the end of a decoded query
 END_MARKERS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "<end_of_turn>", "<eos>", "</s>",
                "<|end|>", "<pad>", "<|pad|>")
@@ -105,7 +169,7 @@ def prompt_from_template(prompt: str, special_tokens: tuple[str, ...] = ()) -> s
             if turns:
                 return prompt_instruction([{**t, "role": "assistant" if t["role"] == "model" else t["role"]}
                                            for t in turns])
-    users = MISTRAL_USER_TURNS.findall(prompt)
+    users = mistral_user_turns(prompt)
     if users:
         return "\n\n".join(u.strip() for u in users) if len(users) > 1 else users[0].strip()
     for token in sorted(special_tokens, key=len, reverse=True):
@@ -114,25 +178,45 @@ def prompt_from_template(prompt: str, special_tokens: tuple[str, ...] = ()) -> s
 
 
 def strip_end_markers(response: str, special_tokens: tuple[str, ...] = ()) -> str:
-    """The response without the end-of-turn / EOS / padding strings (and the whitespace between them) at its end."""
+    """The response without the end-of-turn / EOS / padding strings (and the whitespace between them) at its end.
+
+    One backward scan, linear in the length of what it removes (a regex anchored at the end retries every start
+    position: quadratic on a response of 100,000 spaces)."""
     markers = sorted(set(END_MARKERS) | set(special_tokens), key=len, reverse=True)
-    pattern = re.compile(r"(?:\s*(?:" + "|".join(map(re.escape, markers)) + r"))+\s*$")
-    return pattern.sub("", response)
+    end = cut = len(response)
+    while True:
+        while end and response[end - 1].isspace():
+            end -= 1
+        marker = next((m for m in markers if response.endswith(m, 0, end)), None)
+        if marker is None:
+            return response[:cut]
+        end -= len(marker)
+        while end and response[end - 1].isspace():
+            end -= 1
+        cut = end
 
 
 def split_query(query: str, prompt: str) -> str:
     """The response part of ``query`` (prompt + response): ``query[len(prompt):]`` when the query starts with the
-    prompt. An engine that left-truncated a long prompt sends a query that starts with a *suffix* of the prompt:
-    then the response starts after the longest such suffix, found from the prompt's last 64 characters."""
+    prompt. An engine that left-truncated a long prompt sends a query that starts with a *suffix* of the prompt
+    (at least its last 64 characters): then the response starts after the longest such suffix (a shorter one
+    can also begin the query when the prompt repeats itself, as padding does, but the engine kept the longest).
+
+    The suffixes of the prompt that begin the query are the borders of ``query[:len(prompt)] + sentinel + prompt``
+    (Knuth-Morris-Pratt prefix function): linear in the prompt's length, whatever the query repeats."""
     if query.startswith(prompt):
         return query[len(prompt):]
-    tail = prompt[-64:]
-    position = query.find(tail) if tail else -1
-    while position != -1:
-        head = query[:position + len(tail)]
-        if prompt.endswith(head):
-            return query[len(head):]
-        position = query.find(tail, position + 1)
+    tail = min(64, len(prompt))
+    if tail:
+        text = [*map(ord, query[:len(prompt)]), -1, *map(ord, prompt)]  # -1: no character, so no border crosses it
+        border = [0] * len(text)
+        for i in range(1, len(text)):
+            k = border[i - 1]
+            while k and text[i] != text[k]:
+                k = border[k - 1]
+            border[i] = k + (text[i] == text[k])
+        if border[-1] >= tail:  # the longest prefix of the query that is a suffix of the prompt
+            return query[border[-1]:]
     raise ValueError("does not start with its prompt (nor with a left-truncated part of it)")
 
 
@@ -224,11 +308,13 @@ class DynamicBatcher:
     until half that batch's forward time (at least ten ``max_wait_ms``) from the first item: engines send the next
     sample when they have the answer to the last, so the clients of a batch come back together, and a client left
     out of a batch waits a whole forward more, which costs more than the wait. A batch holds at most ``max_batch_size`` items and
-    ``max_batch_tokens`` padded tokens (``judge.token_budget_batches``' rule); the judge then runs it in forwards
-    of its own ``batch_size`` under the same token budget. Items of requests that timed out are skipped.
+    ``max_batch_tokens`` padded tokens (``judge.token_budget_batches``' rule); the judge then runs it in one call of
+    that size (on a device each call has a fixed cost), or in forwards of ``judge_batch_size`` when one is given.
+    Items of requests that timed out are skipped.
     """
 
-    def __init__(self, judge, config: ServeConfig, metrics: "ServerMetrics | None" = None, judge_batch_size: int = 8):
+    def __init__(self, judge, config: ServeConfig, metrics: "ServerMetrics | None" = None,
+                 judge_batch_size: int | None = None):
         self.judge = judge
         self.config = config
         self.metrics = metrics
@@ -268,9 +354,15 @@ class DynamicBatcher:
         self._executor.shutdown(wait=True)
         self._count_executor.shutdown(wait=True)
 
+    def retry_after_s(self) -> int:
+        """Seconds until the waiting responses have likely been scored (the last forward's time per batch)."""
+        batches = math.ceil(self.waiting / self.config.max_batch_size)
+        return max(1, math.ceil(batches * self._last_forward_s))
+
     async def submit(self, items: list[RewardItem]) -> list[JudgedItem]:
         if self.waiting + len(items) > self.config.max_queue:
-            raise Overloaded(f"{self.waiting} responses waiting (max_queue {self.config.max_queue})")
+            raise Overloaded(f"{self.waiting} responses waiting (max_queue {self.config.max_queue})",
+                             self.retry_after_s())
         loop = asyncio.get_running_loop()
         self.waiting += len(items)
         try:
@@ -370,7 +462,7 @@ class DynamicBatcher:
         references = [i.reference for i in items]
         details = self.judge.score_details([i.instruction for i in items], [i.response for i in items],
                                            references if any(r is not None for r in references) else None,
-                                           batch_size=self.judge_batch_size,
+                                           batch_size=self.judge_batch_size or self.config.max_batch_size,
                                            max_batch_tokens=self.config.max_batch_tokens)
         return judged_items(details, [i.response for i in items], self.judge.tokenizer)
 
@@ -417,6 +509,15 @@ class ServerMetrics:
 
 
 # --------------------------------------------------------------------------- the app
+def served_judge_batch_size(reward: SelfJRewardConfig) -> int | None:
+    """The forward size the user asked for, or None (one call per coalesced batch) when ``judge_batch_size`` keeps
+    its in-process default: a served batch is already bounded by ``max_batch_size`` and ``max_batch_tokens``."""
+    from dataclasses import fields
+
+    default = next(f.default for f in fields(reward) if f.name == "judge_batch_size")
+    return None if reward.judge_batch_size == default else reward.judge_batch_size
+
+
 def create_app(judge, reward: SelfJRewardConfig | None = None, config: ServeConfig | None = None):
     """The FastAPI app serving ``judge`` (a loaded ``SelfJudge``) with ``reward``'s options."""
     from fastapi import FastAPI
@@ -424,9 +525,10 @@ def create_app(judge, reward: SelfJRewardConfig | None = None, config: ServeConf
 
     reward = reward or SelfJRewardConfig()
     config = config or ServeConfig()
+    refuse_group_transform(reward.transform)
     api_key = config.api_key
     metrics = ServerMetrics()
-    batcher = DynamicBatcher(judge, config, metrics, judge_batch_size=reward.judge_batch_size)
+    batcher = DynamicBatcher(judge, config, metrics, judge_batch_size=served_judge_batch_size(reward))
     special = tuple(t for t in getattr(judge.tokenizer, "all_special_tokens", []) if t and len(t) > 1)
 
     async def lifespan(app):
@@ -443,9 +545,9 @@ def create_app(judge, reward: SelfJRewardConfig | None = None, config: ServeConf
         header = request.headers.get("authorization", "")
         return not secrets.compare_digest(header.encode(), f"Bearer {api_key}".encode())
 
-    def error(status: int, reason: str):
+    def error(status: int, reason: str, headers: dict | None = None, **extra):
         metrics.requests.labels(str(status)).inc()
-        return JSONResponse({"error": reason}, status_code=status)
+        return JSONResponse({"error": reason, **extra}, status_code=status, headers=headers)
 
     @app.get("/health")
     @app.get("/health/")
@@ -469,21 +571,25 @@ def create_app(judge, reward: SelfJRewardConfig | None = None, config: ServeConf
         if unauthorized(request):
             return error(401, "missing or wrong bearer token")
         try:
-            body = await request.json()
-        except ValueError:
-            return error(400, "the body is not valid JSON")
-        try:
-            items, single = parse_reward_request(body, reward.use_reference, special)
+            raw = await read_body(request, config.max_body_bytes)
+        except BodyTooLarge as err:
+            return error(413, str(err))
+        loop = asyncio.get_running_loop()
+        try:  # off the event loop: a large body must not stall the other requests or /health
+            items, single = await loop.run_in_executor(None, decode_reward_request, raw, reward.use_reference, special)
         except RequestError as err:
             return error(400, str(err))
         try:
             scored = await asyncio.wait_for(batcher.submit(items), config.request_timeout_s) if items else []
         except Overloaded as err:
-            return error(503, f"overloaded: {err}")
+            return error(503, f"overloaded: {err}", headers={"Retry-After": str(err.retry_after_s)})
         except asyncio.TimeoutError:
             return error(504, f"not scored within request_timeout_s={config.request_timeout_s}")
-        except Exception as err:  # the judge failed on this batch
-            return error(500, f"judge error: {type(err).__name__}: {err}")
+        except Exception:  # the judge failed on this batch: the details go to the log, not to the client
+            error_id = secrets.token_hex(6)
+            logger.exception("judge error %s", error_id)
+            return error(500, f"the judge failed on this batch; the server log has the details under id {error_id}",
+                         error_id=error_id)
         rewards = reward_values(scored, reward.transform, reward.length_penalty)
         scores = [s.score / 9 for s in scored]
         logs = {"expected_digit": [s.score for s in scored], "digit_mass": [s.digit_mass for s in scored],
