@@ -68,6 +68,20 @@ def test_truncation_cuts_only_the_response(tiny_model_dir):
     assert judge.truncation_count == before + 1
 
 
+def test_a_long_instruction_or_reference_is_cut_so_the_forward_stays_within_max_length(tiny_model_dir, caplog):
+    """An instruction (or reference) that would fill the judge prompt keeps its head and leaves the response a
+    quarter of max_length: a 600 kB instruction must not become a 100,000-token forward."""
+    judge = SelfJudge.from_pretrained(str(tiny_model_dir), device="cpu", max_length=400)
+    with caplog.at_level("WARNING"):
+        item = judge.encode("[INST]" * 100_000, "an answer " * 200)
+    assert len(item.input_ids) == 400 and item.prefix_length <= 300 and item.truncated
+    assert "instruction was cut" in caplog.text
+    item = judge.encode("Short question?", "an answer", "reference words " * 2_000)
+    assert len(item.input_ids) <= 400 and "reference was cut" in caplog.text
+    short = judge.encode("Short question?", "an answer", "a short reference")
+    assert judge.tokenizer.decode(short.input_ids).count("Short question?") == 1  # short inputs are untouched
+
+
 def test_input_validation(tiny_judge):
     with pytest.raises(TypeError, match="item 1: response must be a string, got NoneType"):
         tiny_judge.score(["Q", "Q"], ["fine", None])

@@ -349,15 +349,36 @@ class SelfJudge:
         key = (instruction, reference, self.sanitize)
         cached = self._prefix_cache.get(key)
         if cached is None:
-            prefix, suffix = render_judge_prompt(self.template, self.clean(instruction),
-                                                 None if reference is None else self.clean(reference), self.tokenizer)
-            # raw wrappers get the tokenizer's BOS; chat templates already spell out their special tokens
-            cached = (self.tokenizer.encode(prefix, add_special_tokens=self.template.wrapper != "chat"),
-                      self.tokenizer.encode(suffix, add_special_tokens=False))
+            instruction = self.clean(instruction)
+            reference = None if reference is None else self.clean(reference)
+            cached = self._render_ids(instruction, reference)
+            # the prompt around the response may take at most three quarters of max_length: a longer instruction
+            # (or reference) keeps its head, so the response keeps a quarter and a forward stays within max_length
+            limit = self.max_length - self.max_length // 4
+            over = len(cached[0]) + len(cached[1]) - limit
+            for _ in range(4):  # decoding a cut and encoding it again can differ by a token: cut again
+                if over <= 0:
+                    break
+                texts = {"instruction": self.tokenizer.encode(instruction, add_special_tokens=False),
+                         "reference": self.tokenizer.encode(reference or "", add_special_tokens=False)}
+                name = max(texts, key=lambda n: len(texts[n]))  # the longer one gives up the tokens
+                if not texts[name]:
+                    break  # only the template is left: nothing to cut
+                shortened = self.tokenizer.decode(texts[name][:max(0, len(texts[name]) - over)])
+                instruction, reference = ((shortened, reference) if name == "instruction" else (instruction, shortened))
+                logger.warning("judge prompt: the %s was cut to fit max_length=%d", name, self.max_length)
+                cached = self._render_ids(instruction, reference)
+                over = len(cached[0]) + len(cached[1]) - limit
             if len(self._prefix_cache) > 4096:
                 self._prefix_cache.clear()
             self._prefix_cache[key] = cached
         return cached
+
+    def _render_ids(self, instruction: str, reference: str | None) -> tuple[list[int], list[int]]:
+        prefix, suffix = render_judge_prompt(self.template, instruction, reference, self.tokenizer)
+        # raw wrappers get the tokenizer's BOS; chat templates already spell out their special tokens
+        return (self.tokenizer.encode(prefix, add_special_tokens=self.template.wrapper != "chat"),
+                self.tokenizer.encode(suffix, add_special_tokens=False))
 
     def template_token_count(self, with_reference: bool = True) -> int:
         """Tokens the judge prompt adds around the instruction, response (and reference): its cost with empty text."""
@@ -365,7 +386,8 @@ class SelfJudge:
         return len(prefix) + len(suffix)
 
     def encode(self, instruction: str, response: str, reference: str | None = None) -> EncodedItem:
-        """Token ids of the judge prompt; only the response is truncated to respect ``max_length``."""
+        """Token ids of the judge prompt within ``max_length``: the response is truncated (its head kept); an
+        instruction or reference that would leave the response less than a quarter of it is cut first."""
         for name, value in (("instruction", instruction), ("response", response)):
             if not isinstance(value, str):
                 raise TypeError(f"{name} must be a string, got {type(value).__name__}")
