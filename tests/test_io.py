@@ -97,3 +97,40 @@ def test_atomic_write_removes_temporary_files_of_dead_writers(tmp_path):
     atomic_write_text(tmp_path / "out.json", "{}")
     assert (tmp_path / "out.json").read_text() == "{}"
     assert not stale.exists() and live.exists()
+
+
+class _OneProcess:
+    is_main_process = True
+
+    def wait_for_everyone(self):
+        pass
+
+
+def test_a_run_refuses_to_resume_on_changed_inputs(tmp_path):
+    """Resume pins the inputs' content, not only their path: an edited prompt, a prompt more or a changed judge is a
+    clear error, never stale rows mixed with new ones; the same inputs resume."""
+    from selfj_rlhf.core.errors import ConfigError
+    from selfj_rlhf.core.io import ShardWriter, start_sharded_run
+    from selfj_rlhf.data.prompts import PromptRecord, prompt_content
+
+    prompts = [PromptRecord(f"p{i}", f"Question {i}?", "flask", f"Answer {i}.") for i in range(3)]
+
+    def start(items, judge="abc"):
+        return start_sharded_run(_OneProcess(), tmp_path / "run", {"n": 2}, items, lambda p: p.id, prompt_content,
+                                 {"judge": judge})
+
+    shard_dir, done, todo = start(prompts)
+    assert not done and len(todo) == 3
+    with ShardWriter(shard_dir / "part-000.jsonl") as writer:
+        writer.write({"id": "p0", "text": "done"})
+    _, done, todo = start(prompts)  # same inputs: resumes after p0
+    assert list(done) == ["p0"] and [p.id for p in todo] == ["p1", "p2"]
+    edited = [prompts[0], PromptRecord("p1", "Question 1, edited?", "flask", "Answer 1."), prompts[2]]
+    moved = [PromptRecord(p.id, p.instruction, "elsewhere.jsonl", p.reference) for p in prompts]
+    assert start(moved)[1].keys() == {"p0"}  # where the prompts were read from is not their content
+    for changed, args in ((edited, {}), (prompts + [PromptRecord("p3", "Q3?", "flask", "A3.")], {}),
+                          (prompts, {"judge": "def"})):
+        with pytest.raises(ConfigError, match="started on other inputs.*new --output_dir"):
+            start(changed, **args)
+    (tmp_path / "run" / "inputs.json").unlink()  # a run started before inputs were pinned: pinned from now on
+    assert start(prompts)[1].keys() == {"p0"} and (tmp_path / "run" / "inputs.json").is_file()

@@ -233,13 +233,46 @@ def pin_run_settings(out: Path, settings: dict, name: str = "run_config.json") -
         atomic_write_json(path, settings)
 
 
-def start_sharded_run(accelerator, out: Path, settings: dict, items: list, item_id) -> tuple[Path, dict, list]:
-    """Prepare a resumable sharded stage: create ``out`` and pin ``settings`` (main process), then return
-    ``(shard_dir, finished rows by id, items still to do)`` on every process."""
+def inputs_fingerprint(items: list, content, extra: dict | None = None) -> dict:
+    """What a run read: the item count and a sha256 over every item's ``content(item)`` (JSON) plus ``extra``
+    (for example a judge's content hash), so a resumed run can tell whether its inputs are the ones it started on."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for item in items:
+        digest.update(json.dumps(content(item), sort_keys=True, ensure_ascii=False, default=str).encode())
+        digest.update(b"\n")
+    digest.update(json.dumps(extra or {}, sort_keys=True, default=str).encode())
+    return {"items": len(items), "sha256": digest.hexdigest(), **({"extra": extra} if extra else {})}
+
+
+def pin_run_inputs(out: Path, fingerprint: dict, name: str = "inputs.json") -> None:
+    """Record what a run read in ``out/name``; refuse to resume on other inputs: rows made from the old ones would
+    be mixed silently with rows made from the new ones. A run started before inputs were pinned gets them now."""
+    path = Path(out) / name
+    if path.is_file():
+        previous = json.loads(path.read_text())
+        if previous != fingerprint:
+            raise ConfigError(
+                f"{out} was started on other inputs ({previous['items']} items, sha256 {previous['sha256'][:12]}"
+                f"{', ' + str(previous.get('extra')) if previous.get('extra') else ''}) than this run reads "
+                f"({fingerprint['items']} items, sha256 {fingerprint['sha256'][:12]}"
+                f"{', ' + str(fingerprint.get('extra')) if fingerprint.get('extra') else ''}): an input file or the "
+                "judge changed since; restore it, or start again in a new --output_dir")
+    else:
+        atomic_write_json(path, fingerprint)
+
+
+def start_sharded_run(accelerator, out: Path, settings: dict, items: list, item_id, content=None,
+                      extra_inputs: dict | None = None) -> tuple[Path, dict, list]:
+    """Prepare a resumable sharded stage: create ``out``, pin ``settings`` and the inputs (``content(item)`` of
+    every item, default its id, and ``extra_inputs``; main process), then return ``(shard_dir, finished rows by
+    id, items still to do)`` on every process."""
     out = Path(out)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         pin_run_settings(out, settings)
+        pin_run_inputs(out, inputs_fingerprint(items, content or item_id, extra_inputs))
     accelerator.wait_for_everyone()
     shard_dir = out / "shards"
     done = read_shards(shard_dir)

@@ -23,6 +23,11 @@ class PromptRecord:
     meta: dict = field(default_factory=dict)
 
 
+def prompt_content(prompt: PromptRecord) -> list:
+    """What a stage reads of a prompt, for pinning a run's inputs (not where it was read from)."""
+    return [prompt.id, prompt.instruction, prompt.reference, prompt.meta]
+
+
 def _rows(dataset: str | None, split: str):
     """Yield ``(source_name, line, row)`` for a local file, the bundled set, or a hub dataset."""
 

@@ -16,8 +16,8 @@ from ..core.errors import ConfigError
 from ..core.generation import candidate_generator, generate_into_shard
 from ..core.io import atomic_write_json, atomic_write_jsonl, ordered_shard_rows, start_sharded_run
 from ..core.models import DEFAULT_POLICY, validate_model_spec
-from ..data.prompts import load_prompts
-from ..judge.directory import OWN_SAMPLES, default_judge_for, resolve_judge_dir, warn_if_outside_role
+from ..data.prompts import load_prompts, prompt_content
+from ..judge.directory import OWN_SAMPLES, default_judge_for, judge_identity, resolve_judge_dir, warn_if_outside_role
 from ..judge.options import JudgeArgs
 from ..judge.self_judge import SelfJudge, resolve_length_control
 from .selective import DEFAULT_DECLINE_MESSAGE
@@ -142,7 +142,8 @@ def run_best_of_n(cfg: BestOfNConfig, accelerator=None, check_role: bool = True)
     if check_role and accelerator.is_main_process:
         warn_if_outside_role(judge_spec, OWN_SAMPLES, cfg.policy, where="best-of-n")
     settings = {k: v for k, v in asdict(cfg).items() if k in RESULT_FIELDS} | {"judge": judge_spec}
-    shard_dir, done, todo = start_sharded_run(accelerator, out, settings, prompts, lambda p: p.id)
+    shard_dir, done, todo = start_sharded_run(accelerator, out, settings, prompts, lambda p: p.id, prompt_content,
+                                              {"judge": judge_identity(judge_spec)["hash"]})
     start = time.perf_counter()
     with accelerator.split_between_processes(todo) as mine:
         if mine:

@@ -354,7 +354,8 @@ def run_labeling(cfg: LabelConfig, accelerator=None) -> dict | None:
     sources = load_label_sources(cfg)
     validate_model_spec(cfg.policy)
     settings = {k: getattr(cfg, k) for k in SAMPLING_FIELDS}
-    shard_dir, done, todo = start_sharded_run(accelerator, cfg.output_dir, settings, sources, lambda s: s.id)
+    shard_dir, done, todo = start_sharded_run(accelerator, cfg.output_dir, settings, sources, lambda s: s.id,
+                                              lambda s: [s.id, s.instruction, s.reference, s.category])
     start = time.perf_counter()
     with accelerator.split_between_processes(todo) as mine:
         if mine:

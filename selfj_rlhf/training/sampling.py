@@ -23,7 +23,7 @@ from ..core.errors import ConfigError
 from ..core.generation import BACKENDS, candidate_generator, generate_into_shard
 from ..core.io import atomic_write_json, atomic_write_jsonl, ordered_shard_rows, start_sharded_run
 from ..core.models import DEFAULT_POLICY, validate_model_spec
-from ..data.prompts import load_prompts
+from ..data.prompts import load_prompts, prompt_content
 
 # settings that decide what a row holds: pinned in run_config.json, so a resumed run never mixes two of them
 PINNED_FIELDS = ("policy", "dataset", "dataset_split", "n", "max_new_tokens", "temperature", "top_p", "seed",
@@ -96,7 +96,7 @@ def run_sampling(cfg: SampleConfig, accelerator=None) -> dict | None:
                           "samples needs one for every prompt")
     out = Path(cfg.output_dir)
     settings = {k: v for k, v in asdict(cfg).items() if k in PINNED_FIELDS}
-    shard_dir, done, todo = start_sharded_run(accelerator, out, settings, prompts, lambda p: p.id)
+    shard_dir, done, todo = start_sharded_run(accelerator, out, settings, prompts, lambda p: p.id, prompt_content)
     start = time.perf_counter()
     with accelerator.split_between_processes(todo) as mine:
         if mine:
