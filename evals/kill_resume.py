@@ -5,12 +5,14 @@ duplicated and every output file parsing.
     python -m evals.kill_resume --kills 5                  # the larger run (evals/results/kill_resume.md)
     (tests/test_kill_resume.py runs it with 2 kills per recipe on the tiny model in CI)
 
-Recipes: the own-samples sampling stage, best-of-n, labelling, pair building, and one rejection-sampling round (sampling, selection, SFT,
-publishing), all on a tiny random Llama with the SmolLM2 tokenizer (the harness builds it), so a kill can
-land in any stage within seconds. Kill times are drawn (seeded) uniformly between 0.2 s and the
-uninterrupted run's duration. Checks per recipe: the final outputs equal the reference run's (rows, order,
-scores; for the trained policy, the selection data and candidates are byte-identical and the weights agree
-to 1e-4), shard rows are unique, and no temporary file is left.
+Recipes: the own-samples sampling stage, best-of-n, labelling, pair building, one rejection-sampling round
+(sampling, selection, SFT, publishing), and both judge trainings (LoRA digit self-distillation with checkpoints,
+and the scalar head with cross-validation), all on a tiny random Llama with the SmolLM2 tokenizer (the harness
+builds it), so a kill can land in any stage within seconds. Kill times are drawn (seeded) uniformly between 0.2 s
+and the uninterrupted run's duration, and every other kill is aimed: within a second after the stage's first output appears
+(a shard row, a checkpoint, cached states). Checks per recipe: the final outputs equal the reference run's (rows, order,
+scores; trained weights, of the policy or the judge, agree to 1e-4), shard rows are unique, no temporary file is
+left, and the finished run started again changes nothing (a judge says it is already trained).
 """
 
 from __future__ import annotations
@@ -40,6 +42,15 @@ def recipe_commands(work: Path, model: Path) -> dict[str, callable]:
     scored.write_text("".join(json.dumps({"id": f"s{i}", "instruction": f"Q{i}?", "candidates": [
         {"text": f"answer {i}.{j}", "score": round(rng.uniform(0, 9), 3), "num_tokens": rng.randint(1, 200)}
         for j in range(4)]}) + "\n" for i in range(5000)))
+    labels = work / "judge_labels.jsonl"  # teacher labels as the label stage writes them: digit and 0-9 scores
+    labels.write_text("".join(json.dumps({
+        "instruction": f"Question {q}?", "reference": f"Reference answer {q}.", "response": "word " * (2 + k),
+        "group": f"q{q}", "kind": "pool", "label": (3 * k) % 10, "score_label": float(3 * k)}) + "\n"
+        for q in range(6) for k in range(4)))
+    scalar_config = work / "train_judge_scalar.yaml"  # a cv_grid is a list of mappings: YAML, as users give it
+    scalar_config.write_text(json.dumps({
+        "labels": str(labels), "base_model": str(model), "head": "scalar", "head_layers": [1, 2], "beta": 0.0,
+        "max_length": 128, "cv_folds": 3, "cv_grid": [{"layers": 1}, {"layers": [1, 2]}], "report_to": "none"}))
     python = sys.executable
     return {
         "sample": lambda out: [python, "recipes/sample.py", "--policy", str(model), "--dataset", str(prompts),
@@ -56,24 +67,49 @@ def recipe_commands(work: Path, model: Path) -> dict[str, callable]:
                                            "--save_strategy", "steps", "--per_device_train_batch_size", "2",
                                            "--lora_r", "4", "--report_to", "none", "--logging_steps", "4",
                                            "--max_length", "128"],
+        "train_judge_digit": lambda out: [python, "recipes/train_judge.py", "--labels", str(labels), "--base_model",
+                                          str(model), "--output_dir", str(out), "--max_steps", "24", "--save_steps",
+                                          "4", "--save_strategy", "steps", "--per_device_train_batch_size", "2",
+                                          "--learning_rate", "1e-3", "--lora_r", "4", "--lora_alpha", "8",
+                                          "--report_to", "none", "--logging_steps", "4", "--max_length", "128"],
+        "train_judge_scalar": lambda out: [python, "recipes/train_judge.py", "--config", str(scalar_config),
+                                           "--output_dir", str(out), "--feature_cache",
+                                           str(out.parent / f"{out.name}-features")],
     }
 
 
 FINAL_OUTPUTS = {"sample": ["samples.jsonl", "pool.jsonl", "summary.json"], "best_of_n": ["candidates.jsonl", "model_outputs.json", "summary.json"],
                  "label": ["labels.jsonl"], "build_pairs": ["pairs.jsonl", "pairs_report.json"],
                  "rejection_sampling": ["round-00/best_of_n/candidates.jsonl", "round-00/sft_data.jsonl",
-                                        "round-00/policy/round.json"]}
+                                        "round-00/policy/round.json"],
+                 "train_judge_digit": [], "train_judge_scalar": ["cv.json"]}
+# the first output of each stage, relative to the output directory's parent: aimed kills land just after it
+FIRST_OUTPUT = {"sample": "{out}/shards/*.jsonl", "best_of_n": "{out}/shards/*.jsonl", "label": "{out}/shards/*.jsonl",
+                "rejection_sampling": "{out}/round-00/best_of_n/shards/*.jsonl",
+                "train_judge_digit": "{out}/checkpoint-*/trainer_state.json",
+                "train_judge_scalar": "{out}-features/*/*"}
+# trained weights compared within WEIGHT_TOLERANCE, and the judge's config without its training record
+WEIGHTS = {"rejection_sampling": "round-00/policy/model.safetensors",
+           "train_judge_digit": "adapter_model.safetensors", "train_judge_scalar": "scalar_head.safetensors"}
+WEIGHT_TOLERANCE = 1e-4
 # timings, and the trainer's log (its runtime fields; a resumed run logs a step's loss from restored state)
 VOLATILE = {"wall_s_this_run", "resumed_prompts", "wall_s", "resumed", "training_s", "first_loss", "last_loss",
             "log_history"}
 
 
-def run(argv: list[str], timeout: float | None = None) -> tuple[int | None, float]:
-    """Run to completion (timeout None) or SIGKILL the whole process group after ``timeout`` seconds."""
+def run(argv: list[str], timeout: float | None = None, after_output: tuple[Path, str] | None = None,
+        ) -> tuple[int | None, float]:
+    """Run to completion (timeout None) or SIGKILL the whole process group after ``timeout`` seconds; with
+    ``after_output`` (directory, glob), the ``timeout`` counts from when the first file matching it appears, so the
+    kill lands inside the stage rather than during imports."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
     start = time.perf_counter()
     proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)
+    if after_output is not None and timeout is not None:
+        directory, pattern = after_output
+        while proc.poll() is None and not any(p.stat().st_size for p in directory.glob(pattern) if p.is_file()):
+            time.sleep(0.01)
     try:
         _, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -108,17 +144,51 @@ def check(name: str, out: Path, reference: Path) -> dict:
         if len(ids) != len(set(ids)):
             problems.append(f"{shards}: {len(ids) - len(set(ids))} duplicated rows")
     leftovers = [str(p.relative_to(out)) for p in out.rglob("*") if p.name.endswith(".tmp") or p.name == ".policy.tmp"]
+    current = out.readlink().name if out.is_symlink() else None  # a published judge's version
+    leftovers += [p.name for p in out.parent.glob(f".{out.name}.*") if p.name != current]
     if leftovers:
         problems.append(f"temporary files left: {leftovers[:3]}")
-    if name == "rejection_sampling" and not problems:
+    if name in WEIGHTS and not problems:
         from safetensors.torch import load_file
 
-        a = load_file(out / "round-00" / "policy" / "model.safetensors")
-        b = load_file(reference / "round-00" / "policy" / "model.safetensors")
-        diff = max(float((a[k] - b[k]).abs().max()) for k in a)
-        if diff > 1e-4:
-            problems.append(f"policy weights differ by {diff:.2e}")
+        if not (out / WEIGHTS[name]).is_file():
+            problems.append(f"{WEIGHTS[name]} missing")
+        else:
+            a, b = load_file(out / WEIGHTS[name]), load_file(reference / WEIGHTS[name])
+            diff = max(float((a[k] - b[k]).abs().max()) for k in a) if a.keys() == b.keys() else float("inf")
+            if diff > WEIGHT_TOLERANCE:
+                problems.append(f"{WEIGHTS[name]} differs by {diff:.2e}")
+    if name.startswith("train_judge") and not problems:
+        got, want = (json.loads((d / "selfj_config.json").read_text()) for d in (out, reference))
+        got.pop("training"), want.pop("training")
+        if got != want:
+            problems.append("selfj_config.json differs from the uninterrupted run's")
     return {"ok": not problems, "problems": problems}
+
+
+def snapshot(out: Path) -> dict[str, bytes]:
+    """Every file of a finished run (through a published judge's link) by relative path, with its bytes."""
+    root = out.resolve()
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def rerun_changes_nothing(name: str, command: list[str], out: Path) -> list[str]:
+    """Start a finished run again: no file may change (a sharded stage finds every row done; a judge is kept)."""
+    before = snapshot(out)
+    run(command)
+    after = snapshot(out)
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k)
+                     and not k.endswith("summary.json"))  # summaries record this run's wall time
+    return [f"run again, the finished run changed {changed[:3]}"] if changed else []
+
+
+def remove_run(out: Path) -> None:
+    """An output directory, a published judge's link with its versions, and its feature cache."""
+    for path in [out, *out.parent.glob(f".{out.name}.*"), out.parent / f"{out.name}-features"]:
+        if path.is_symlink() or path.is_file():
+            path.unlink()
+        elif path.exists():
+            shutil.rmtree(path)
 
 
 def campaign(work: Path, kills: int, seed: int, recipes: list[str] | None = None) -> dict:
@@ -131,27 +201,32 @@ def campaign(work: Path, kills: int, seed: int, recipes: list[str] | None = None
     results = {}
     for name in recipes or list(commands):
         reference, out = work / f"{name}-reference", work / f"{name}-killed"
-        shutil.rmtree(out, ignore_errors=True)
-        shutil.rmtree(reference, ignore_errors=True)
+        remove_run(out)
+        remove_run(reference)
         _, duration = run(commands[name](reference))
         survived, attempts, problems, checked = 0, 0, [], 0
         last_killed = False
         while survived < kills and attempts < kills * 6:
             attempts += 1
-            code, _ = run(commands[name](out), timeout=rng.uniform(0.2, duration))
+            # every other kill waits for the stage's first output and lands within a second of it
+            aimed = attempts % 2 == 0 and name in FIRST_OUTPUT
+            code, _ = run(commands[name](out), timeout=rng.uniform(0, 1.0) if aimed else rng.uniform(0.2, duration),
+                          after_output=(out.parent, FIRST_OUTPUT[name].format(out=out.name)) if aimed else None)
             last_killed = code is None
             if last_killed:
                 survived += 1
             else:  # the resumed run finished before the next kill: check it, then start a fresh cycle
                 checked += 1
                 problems += check(name, out, reference)["problems"]
-                shutil.rmtree(out)
+                remove_run(out)
         # after the last kill, always finish and check the run: a kill during imports (a slow machine) leaves no
         # output directory yet, and the finishing run must still be checked
         if last_killed:
             run(commands[name](out))
             checked += 1
             problems += check(name, out, reference)["problems"]
+        if out.exists():
+            problems += rerun_changes_nothing(name, commands[name](out), out)
         results[name] = {"kills_survived": survived, "completed_runs_checked": checked,
                          "reference_seconds": round(duration, 1), "ok": not problems and checked > 0,
                          "problems": problems}

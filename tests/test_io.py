@@ -134,3 +134,57 @@ def test_a_run_refuses_to_resume_on_changed_inputs(tmp_path):
             start(changed, **args)
     (tmp_path / "run" / "inputs.json").unlink()  # a run started before inputs were pinned: pinned from now on
     assert start(prompts)[1].keys() == {"p0"} and (tmp_path / "run" / "inputs.json").is_file()
+
+
+PUBLISH_LOOP = """
+import sys
+from pathlib import Path
+from selfj_rlhf.core.io import publish_directory
+
+final = Path(sys.argv[1])
+n = 0
+while True:
+    n += 1
+    staging = final.with_name(f".{final.name}.{n}.tmp")
+    staging.mkdir()
+    for part in range(8):  # a judge's files: all of one version, or the directory is a mix
+        (staging / f"part-{part}.bin").write_bytes(str(n).encode() * 50_000)
+    (staging / "selfj_config.json").write_text(str(n))
+    publish_directory(staging, final)
+    print(n, flush=True)
+"""
+
+
+def test_a_published_directory_is_the_old_or_the_new_one_after_any_kill(tmp_path):
+    """20 SIGKILLs at random moments while a directory is published again and again: every time, the directory
+    read afterwards is one version entirely (never a mix, never missing once published), and the next publish
+    removes what the killed one left."""
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from selfj_rlhf.core.io import publish_directory
+
+    final = tmp_path / "judge"
+    script = tmp_path / "publish_loop.py"
+    script.write_text(PUBLISH_LOOP)
+    rng = random.Random(0)
+    for kill in range(20):
+        proc = subprocess.Popen([sys.executable, str(script), str(final)], stdout=subprocess.PIPE, text=True)
+        proc.stdout.readline()  # at least one publish done
+        time.sleep(rng.uniform(0, 0.2))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        versions = {path.read_bytes()[:1] for path in final.glob("part-*.bin")}
+        config = (final / "selfj_config.json").read_text()
+        assert len(list(final.glob("part-*.bin"))) == 8 and len(versions) == 1, (kill, versions)
+        assert all(p.read_bytes() == config.encode() * 50_000 for p in final.glob("part-*.bin")), kill
+    staging = tmp_path / ".judge.last.tmp"
+    staging.mkdir()
+    (staging / "selfj_config.json").write_text("last")
+    publish_directory(staging, final)
+    assert (final / "selfj_config.json").read_text() == "last"
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".judge.")]
+    assert leftovers == [final.readlink().name]  # only the version the link points to

@@ -279,6 +279,47 @@ def start_sharded_run(accelerator, out: Path, settings: dict, items: list, item_
     return shard_dir, done, [item for item in items if item_id(item) not in done]
 
 
+def publish_directory(staging: str | os.PathLike, final: str | os.PathLike) -> Path:
+    """Make the finished directory ``staging`` the one at ``final`` in one atomic step, and return ``final``.
+
+    A directory cannot be replaced atomically, a symbolic link can: ``staging`` is renamed to a hidden sibling
+    ``.<name>.<token>`` and ``final`` becomes a relative link to it, swapped with ``os.replace``. A reader that opens
+    ``final`` sees the old version or the new one, whenever a kill comes; one that resolves the link first
+    (``SelfJudge.from_pretrained`` does) reads one version throughout. Versions no link points to (the previous
+    one, those of killed publishes) are removed. A real directory at ``final`` (a training run's checkpoints, a
+    judge published before links) is moved aside first: the one step that is not atomic.
+    """
+    import secrets
+    import shutil
+
+    staging, final = Path(staging), Path(final)
+    token = secrets.token_hex(6)
+    version = final.with_name(f".{final.name}.{token}")
+    os.replace(staging, version)
+    link = final.with_name(f".{final.name}.{token}.link")
+    os.symlink(version.name, link)
+    if final.exists() and not final.is_symlink():
+        os.replace(final, final.with_name(f".{final.name}.{token}.old"))
+    os.replace(link, final)
+    _fsync_directory(final.parent)
+    current = os.readlink(final)
+    for stale in final.parent.glob(f".{glob.escape(final.name)}.*"):
+        if stale.name != current:
+            if stale.is_symlink() or stale.is_file():
+                stale.unlink(missing_ok=True)
+            else:
+                shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
     """The newest ``checkpoint-<step>`` in ``output_dir`` that a kill did not cut short, or None.
 

@@ -171,5 +171,6 @@ def judge_identity(spec: str) -> dict:
     directory = resolve_judge_dir(spec)
     if directory is None:
         return {"name": spec, "hash": None}
-    name = versioned_name(spec) if versioned_name(spec) in SHIPPED_JUDGES else directory.name
+    # a published directory is a link to a hidden version (core.io.publish_directory): the judge is named by the link
+    name = versioned_name(spec) if versioned_name(spec) in SHIPPED_JUDGES else Path(spec).expanduser().name
     return {"name": name, "hash": directory_hash(directory)}

@@ -265,6 +265,7 @@ class SelfJudge:
                 quantize_int8_dynamic(model)
             return cls(model, tokenizer, template or DEFAULT_TEMPLATE, max_length or 2048, base_model=spec_or_dir,
                        length_control=resolve_length_control(length_control, None, spec_or_dir))
+        judge_dir = judge_dir.resolve()  # one version throughout, should a new one be published meanwhile
         config = json.loads((judge_dir / JUDGE_CONFIG_NAME).read_text())
         scalar = config.get("head", {}).get("kind") == "scalar"
         has_adapter = (judge_dir / "adapter_config.json").is_file()

@@ -11,7 +11,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..core.errors import ConfigError, RecordError
-from ..core.io import atomic_write_json, atomic_write_text, last_complete_checkpoint, require_finite, require_str
+from ..core.io import (atomic_write_json, atomic_write_text, last_complete_checkpoint, publish_directory, require_finite,
+                       require_str)
 from ..core.models import load_causal_lm, validate_model_spec
 from ..data.datasets import iter_records
 from ..judge.directory import OTHER_MODELS, OWN_SAMPLES, directory_hash
@@ -114,9 +115,15 @@ def export_top_layer_adapter(cfg: JudgeTrainingConfig, trained_top, offset: int,
 
 
 def train_judge(cfg: JudgeTrainingConfig, training_args) -> Path:
-    """Train and save the judge into ``training_args.output_dir``; returns that directory."""
+    """Train the judge and publish it at ``training_args.output_dir`` (checkpoints live there while it trains; the
+    finished judge replaces them in one atomic step, ``core.io.publish_directory``); returns that directory. A
+    directory that already holds a judge is not trained again."""
     from datasets import Dataset
 
+    output_dir = Path(training_args.output_dir)
+    if (output_dir / JUDGE_CONFIG_NAME).is_file():
+        print(f"{output_dir} already holds a trained judge; remove it to train again")
+        return output_dir
     if cfg.alpha < 0 or cfg.beta < 0:
         raise ConfigError(f"alpha and beta must be >= 0, got alpha={cfg.alpha}, beta={cfg.beta}")
     get_template(cfg.template)
@@ -151,7 +158,12 @@ def train_judge(cfg: JudgeTrainingConfig, training_args) -> Path:
                             data_collator=collator, digit_ids=judge.digit_ids, judge_config=cfg)
     resume = _last_checkpoint(training_args)
     trainer.train(resume_from_checkpoint=resume)
-    output_dir = Path(training_args.output_dir)
+    final_dir = output_dir
+    # every process saves (ZeRO-3 gathers), so the staging name is the same on all of them
+    output_dir = output_dir.with_name(f".{output_dir.name}.staging")
+    if trainer.is_world_process_zero():
+        shutil.rmtree(output_dir, ignore_errors=True)  # left by a run killed while it saved
+    trainer.accelerator.wait_for_everyone()
     trainer.save_model(str(output_dir))
     if trainer.is_world_process_zero():
         trained = trainer.accelerator.unwrap_model(trainer.model)
@@ -181,8 +193,9 @@ def train_judge(cfg: JudgeTrainingConfig, training_args) -> Path:
         atomic_write_json(output_dir / JUDGE_CONFIG_NAME,
                           {**judge.judge_config(), "role": role, "policy": policy, "training": provenance})
         atomic_write_json(output_dir / "train_log.json", trainer.state.log_history)
+        publish_directory(output_dir, final_dir)
     trainer.accelerator.wait_for_everyone()
-    return output_dir
+    return final_dir
 
 
 def _last_checkpoint(training_args) -> str | None:
@@ -309,9 +322,7 @@ def train_scalar_judge(cfg: JudgeTrainingConfig, output_dir: str | Path, seed: i
         atomic_write_json(staging / "cv.json", cv)
     atomic_write_text(staging / "PROVENANCE.md", provenance_markdown(output_dir.name, role, policy, provenance, cv,
                                                                      directory_hash(staging)))
-    shutil.rmtree(output_dir, ignore_errors=True)
-    os.replace(staging, output_dir)
-    return output_dir
+    return publish_directory(staging, output_dir)
 
 
 def provenance_markdown(name: str, role: str, policy: str, provenance: dict, cv: dict | None, content_hash: str) -> str:
