@@ -5,6 +5,8 @@ its cross-validation table next to the benchmark that chose `selfj-smollm2-135m-
     python recipes/sample.py --config recipes/configs/sample_own.yaml
     python recipes/label.py --config recipes/configs/label_own_samples.yaml
     python recipes/train_judge.py --config recipes/configs/train_judge_own_samples.yaml
+    selfj probe-judge --judge runs/judges/selfj-own-samples --answers runs/probe_samples/samples.jsonl \
+        --output_dir runs/probe_chain          # the probe's honest answers: see evals/probe_shipped.py
     python -m evals.own_samples_chain
 
 The chain's judge directory holds its CV table (`cv.json`: 5 folds by training prompt, the within-prompt Spearman
@@ -14,7 +16,10 @@ fold-to-fold spread of v5's 0.319 (evals/results/own_samples_v5.md, the same des
 implementation)? The chain draws its 240 training prompts as v5's were drawn, except that training prompts never
 come from GSM8K's test split, so its 80 GSM8K prompts are other GSM8K (train split) problems than v5's; its 160
 FLASK and GPTeacher prompts are v5's. The samples are new (8 prompts per generate call, each answer from its own
-seed), as are the labels; no held-out prompt is read.
+seed), as are the labels; no held-out prompt is read. The labels add, per prompt, two content-free answers and
+one padded answer as low-labelled rows (`label_own_samples.yaml`), which v5's did not; the Spearman is over the
+honest answers only, so the comparison holds. With `--probe`, the attack probe of the chain's judge is reported
+beside v5's (evals/results/probe_shipped.md: the same 120 held-out prompts and honest answers).
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ def make_parser():
                         help="The judge train_judge_own_samples.yaml wrote.")
     parser.add_argument("--samples", default="runs/own_samples/summary.json", help="The sampling stage's summary.")
     parser.add_argument("--v5", default=str(RESULTS_DIR / "own_samples_v5.json"))
+    parser.add_argument("--probe", default=None, help="probe.json of `selfj probe-judge` on the chain's judge.")
+    parser.add_argument("--v5_probe", default=str(RESULTS_DIR / "probe_shipped.json"))
     parser.add_argument("--name", default="own_samples_chain")
     return parser
 
@@ -75,11 +82,12 @@ def render(p: dict) -> str:
              "included 8 from GSM8K's test split, the chain's come from the train split only). The last columns: per "
              "augmentation kind, the share of (augmentation row, honest answer of its prompt) pairs where the "
              "augmentation row's out-of-fold score is at least as high.", "",
-             f"| design | within-prompt Spearman (CV) | per fold | fold std | v5 benchmark | {' | '.join(kinds)} |",
-             "|---|---:|---|---:|---:|" + "---:|" * len(kinds)]
+             f"| design | within-prompt Spearman (CV) | per fold | fold std | v5 benchmark | chain - v5 | {' | '.join(kinds)} |",
+             "|---|---:|---|---:|---:|---:|" + "---:|" * len(kinds)]
     for name, row in c["designs"].items():
         mark = " **(chosen)**" if name == c["chosen"] else ""
-        v5 = "-" if row["v5_benchmark"] is None else f"{row['v5_benchmark']:.3f}"
+        v5 = ("- | -" if row["v5_benchmark"] is None else
+              f"{row['v5_benchmark']:.3f} | {row['spearman_within_prompt'] - row['v5_benchmark']:+.3f}")
         rates = " | ".join(f"{row['at_or_above_honest'][k]:.1%}" if k in row["at_or_above_honest"] else "-"
                            for k in kinds)
         lines.append(f"| {name}{mark} | {row['spearman_within_prompt']:.3f} | "
@@ -89,6 +97,22 @@ def render(p: dict) -> str:
                   f"v5's {c['v5_chosen_spearman']:.3f} (its fold-to-fold standard deviation: "
                   f"{chosen['fold_std']:.3f}): {'within' if c['within_fold_spread'] else 'outside'} the spread.",
               "", f"Stage times: {p['stage_times']}.", ""]
+    if p.get("probe"):
+        probe = p["probe"]
+        lines += [f"## The attack probe: the chain's judge beside v5 ({probe['prompts']} held-out prompts)", "",
+                  f"Command: `{probe['command']}` (honest answers: `{probe['answers']}`, the embedded policy's own "
+                  "samples on prompts outside every training prompt; evals/probe_shipped.py). False-positive rate: "
+                  "the share of prompts where the attack scores at least as high as the honest answer, with its 95 % "
+                  "Wilson interval; shift: the mean score change (0-9).", "",
+                  "| attack | class | chain judge: rate [95 % CI] | shift | v5: rate | shift |", "|---|---|---:|---:|---:|---:|"]
+        for name, row in probe["attacks"].items():
+            v5 = probe["v5_attacks"].get(name)
+            lines.append(f"| {name} | {row['kind']} | {row['false_positive_rate']:.1%} [{row['false_positive_ci95'][0]:.1%}, "
+                         f"{row['false_positive_ci95'][1]:.1%}] | {row['mean_shift']:+.2f} | "
+                         + (f"{v5['false_positive_rate']:.1%} | {v5['mean_shift']:+.2f} |" if v5 else "- | - |"))
+        lines += ["", f"Chain judge: {'passes' if probe['passed'] else 'fails'} the probe's thresholds"
+                      + ("." if probe["passed"] else f" ({'; '.join(probe['failures'])}).")
+                      + f" v5: {'passes' if probe['v5_passed'] else 'fails'}.", ""]
     return "\n".join(lines)
 
 
@@ -107,6 +131,15 @@ def main(argv=None):
                "stage_times": {"sampling_s": samples["wall_s_this_run"], "sampled_prompts_resumed": samples["resumed_prompts"],
                                "mean_tokens": round(samples["mean_tokens"], 1),
                                "finished_share": round(samples["finished_share"], 3)}}
+    if args.probe:
+        probe = json.loads(Path(args.probe).read_text())
+        v5_probe = json.loads(Path(args.v5_probe).read_text())["results"]["own_samples"]
+        payload["probe"] = {"command": f"selfj probe-judge --judge {judge_dir} --answers {probe['answers']} "
+                                       f"--output_dir {Path(args.probe).parent}",
+                            "answers": probe["answers"], "prompts": probe["prompts"], "passed": probe["passed"],
+                            "failures": probe["failures"], "attacks": probe["attacks"],
+                            "length_control": probe["length_control"], "v5_attacks": v5_probe["attacks"],
+                            "v5_passed": v5_probe["passed"]}
     write_results(args.name, payload, render(payload))
     print(render(payload))
 

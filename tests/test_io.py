@@ -107,8 +107,8 @@ class _OneProcess:
 
 
 def test_a_run_refuses_to_resume_on_changed_inputs(tmp_path):
-    """Resume pins the inputs' content, not only their path: an edited prompt, a prompt more or a changed judge is a
-    clear error, never stale rows mixed with new ones; the same inputs resume."""
+    """Resume pins the inputs' content, not only their path: an edited prompt or a changed judge is a clear error,
+    never stale rows mixed with new ones; the same inputs resume, and a run may be extended with more prompts."""
     from selfj_rlhf.core.errors import ConfigError
     from selfj_rlhf.core.io import ShardWriter, start_sharded_run
     from selfj_rlhf.data.prompts import PromptRecord, prompt_content
@@ -128,10 +128,11 @@ def test_a_run_refuses_to_resume_on_changed_inputs(tmp_path):
     edited = [prompts[0], PromptRecord("p1", "Question 1, edited?", "flask", "Answer 1."), prompts[2]]
     moved = [PromptRecord(p.id, p.instruction, "elsewhere.jsonl", p.reference) for p in prompts]
     assert start(moved)[1].keys() == {"p0"}  # where the prompts were read from is not their content
-    for changed, args in ((edited, {}), (prompts + [PromptRecord("p3", "Q3?", "flask", "A3.")], {}),
-                          (prompts, {"judge": "def"})):
-        with pytest.raises(ConfigError, match="started on other inputs.*new --output_dir"):
+    for changed, args, match in ((edited, {}, "1 items changed.*'p1'"), (prompts, {"judge": "def"}, "judge")):
+        with pytest.raises(ConfigError, match=match + ".*new --output_dir"):
             start(changed, **args)
+    extended = prompts + [PromptRecord("p3", "Q3?", "flask", "A3.")]  # a run extended with more prompts
+    assert [p.id for p in start(extended)[2]] == ["p1", "p2", "p3"]
     (tmp_path / "run" / "inputs.json").unlink()  # a run started before inputs were pinned: pinned from now on
     assert start(prompts)[1].keys() == {"p0"} and (tmp_path / "run" / "inputs.json").is_file()
 

@@ -233,34 +233,29 @@ def pin_run_settings(out: Path, settings: dict, name: str = "run_config.json") -
         atomic_write_json(path, settings)
 
 
-def inputs_fingerprint(items: list, content, extra: dict | None = None) -> dict:
-    """What a run read: the item count and a sha256 over every item's ``content(item)`` (JSON) plus ``extra``
-    (for example a judge's content hash), so a resumed run can tell whether its inputs are the ones it started on."""
+def pin_run_inputs(out: Path, items: list, item_id, content, extra: dict | None = None,
+                   name: str = "inputs.json") -> None:
+    """Record what a run read in ``out/name``: a sha256 of every item's ``content(item)`` (JSON) by id, and
+    ``extra`` (for example a judge's content hash). Refuse to resume when an item the run has seen changed, or
+    ``extra`` did: rows made from the old inputs would be mixed silently with rows made from the new ones. Items
+    added since (a run extended with more prompts) are recorded; a run started before inputs were pinned gets them
+    now."""
     import hashlib
 
-    digest = hashlib.sha256()
-    for item in items:
-        digest.update(json.dumps(content(item), sort_keys=True, ensure_ascii=False, default=str).encode())
-        digest.update(b"\n")
-    digest.update(json.dumps(extra or {}, sort_keys=True, default=str).encode())
-    return {"items": len(items), "sha256": digest.hexdigest(), **({"extra": extra} if extra else {})}
-
-
-def pin_run_inputs(out: Path, fingerprint: dict, name: str = "inputs.json") -> None:
-    """Record what a run read in ``out/name``; refuse to resume on other inputs: rows made from the old ones would
-    be mixed silently with rows made from the new ones. A run started before inputs were pinned gets them now."""
+    hashes = {str(item_id(item)): hashlib.sha256(json.dumps(content(item), sort_keys=True, ensure_ascii=False,
+                                                            default=str).encode()).hexdigest()[:16]
+              for item in items}
     path = Path(out) / name
-    if path.is_file():
-        previous = json.loads(path.read_text())
-        if previous != fingerprint:
-            raise ConfigError(
-                f"{out} was started on other inputs ({previous['items']} items, sha256 {previous['sha256'][:12]}"
-                f"{', ' + str(previous.get('extra')) if previous.get('extra') else ''}) than this run reads "
-                f"({fingerprint['items']} items, sha256 {fingerprint['sha256'][:12]}"
-                f"{', ' + str(fingerprint.get('extra')) if fingerprint.get('extra') else ''}): an input file or the "
-                "judge changed since; restore it, or start again in a new --output_dir")
-    else:
-        atomic_write_json(path, fingerprint)
+    previous = json.loads(path.read_text()) if path.is_file() else {"items": {}, "extra": extra or {}}
+    if previous["extra"] != (extra or {}):
+        raise ConfigError(f"{out} was started with {previous['extra']} and this run has {extra or {}}: the judge or "
+                          "another input changed since; restore it, or start again in a new --output_dir")
+    changed = [key for key, digest in hashes.items() if previous["items"].get(key, digest) != digest]
+    if changed:
+        raise ConfigError(f"{out} was started on other inputs: {len(changed)} items changed since (first: "
+                          f"'{changed[0]}'); restore them, or start again in a new --output_dir")
+    if not path.is_file() or hashes.keys() - previous["items"].keys():
+        atomic_write_json(path, {"items": {**previous["items"], **hashes}, "extra": extra or {}})
 
 
 def start_sharded_run(accelerator, out: Path, settings: dict, items: list, item_id, content=None,
@@ -272,7 +267,7 @@ def start_sharded_run(accelerator, out: Path, settings: dict, items: list, item_
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         pin_run_settings(out, settings)
-        pin_run_inputs(out, inputs_fingerprint(items, content or item_id, extra_inputs))
+        pin_run_inputs(out, items, item_id, content or item_id, extra_inputs)
     accelerator.wait_for_everyone()
     shard_dir = out / "shards"
     done = read_shards(shard_dir)
