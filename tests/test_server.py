@@ -40,6 +40,32 @@ def post(url, body, **kwargs):
     return httpx.post(url + "/get_reward", json=body, timeout=60, **kwargs)
 
 
+class JudgeBehind:
+    """The real judge with ``before()`` run ahead of every scoring call: a delay, so requests queue or time out, or
+    an exception, so the batch fails."""
+
+    def __init__(self, judge, before):
+        self.__dict__.update(judge.__dict__)
+        self._judge, self._before = judge, before
+
+    def __getattr__(self, name):
+        return getattr(self._judge, name)
+
+    def score_details(self, *args, **kwargs):
+        self._before()
+        return self._judge.score_details(*args, **kwargs)
+
+
+def sleep_for(seconds):
+    return lambda: time.sleep(seconds)
+
+
+def raise_error(message):
+    def fail():
+        raise RuntimeError(message)
+    return fail
+
+
 # ----------------------------------------------------------------------------- parsing
 def test_split_query_exact_and_left_truncated():
     prompt = "<|im_start|>user\n" + "long context " * 20 + "question?<|im_end|>\n<|im_start|>assistant\n"
@@ -163,20 +189,8 @@ def test_empty_and_slime_and_malformed(server, tiny_judge):
 
 
 def test_overload_and_timeout(tiny_judge):
-    class SlowJudge:  # the real judge behind a 0.5 s delay, so a request can time out
-        def __init__(self, judge):
-            self.__dict__.update(judge.__dict__)
-            self._judge = judge
-
-        def __getattr__(self, name):
-            return getattr(self._judge, name)
-
-        def score_details(self, *args, **kwargs):
-            time.sleep(0.5)
-            return self._judge.score_details(*args, **kwargs)
-
     config = ServeConfig(max_queue=2, request_timeout_s=0.2)
-    with ServerThread(create_app(SlowJudge(tiny_judge), SelfJRewardConfig(judge="tiny"), config)) as url:
+    with ServerThread(create_app(JudgeBehind(tiny_judge, sleep_for(0.5)), SelfJRewardConfig(judge="tiny"), config)) as url:
         full = post(url, {"prompts": ["a", "b", "c"], "responses": ["x", "y", "z"]})
         assert full.status_code == 503 and "overloaded" in full.json()["error"]
         slow = post(url, {"prompts": ["a"], "responses": ["x"]})
@@ -190,17 +204,6 @@ def test_abuse_is_answered_without_exception_text(tiny_judge, caplog):
     """Too large bodies get 413 (also without a Content-Length), JSON nested too deep and long runs of spaces get
     an ordinary answer, a judge failure answers 500 with an id to find in the log and none of the exception's
     text, and an overloaded queue answers 503 with Retry-After."""
-
-    class FailingJudge:  # the real judge, except that scoring raises with a message that must not reach a client
-        def __init__(self, judge):
-            self.__dict__.update(judge.__dict__)
-            self._judge = judge
-
-        def __getattr__(self, name):
-            return getattr(self._judge, name)
-
-        def score_details(self, *args, **kwargs):
-            raise RuntimeError("secret internal detail /srv/models/weights.bin")
 
     with ServerThread(create_app(tiny_judge, SelfJRewardConfig(judge="tiny"), ServeConfig(max_body_bytes=4096))) as url:
         big = httpx.post(url + "/get_reward", content=b"x" * 5000, timeout=30)
@@ -217,7 +220,8 @@ def test_abuse_is_answered_without_exception_text(tiny_judge, caplog):
         spaces = post(url, {"prompts": ["a" + " " * 1000], "responses": [" " * 2000 + "x" + " " * 1000]})
         assert spaces.status_code == 200
         assert httpx.get(url + "/health", timeout=10).status_code == 200
-    with ServerThread(create_app(FailingJudge(tiny_judge), SelfJRewardConfig(judge="tiny"), ServeConfig())) as url:
+    with ServerThread(create_app(JudgeBehind(tiny_judge, raise_error("secret internal detail /srv/models/weights.bin")),
+                                 SelfJRewardConfig(judge="tiny"), ServeConfig())) as url:
         with caplog.at_level("ERROR", logger="selfj_rlhf.serving.server"):
             failed = post(url, {"prompts": ["a"], "responses": ["x"]})
         assert failed.status_code == 500
@@ -227,19 +231,8 @@ def test_abuse_is_answered_without_exception_text(tiny_judge, caplog):
 
 
 def test_overload_says_when_to_retry(tiny_judge):
-    class SlowJudge:
-        def __init__(self, judge):
-            self.__dict__.update(judge.__dict__)
-            self._judge = judge
-
-        def __getattr__(self, name):
-            return getattr(self._judge, name)
-
-        def score_details(self, *args, **kwargs):
-            time.sleep(0.3)
-            return self._judge.score_details(*args, **kwargs)
-
-    with ServerThread(create_app(SlowJudge(tiny_judge), SelfJRewardConfig(judge="tiny"), ServeConfig(max_queue=2))) as url:
+    with ServerThread(create_app(JudgeBehind(tiny_judge, sleep_for(0.3)), SelfJRewardConfig(judge="tiny"),
+                                 ServeConfig(max_queue=2))) as url:
         full = post(url, {"prompts": ["a", "b", "c"], "responses": ["x", "y", "z"]})
         assert full.status_code == 503 and int(full.headers["retry-after"]) >= 1
 
@@ -396,20 +389,8 @@ def test_client_failures_are_errors_the_engine_sees(tiny_judge):
     assert 2 <= min(pauses) < max(pauses) <= 4 and len(set(pauses)) == 200  # jittered within [2, 4] s
     assert _pause(0, retry_after=5.0) == 5.0
 
-    class Judge:  # overloaded for its first two calls, then the real judge
-        def __init__(self, judge):
-            self.__dict__.update(judge.__dict__)
-            self._judge = judge
-
-        def __getattr__(self, name):
-            return getattr(self._judge, name)
-
-        def score_details(self, *args, **kwargs):
-            time.sleep(1.0)
-            return self._judge.score_details(*args, **kwargs)
-
     config = ServeConfig(max_queue=1)
-    with ServerThread(create_app(Judge(tiny_judge), SelfJRewardConfig(judge="tiny"), config)) as url:
+    with ServerThread(create_app(JudgeBehind(tiny_judge, sleep_for(1.0)), SelfJRewardConfig(judge="tiny"), config)) as url:
         client = JudgeClient(url, max_retries=10, deadline_s=1.5)
         started = time.monotonic()
         with pytest.raises(JudgeServerError, match="deadline"):
@@ -418,11 +399,8 @@ def test_client_failures_are_errors_the_engine_sees(tiny_judge):
         remote = SelfJReward(judge_server_url=url, server_deadline_s=30)
         assert remote(["a"], ["x"]) == pytest.approx(tiny_judge.score(["a"], ["x"]), abs=1e-5)
 
-    class Broken(Judge):
-        def score_details(self, *args, **kwargs):
-            raise RuntimeError("out of memory")
-
-    with ServerThread(create_app(Broken(tiny_judge), SelfJRewardConfig(judge="tiny"), ServeConfig())) as url:
+    with ServerThread(create_app(JudgeBehind(tiny_judge, raise_error("out of memory")), SelfJRewardConfig(judge="tiny"),
+                                 ServeConfig())) as url:
         with pytest.raises(JudgeServerError, match="500.*error_id"):
             SelfJReward(judge_server_url=url)(["a"], ["x"])
 
