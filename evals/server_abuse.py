@@ -26,21 +26,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-class FlakyJudge:
-    """A judge whose every ``fail_every``-th call raises (with text a client must never see)."""
+def fail_every(n: int):
+    """A ``JudgeBehind`` action that raises on every ``n``-th call (with text a client must never see)."""
+    calls = 0
 
-    def __init__(self, judge, fail_every: int):
-        self.__dict__.update(judge.__dict__)
-        self._judge, self._fail_every, self._calls = judge, fail_every, 0
-
-    def __getattr__(self, name):
-        return getattr(self._judge, name)
-
-    def score_details(self, *args, **kwargs):
-        self._calls += 1
-        if self._fail_every and self._calls % self._fail_every == 0:
-            raise RuntimeError(f"injected failure of call {self._calls} (internal detail)")
-        return self._judge.score_details(*args, **kwargs)
+    def count():
+        nonlocal calls
+        calls += 1
+        if n and calls % n == 0:
+            raise RuntimeError(f"injected failure of call {calls} (internal detail)")
+    return count
 
 
 def serve_flaky(args) -> None:
@@ -49,8 +44,9 @@ def serve_flaky(args) -> None:
 
     from selfj_rlhf import SelfJRewardConfig, SelfJudge
     from selfj_rlhf.serving.server import ServeConfig, create_app
+    from selfj_rlhf.testing import JudgeBehind
 
-    judge = FlakyJudge(SelfJudge.from_pretrained(args.model, device="cpu"), args.fail_every)
+    judge = JudgeBehind(SelfJudge.from_pretrained(args.model, device="cpu"), fail_every(args.fail_every))
     config = ServeConfig(max_queue=args.max_queue, max_batch_size=32, max_body_bytes=args.max_body_bytes)
     uvicorn.run(create_app(judge, SelfJRewardConfig(judge=args.model), config), host="127.0.0.1", port=args.port,
                 log_level="critical")

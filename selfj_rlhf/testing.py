@@ -128,6 +128,22 @@ class JudgeServerProcess:
         return self.proc.wait(timeout=timeout) == 0
 
 
+class JudgeBehind:
+    """A judge with ``before()`` run ahead of every scoring call: a delay, so requests queue or time out, or an
+    exception, so the batch fails (server tests and the abuse benchmark)."""
+
+    def __init__(self, judge, before):
+        self.__dict__.update(judge.__dict__)
+        self._judge, self._before = judge, before
+
+    def __getattr__(self, name):
+        return getattr(self._judge, name)
+
+    def score_details(self, *args, **kwargs):
+        self._before()
+        return self._judge.score_details(*args, **kwargs)
+
+
 class SimulatedDeviceJudge:
     """A judge that costs what a GPU judge costs, for testing serving on a CPU.
 

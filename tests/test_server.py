@@ -17,7 +17,7 @@ import pytest
 from selfj_rlhf import SelfJReward, SelfJRewardConfig
 from selfj_rlhf.serving.server import (RequestError, ServeConfig, check_bind, create_app, parse_reward_request,
                                        prompt_from_template, split_query, strip_end_markers)
-from selfj_rlhf.testing import JudgeServerProcess, ServerThread
+from selfj_rlhf.testing import JudgeBehind, JudgeServerProcess, ServerThread
 
 REPO = Path(__file__).resolve().parents[1]
 INSTRUCTIONS = ["What is 2+2?", "What is 2+2?", "Name a colour.", "Name a colour.", "Say hello in French."]
@@ -38,22 +38,6 @@ def server(tiny_judge):
 
 def post(url, body, **kwargs):
     return httpx.post(url + "/get_reward", json=body, timeout=60, **kwargs)
-
-
-class JudgeBehind:
-    """The real judge with ``before()`` run ahead of every scoring call: a delay, so requests queue or time out, or
-    an exception, so the batch fails."""
-
-    def __init__(self, judge, before):
-        self.__dict__.update(judge.__dict__)
-        self._judge, self._before = judge, before
-
-    def __getattr__(self, name):
-        return getattr(self._judge, name)
-
-    def score_details(self, *args, **kwargs):
-        self._before()
-        return self._judge.score_details(*args, **kwargs)
 
 
 def sleep_for(seconds):
@@ -190,7 +174,8 @@ def test_empty_and_slime_and_malformed(server, tiny_judge):
 
 def test_overload_and_timeout(tiny_judge):
     config = ServeConfig(max_queue=2, request_timeout_s=0.2)
-    with ServerThread(create_app(JudgeBehind(tiny_judge, sleep_for(0.5)), SelfJRewardConfig(judge="tiny"), config)) as url:
+    slow_judge = JudgeBehind(tiny_judge, sleep_for(0.5))
+    with ServerThread(create_app(slow_judge, SelfJRewardConfig(judge="tiny"), config)) as url:
         full = post(url, {"prompts": ["a", "b", "c"], "responses": ["x", "y", "z"]})
         assert full.status_code == 503 and "overloaded" in full.json()["error"]
         slow = post(url, {"prompts": ["a"], "responses": ["x"]})
@@ -205,7 +190,8 @@ def test_abuse_is_answered_without_exception_text(tiny_judge, caplog):
     an ordinary answer, a judge failure answers 500 with an id to find in the log and none of the exception's
     text, and an overloaded queue answers 503 with Retry-After."""
 
-    with ServerThread(create_app(tiny_judge, SelfJRewardConfig(judge="tiny"), ServeConfig(max_body_bytes=4096))) as url:
+    small_bodies = ServeConfig(max_body_bytes=4096)
+    with ServerThread(create_app(tiny_judge, SelfJRewardConfig(judge="tiny"), small_bodies)) as url:
         big = httpx.post(url + "/get_reward", content=b"x" * 5000, timeout=30)
         assert big.status_code == 413 and "max_body_bytes" in big.json()["error"]
 
@@ -390,7 +376,8 @@ def test_client_failures_are_errors_the_engine_sees(tiny_judge):
     assert _pause(0, retry_after=5.0) == 5.0
 
     config = ServeConfig(max_queue=1)
-    with ServerThread(create_app(JudgeBehind(tiny_judge, sleep_for(1.0)), SelfJRewardConfig(judge="tiny"), config)) as url:
+    slow_judge = JudgeBehind(tiny_judge, sleep_for(1.0))
+    with ServerThread(create_app(slow_judge, SelfJRewardConfig(judge="tiny"), config)) as url:
         client = JudgeClient(url, max_retries=10, deadline_s=1.5)
         started = time.monotonic()
         with pytest.raises(JudgeServerError, match="deadline"):
