@@ -8,7 +8,8 @@ import pytest
 from evals.kill_resume import campaign
 
 
-@pytest.mark.parametrize("recipe", ["best_of_n", "label", "build_pairs", "rejection_sampling", "train_judge_digit",
+@pytest.mark.parametrize("recipe", ["best_of_n", "label", "label_pool", "build_pairs", "rejection_sampling", "dpo",
+                                    "grpo", "alpaca_eval_generate", "data_prepare", "train_judge_digit",
                                     "train_judge_scalar"])
 def test_recipe_survives_kills(recipe, tmp_path_factory):
     work = tmp_path_factory.getbasetemp() / "kill_resume"

@@ -478,3 +478,23 @@ def test_server_keeps_up_with_a_simulated_device_judge(smol_tokenizer_dir):
     print(measured)
     assert measured[64]["mean_batch"] >= 28, measured
     assert measured[64]["share_of_in_process"] >= 0.9, measured
+
+
+def test_an_explicit_judge_batch_size_splits_the_served_batch_even_at_the_in_process_default(smol_tokenizer_dir):
+    """``judge_batch_size`` unset: one device call per coalesced batch; set, even to 8 (the in-process default), the
+    server runs forwards of that size, as the user asked."""
+    from transformers import AutoTokenizer
+
+    from selfj_rlhf.judge.options import DEFAULT_JUDGE_BATCH_SIZE
+    from selfj_rlhf.testing import SimulatedDeviceJudge
+
+    tokenizer = AutoTokenizer.from_pretrained(smol_tokenizer_dir)
+    body = {"prompts": [f"Question {i}?" for i in range(24)], "responses": [f"Answer {i}." for i in range(24)]}
+    sizes = {}
+    for batch_size in (None, DEFAULT_JUDGE_BATCH_SIZE):
+        judge = SimulatedDeviceJudge(tokenizer, latency_s=0.0, per_item_s=0.0)
+        with ServerThread(create_app(judge, SelfJRewardConfig(judge="simulated", judge_batch_size=batch_size),
+                                     ServeConfig(max_batch_size=32, max_wait_ms=5))) as url:
+            assert len(post(url, body).json()["rewards"]) == 24
+        sizes[batch_size] = judge.forward_sizes
+    assert sizes[None] == [24] and sizes[DEFAULT_JUDGE_BATCH_SIZE] == [8, 8, 8]

@@ -14,6 +14,9 @@ from ..core.errors import ConfigError
 from .self_judge import LENGTH_CONTROL_HELP
 
 
+DEFAULT_JUDGE_BATCH_SIZE = 8
+
+
 @dataclass
 class JudgeArgs:
     """Which judge scores, and how."""
@@ -22,7 +25,9 @@ class JudgeArgs:
         "help": "Judge: model spec (zero-shot self-judge), judge directory or shipped alias. Default: the shipped "
                 "judge of the policy, else the policy judging itself."})
     judge_template: str | None = field(default=None, metadata={"help": "Judge template preset (default: the judge's)."})
-    judge_batch_size: int = field(default=8, metadata={"help": "Judge batch size."})
+    judge_batch_size: int | None = field(default=None, metadata={
+        "help": f"Items per judge forward (default: {DEFAULT_JUDGE_BATCH_SIZE}; a judge server runs each coalesced "
+                "batch as one call, bounded by its max_batch_size and max_batch_tokens, unless this is set)."})
     max_judge_length: int = field(default=2048, metadata={
         "help": "Longest judge prompt in tokens; longer responses are truncated."})
     judge_server_url: str | None = field(default=None, metadata={
@@ -31,10 +36,15 @@ class JudgeArgs:
     length_control: bool | None = field(default=None, metadata={"help": LENGTH_CONTROL_HELP})
 
     def __post_init__(self):
-        if self.judge_batch_size < 1:
+        if self.judge_batch_size is not None and self.judge_batch_size < 1:
             raise ConfigError(f"judge_batch_size must be >= 1, got {self.judge_batch_size}")
         if self.max_judge_length < 1:
             raise ConfigError(f"max_judge_length must be >= 1, got {self.max_judge_length}")
+
+    @property
+    def judge_forward_size(self) -> int:
+        """Items per judge forward in-process: ``judge_batch_size``, or ``DEFAULT_JUDGE_BATCH_SIZE`` when unset."""
+        return self.judge_batch_size or DEFAULT_JUDGE_BATCH_SIZE
 
     def judge_options(self) -> dict:
         """The ``JudgeArgs`` fields of this config, to build another config from (``SelfJRewardConfig(**...)``)."""

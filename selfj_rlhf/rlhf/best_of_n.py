@@ -106,7 +106,7 @@ def _judged_row(judge, cfg: BestOfNConfig, prompt, candidates: list[dict]) -> di
     """Score one prompt's candidates (together, so the judge shares their prompt prefix) and pick the best."""
     refs = [prompt.reference] * cfg.n if cfg.use_reference else None
     details = judge.score_details([prompt.instruction] * cfg.n, [c["text"] for c in candidates], refs,
-                                  batch_size=cfg.judge_batch_size)
+                                  batch_size=cfg.judge_forward_size)
     for candidate, detail in zip(candidates, details):
         candidate.update(score=detail.score, raw_score=detail.raw_score, probs=detail.probs,
                          digit_mass=detail.digit_mass, truncated=detail.truncated,

@@ -13,7 +13,7 @@ from ..judge.directory import default_judge_for
 from ..judge.options import JudgeArgs
 from ..judge.reward_signal import SelfJRewardConfig
 from .reward import SelfJReward
-from .rounds import load_policy_for_training, train_and_publish, training_args_in
+from .rounds import finished_policy, load_policy_for_training, train_and_publish, training_args_in
 
 
 @dataclass
@@ -81,11 +81,14 @@ def run_grpo(cfg: GRPOScriptConfig, training_args, model_args) -> Path:
     if not policy:
         raise ConfigError("set the policy with --model_name_or_path (hub id, directory or embedded alias)")
     validate_model_spec(policy)
+    directory = Path(training_args.output_dir)
+    if finished_policy(directory):  # a finished run started again: nothing to train, nothing to publish again
+        print(f"[{directory.name}] policy: done, skipped")
+        return directory / "policy"
     if cfg.reward_use_reference:
         training_args.remove_unused_columns = False  # the reward reads the `reference` column
     rewards = reward_functions(cfg, policy, training_args.max_completion_length)
     model, tokenizer = load_policy_for_training(policy, model_args)
-    directory = Path(training_args.output_dir)
     trainer = GRPOTrainer(model=model, reward_funcs=rewards, args=training_args_in(training_args, directory),
                           train_dataset=Dataset.from_list(prompt_rows(cfg)), processing_class=tokenizer,
                           peft_config=get_peft_config(model_args))

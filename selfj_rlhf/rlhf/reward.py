@@ -71,7 +71,7 @@ class SelfJReward:
         if self.config.judge_server_url:
             scored = self.client.score(*picked)
         else:
-            details = self.judge.score_details(*picked, batch_size=self.config.judge_batch_size)
+            details = self.judge.score_details(*picked, batch_size=self.config.judge_forward_size)
             scored = judged_items(details, picked[1], self.judge.tokenizer if self.config.length_penalty else None)
         return self._rewards(scored, keep, len(completions), kwargs.get("log_metric"))
 

@@ -509,15 +509,6 @@ class ServerMetrics:
 
 
 # --------------------------------------------------------------------------- the app
-def served_judge_batch_size(reward: SelfJRewardConfig) -> int | None:
-    """The forward size the user asked for, or None (one call per coalesced batch) when ``judge_batch_size`` keeps
-    its in-process default: a served batch is already bounded by ``max_batch_size`` and ``max_batch_tokens``."""
-    from dataclasses import fields
-
-    default = next(f.default for f in fields(reward) if f.name == "judge_batch_size")
-    return None if reward.judge_batch_size == default else reward.judge_batch_size
-
-
 def create_app(judge, reward: SelfJRewardConfig | None = None, config: ServeConfig | None = None):
     """The FastAPI app serving ``judge`` (a loaded ``SelfJudge``) with ``reward``'s options."""
     from fastapi import FastAPI
@@ -528,7 +519,7 @@ def create_app(judge, reward: SelfJRewardConfig | None = None, config: ServeConf
     refuse_group_transform(reward.transform)
     api_key = config.api_key
     metrics = ServerMetrics()
-    batcher = DynamicBatcher(judge, config, metrics, judge_batch_size=served_judge_batch_size(reward))
+    batcher = DynamicBatcher(judge, config, metrics, judge_batch_size=reward.judge_batch_size)
     special = tuple(t for t in getattr(judge.tokenizer, "all_special_tokens", []) if t and len(t) > 1)
 
     async def lifespan(app):
