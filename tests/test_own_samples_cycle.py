@@ -61,18 +61,20 @@ def test_the_cycle_runs_end_to_end_through_the_recipes(tiny_model_dir, tmp_path)
     grid.write_text(f"labels: {labels_dir / 'labels.jsonl'}\nbase_model: {tiny_model_dir}\nhead: scalar\n"
                     "head_layers: [1, 2]\nhead_loss: pairwise\nhead_weight_decay: 0.3\nbeta: 0.0\nalpha: 1.0\n"
                     "max_length: 256\ncv_folds: 2\ncv_grid:\n  - {layers: 2, weight_decay: 0.3}\n"
-                    "  - {layers: [1, 2], weight_decay: 1.0}\n"
+                    "  - {layers: [1, 2], weight_decay: 1.0}\n  - {layers: 2, relevance_cap_quantile: 0.5}\n"
                     f"feature_cache: {tmp_path / 'features'}\noutput_dir: {judge_dir}\n")
     load_module(RECIPES / "train_judge.py").main(["--config", str(grid)])
     config = json.loads((judge_dir / "selfj_config.json").read_text())
     assert config["role"] == "own_samples" and config["policy"] == str(tiny_model_dir)
     cv = json.loads((judge_dir / "cv.json").read_text())
-    assert len(cv["designs"]) == 2 and cv["chosen"] in cv["designs"]
+    assert len(cv["designs"]) == 3 and cv["chosen"] in cv["designs"]
     for entry in cv["designs"].values():
         assert len(entry["folds"]) == 2 and np.isfinite(entry["spearman_within_prompt"])
     chosen = cv["designs"][cv["chosen"]]
     assert chosen["spearman_within_prompt"] == max(e["spearman_within_prompt"] for e in cv["designs"].values())
     assert config["head"].get("layers", [config["head"].get("layer")]) == chosen["design"]["layers"]
+    assert ("relevance" in config) == (chosen["design"]["relevance_cap_quantile"] is not None)
+    assert list((tmp_path / "features").glob("*/relevance/relevance-*.npz"))  # the gated design's inputs, cached
     assert config["training"]["labels_sha256"] and config["training"]["cv"]["chosen"] == cv["chosen"]
     provenance = (judge_dir / "PROVENANCE.md").read_text()
     assert "own samples" in provenance and cv["chosen"] in provenance
@@ -133,7 +135,22 @@ def test_cross_validation_picks_the_layer_that_carries_the_label():
                            folds=4, progress=False)
     assert table["layer 2"]["spearman_within_prompt"] > table["layer 1"]["spearman_within_prompt"] + 0.3
     assert len(table["layer 2"]["folds"]) == 4 and table["layer 2"]["fold_std"] >= 0
-    assert select_design(designs, table, rows).name == "layer 2"
+    assert select_design(designs, table, rows)[0].name == "layer 2"
+
+
+def test_selection_prefers_designs_that_keep_content_free_rows_low():
+    """With max_attack_rate, a design whose content-free or off-topic rows reach the honest answers too often is not
+    chosen however well it ranks; when no design meets the rate, Spearman alone decides and says so."""
+    from selfj_rlhf.training.head_selection import HeadDesign, attack_rate, select_design
+
+    designs = [HeadDesign("ranks", (1,)), HeadDesign("resists", (2,))]
+    table = {"ranks": {"spearman_within_prompt": 0.3, "at_or_above_honest": {"offtopic": 0.3, "padded": 0.5}},
+             "resists": {"spearman_within_prompt": 0.25, "at_or_above_honest": {"offtopic": 0.05, "padded": 0.6}}}
+    rows = [{"kind": "pool"}, {"kind": "offtopic"}]
+    assert attack_rate(table["ranks"]) == 0.3 and attack_rate(table["resists"]) == 0.05  # padding is not one
+    assert select_design(designs, table, rows, max_attack_rate=0.1) == (designs[1], True)
+    assert select_design(designs, table, rows) == (designs[0], True)
+    assert select_design(designs, table, rows, max_attack_rate=0.01) == (designs[0], False)
 
 
 def test_augmentation_rates_and_the_honest_length_trend():
@@ -154,7 +171,7 @@ def test_augmentation_rates_and_the_honest_length_trend():
     rows = [{"group": f"p{i // 5}", "kind": "pool" if i % 5 else "content_free",
              "score": 0.0 if i % 5 == 0 else float(9 - (i % 5))} for i in range(n)]
     tokens = np.array([1 if i % 5 == 0 else 10 * (i % 5) for i in range(n)])  # honest: longer is worse
-    _, length_fit, kept = fit_head_design(HeadDesign("layer 1", (1,), 0.3), rows, states, tokens,
+    _, _, length_fit, kept = fit_head_design(HeadDesign("layer 1", (1,), 0.3), rows, states, tokens,
                                           np.ones(n, dtype=bool), ScalarHeadConfig(distill=False, steps=5))
     assert kept.all() and length_fit.slope < 0
 

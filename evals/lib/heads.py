@@ -17,9 +17,8 @@ def fit(design: dict, rows, states, tokens, train: np.ndarray, layer: int):
     scored = [{**r, "score": r["score_label"]} for r in rows]
     # the library reads layer ``layer`` of [N, layers + 1, hidden] states: a view that puts these states there
     stacked = np.broadcast_to(np.asarray(states)[:, None, :], (len(rows), layer + 1, states.shape[-1]))
-    head, length_fit, _ = fit_head_design(spec, scored, stacked, np.asarray(tokens), train,
-                                          ScalarHeadConfig(distill=False))
-    return head, length_fit
+    fitted = fit_head_design(spec, scored, stacked, np.asarray(tokens), train, ScalarHeadConfig(distill=False))
+    return fitted.head, fitted.length_fit
 
 
 def question_folds(rows, folds: int, seed: int) -> list[set]:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from ..core.errors import ConfigError, DigitTokenError
@@ -25,6 +26,7 @@ from ..core.tensors import left_pad
 from ..core.models import DEFAULT_POLICY, load_causal_lm, quantize_int8_dynamic
 from .directory import resolve_judge_dir
 from .head import LengthControl, ScalarHead, ScoreMap
+from .relevance import RelevanceGate, relevance_scores
 from .templates import DEFAULT_TEMPLATE, JudgeTemplate, get_template, render_judge_prompt
 
 logger = logging.getLogger(__name__)
@@ -162,6 +164,9 @@ def _fp32_logits(module, args, output):
     return torch.nn.functional.linear(args[0].float(), module.weight.float(), bias)
 
 
+RELEVANCE_MEMO_SIZE = 100_000  # relevance values a judge keeps (an answer's relevance depends on its head only)
+
+
 class SelfJudge:
     """Score responses with a causal LM as its own judge.
 
@@ -189,6 +194,9 @@ class SelfJudge:
         length_control: subtract the length trend of ``length_fit`` from every score.
         score_map: a scalar head's ``ScoreMap`` onto 0-9 (saved in ``selfj_config.json``). Without one, scores
             are clipped into [0, 9].
+        relevance_gate: a scalar head's ``RelevanceGate``: its weight times the answer's capped relevance to the
+            instruction (``selfj_rlhf.judge.relevance``, two more forwards of the base model) is added to the head's
+            raw score, so an answer to another question scores low.
         fp32_readout: in a bf16/fp16 model, compute the LM head's logits at the score position in fp32 (bf16
             rounds logits near 20 to steps of 0.125); it costs one [batch x hidden] x [hidden x vocab] matmul.
             What it changes is measured in evals/results/bf16_batch.md.
@@ -201,7 +209,7 @@ class SelfJudge:
                  base_model: str | None = None, share_prefix: str = "auto", min_shared_prefix: int = 64,
                  min_prefix_saving: float | None = None,
                  sanitize: bool = True, head=None, length_fit=None, length_control: bool = False, score_map=None,
-                 fp32_readout: bool = True):
+                 fp32_readout: bool = True, relevance_gate=None):
         if share_prefix not in ("auto", "always", "never"):
             raise ValueError(f"share_prefix must be auto, always or never, got {share_prefix!r}")
         self.model = model
@@ -225,6 +233,10 @@ class SelfJudge:
             raise ValueError("length_control needs a length_fit (a judge trained with one saves it)")
         self.length_control = length_control
         self.score_map = score_map
+        if relevance_gate is not None and head is None:
+            raise ValueError("a relevance gate belongs to a scalar-head judge")
+        self.relevance_gate = relevance_gate
+        self._relevance_memo: dict[tuple, float] = {}  # (instruction, answer head) -> relevance, across calls
         self.fp32_readout = fp32_readout
         output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
         low_precision = getattr(output, "weight", None) is not None and output.weight.dtype != torch.float32
@@ -288,8 +300,10 @@ class SelfJudge:
 
         length_fit = LengthControl.from_dict(config["length_control"]) if config.get("length_control") else None
         score_map = ScoreMap.from_dict(config["score_map"]) if config.get("score_map") else None
+        gate = RelevanceGate.from_dict(config["relevance"]) if config.get("relevance") else None
         judge = cls(model, tokenizer, template or config["template"], max_length or config.get("max_length", 2048),
                     base_model=config["base_model"], head=head, length_fit=length_fit, score_map=score_map,
+                    relevance_gate=gate,
                     length_control=resolve_length_control(length_control, length_fit, spec_or_dir))
         if judge.digit_ids != config["digit_token_ids"]:
             raise DigitTokenError(
@@ -307,6 +321,8 @@ class SelfJudge:
             config["length_control"] = self.length_fit.to_dict()
         if self.score_map is not None:
             config["score_map"] = self.score_map.to_dict()
+        if self.relevance_gate is not None:
+            config["relevance"] = self.relevance_gate.to_dict()
         return config
 
     def save_pretrained(self, directory: str | Path, *, merge_adapter: bool = False, extra: dict | None = None) -> None:
@@ -434,6 +450,16 @@ class SelfJudge:
             return float(self.score_map.apply([value])[0])
         return min(9.0, max(0.0, value))
 
+    def relevance(self, instructions: Sequence[str], responses: Sequence[str]) -> np.ndarray:
+        """Each answer's relevance to its instruction under the base model (``selfj_rlhf.judge.relevance``), on the
+        cleaned texts, as the relevance gate reads it."""
+        gate = self.relevance_gate
+        if len(self._relevance_memo) > RELEVANCE_MEMO_SIZE:
+            self._relevance_memo.clear()
+        return relevance_scores(self.model, self.tokenizer, [self.clean(i) for i in instructions],
+                                [self.clean(r) for r in responses], max_tokens=gate.max_tokens,
+                                max_instruction_tokens=gate.max_instruction_tokens, memo=self._relevance_memo)
+
     def _details(self, raw: float, probs: torch.Tensor | None, log_mass: torch.Tensor | None,
                  item: EncodedItem) -> ScoreDetails:
         adjusted = float(self.length_fit.apply([raw], [item.response_tokens])[0]) if self.length_control else raw
@@ -485,6 +511,8 @@ class SelfJudge:
             from tqdm.auto import tqdm
 
             work = tqdm(work, desc="judge", unit="batch")
+        gated = (self.relevance_gate.apply(self.relevance(instructions, responses)) if self.relevance_gate is not None
+                 else np.zeros(len(encoded)))
         with torch.inference_mode():
             for kind, indices in work:
                 if kind == "batch":
@@ -496,7 +524,8 @@ class SelfJudge:
                                                            max_batch_tokens)
                 for rows, scores, probs, log_mass in outputs:
                     for row, index in enumerate(rows):
-                        results[index] = self._details(float(scores[row]), None if probs is None else probs[row],
+                        results[index] = self._details(float(scores[row]) + float(gated[index]),
+                                                       None if probs is None else probs[row],
                                                        None if log_mass is None else log_mass[row], encoded[index])
         return results  # type: ignore[return-value]
 

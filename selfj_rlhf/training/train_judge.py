@@ -17,6 +17,7 @@ from ..core.models import load_causal_lm, validate_model_spec
 from ..data.datasets import iter_records
 from ..judge.directory import OTHER_MODELS, OWN_SAMPLES, directory_hash
 from ..judge.features import score_position_features
+from ..judge.relevance import cached_relevance
 from ..judge.head import ScoreMap
 from ..judge.self_judge import JUDGE_CONFIG_NAME, SelfJudge
 from ..judge.templates import get_template
@@ -248,7 +249,8 @@ def head_designs(cfg: JudgeTrainingConfig) -> tuple[HeadDesign, list[HeadDesign]
     """The single design the settings give, and the designs of ``cv_grid`` (empty without cross-validation)."""
     base = HeadDesign(name="configured", layers=tuple(cfg.head_layers or [cfg.head_layer]),
                       weight_decay=cfg.head_weight_decay, loss=cfg.head_loss, pair_margin=cfg.pair_margin,
-                      max_length_ratio=cfg.max_length_ratio)
+                      max_length_ratio=cfg.max_length_ratio, augment_pair_weight=cfg.augment_pair_weight,
+                      floor_pairs=cfg.floor_pairs, relevance_cap_quantile=cfg.relevance_cap_quantile)
     grid = [HeadDesign.from_dict(entry, base, i) for i, entry in enumerate(cfg.cv_grid or [])] if cfg.cv_folds else []
     names = [d.name for d in grid]
     if len(set(names)) != len(names):
@@ -289,25 +291,36 @@ def train_scalar_judge(cfg: JudgeTrainingConfig, output_dir: str | Path, seed: i
         teacher = score_position_features(teacher_judge, instructions, responses, [r["reference"] for r in rows],
                                           cache=cache, max_layer=max_layer).states
     tokens = student.response_tokens
+    relevance = None
+    if any(d.relevance_cap_quantile is not None for d in grid or [base_design]):  # the designs that train
+        relevance = cached_relevance(judge, instructions, responses, cache / "relevance")
     cv = None
     design = base_design
     if grid:
-        table = cross_validate(grid, rows, student.states, tokens, head_cfg, cfg.cv_folds, seed, teacher)
-        design = select_design(grid, table, rows)
+        table = cross_validate(grid, rows, student.states, tokens, head_cfg, cfg.cv_folds, seed, teacher,
+                               relevance=relevance)
+        design, resistant = select_design(grid, table, rows, cfg.cv_max_attack_rate)
+        if not resistant:
+            print(f"no design keeps content-free and off-topic rows below an honest answer within "
+                  f"cv_max_attack_rate={cfg.cv_max_attack_rate} out of fold; chosen by Spearman alone: {design.name}")
         cv = {"folds": cfg.cv_folds, "seed": seed, "metric": "within-prompt Spearman of out-of-fold scores with the "
-              "teacher label, honest answers", "chosen": design.name,
+              "teacher label, honest answers", "chosen": design.name, "max_attack_rate": cfg.cv_max_attack_rate,
+              "max_attack_rate_met": resistant,
               "designs": {name: {k: v for k, v in entry.items() if k != "out_of_fold_scores"}
                           for name, entry in table.items()}}
     everything = np.ones(len(rows), dtype=bool)
-    head, length_fit, kept = fit_head_design(design, rows, student.states, tokens, everything, head_cfg, teacher)
+    fitted = fit_head_design(design, rows, student.states, tokens, everything, head_cfg, teacher, relevance)
+    kept = fitted.rows
     labels = np.array([r["score"] for r in rows])
-    score_map = ScoreMap.fit(head.predict(head.inputs(student.states[kept])), labels[kept])
+    score_map = ScoreMap.fit(fitted.predict(student.states[kept], None if relevance is None else relevance[kept]),
+                             labels[kept])
     scalar = SelfJudge(judge.model, judge.tokenizer, judge.template, cfg.max_length, base_model=cfg.base_model,
-                       head=head, length_fit=length_fit if cfg.length_control else None, score_map=score_map)
+                       head=fitted.head, length_fit=fitted.length_fit if cfg.length_control else None,
+                       score_map=score_map, relevance_gate=fitted.gate)
     provenance = {"labels": str(cfg.labels), "labels_sha256": file_sha256(cfg.labels), "score_field": cfg.score_field,
                   "examples": int(kept.sum()), "prompts": len({r["group"] for r in rows}),
                   "answers": sum(r["kind"] == HONEST for r in rows), "design": design.to_dict(),
-                  "head_layers": list(head.layers), "alpha": cfg.alpha, "beta": cfg.beta, "max_length": cfg.max_length,
+                  "head_layers": list(fitted.head.layers), "alpha": cfg.alpha, "beta": cfg.beta, "max_length": cfg.max_length,
                   "truncated_share": float(student.truncated.mean()), "seed": seed,
                   "config": asdict(cfg)}
     if cv is not None:
@@ -320,12 +333,14 @@ def train_scalar_judge(cfg: JudgeTrainingConfig, output_dir: str | Path, seed: i
     scalar.save_pretrained(staging, extra={"role": role, "policy": policy, "training": provenance})
     if cv is not None:
         atomic_write_json(staging / "cv.json", cv)
-    atomic_write_text(staging / "PROVENANCE.md", provenance_markdown(output_dir.name, role, policy, provenance, cv,
-                                                                     directory_hash(staging)))
+    atomic_write_text(staging / "PROVENANCE.md", provenance_markdown(
+        output_dir.name, role, policy, provenance, cv, directory_hash(staging),
+        None if fitted.gate is None else fitted.gate.to_dict()))
     return publish_directory(staging, output_dir)
 
 
-def provenance_markdown(name: str, role: str, policy: str, provenance: dict, cv: dict | None, content_hash: str) -> str:
+def provenance_markdown(name: str, role: str, policy: str, provenance: dict, cv: dict | None, content_hash: str,
+                        gate: dict | None = None) -> str:
     """The judge directory's PROVENANCE.md, generated from what trained it."""
     job = (f"ranks the own samples of `{policy}` (best-of-n, rejection sampling, DPO pairs, the GRPO reward)"
            if role == OWN_SAMPLES else f"ranks other models' answers (an AlpacaEval annotator, model ranking) on `{policy}`")
@@ -345,6 +360,10 @@ def provenance_markdown(name: str, role: str, policy: str, provenance: dict, cv:
              "", "## Design", "",
              f"- {design['name']}: loss {design['loss']}, pair margin {design['pair_margin']}, weight decay "
              f"{design['weight_decay'] if design['weight_decay'] is not None else 'picked on held-back prompts'}."]
+    if gate is not None:
+        lines.append(f"- Relevance gate (selfj_rlhf.judge.relevance): {gate['weight']:.3f} x min(relevance, "
+                     f"{gate['cap']:.3f}) added to the head's score; relevance over the answer's first "
+                     f"{gate['max_tokens']} tokens, the instruction cut to {gate['max_instruction_tokens']}.")
     if cv is not None:
         kinds = sorted({k for entry in cv["designs"].values() for k in entry.get("at_or_above_honest", {})})
         lines += ["", f"## Cross-validation ({cv['folds']} folds by prompt, training prompts only)", "",
