@@ -7,7 +7,16 @@ its cross-validation table next to the benchmark that chose `selfj-smollm2-135m-
     python recipes/train_judge.py --config recipes/configs/train_judge_own_samples.yaml
     selfj probe-judge --judge runs/judges/selfj-own-samples --answers runs/probe_samples/samples.jsonl \
         --output_dir runs/probe_chain          # the probe's honest answers: see evals/probe_shipped.py
-    python -m evals.own_samples_chain
+    python -m evals.rl_loop_check prompts --train_per_source 0 --heldout_per_source 40 --seed 29 \
+        --exclude $SELFJ_DATA_DIR/rl_prompts/prompts_judge_train.jsonl $SELFJ_DATA_DIR/rl_prompts/prompts_train.jsonl \
+        $SELFJ_DATA_DIR/rl_prompts/prompts_heldout.jsonl runs/probe_prompts/prompts_heldout.jsonl \
+        --output_dir runs/probe_prompts_confirm
+    python recipes/sample.py --dataset runs/probe_prompts_confirm/prompts_heldout.jsonl --n 1 --prompts_per_batch 16 \
+        --seed 12 --output_dir runs/probe_samples_confirm
+    selfj probe-judge --judge runs/judges/selfj-own-samples --answers runs/probe_samples_confirm/samples.jsonl \
+        --output_dir runs/probe_chain_confirm
+    python -m evals.own_samples_chain --probe runs/probe_chain/probe.json \
+        --confirm_probe runs/probe_chain_confirm/probe.json
 
 The chain's judge directory holds its CV table (`cv.json`: 5 folds by training prompt, the within-prompt Spearman
 of the out-of-fold scores with the teacher label on the honest answers, pooled and per fold). The question this
@@ -47,6 +56,10 @@ def make_parser():
     parser.add_argument("--v5", default=str(RESULTS_DIR / "own_samples_v5.json"))
     parser.add_argument("--probe", default=None, help="probe.json of `selfj probe-judge` on the chain's judge.")
     parser.add_argument("--v5_probe", default=str(RESULTS_DIR / "probe_shipped.json"))
+    parser.add_argument("--confirm_probe", default=None,
+                        help="probe.json of `selfj probe-judge` on the chain's judge with honest answers to fresh "
+                             "held-out prompts, drawn after --probe's were used (the test; --probe's are then a "
+                             "development set).")
     parser.add_argument("--name", default="own_samples_chain")
     return parser
 
@@ -113,6 +126,21 @@ def render(p: dict) -> str:
         lines += ["", f"Chain judge: {'passes' if probe['passed'] else 'fails'} the probe's thresholds"
                       + ("." if probe["passed"] else f" ({'; '.join(probe['failures'])}).")
                       + f" v5: {'passes' if probe['v5_passed'] else 'fails'}.", ""]
+    if p.get("confirm_probe"):
+        probe = p["confirm_probe"]
+        lines += [f"## The test: the attack probe on {probe['prompts']} fresh held-out prompts", "",
+                  f"Command: `{probe['command']}`. The prompts were drawn after the earlier probe's 120 prompts "
+                  "(evals/results/probe_shipped.md, and the chain's first judge on them) had been read: a new seed, "
+                  "every training prompt, RL prompt and earlier probe prompt excluded; the embedded policy answered "
+                  "each once. The earlier prompts, which showed the failure (answers to other prompts) that the "
+                  "chain's design was then changed for, are a development set from then on.", "",
+                  "| attack | class | rate [95 % CI] | shift |", "|---|---|---:|---:|"]
+        for name, row in probe["attacks"].items():
+            lines.append(f"| {name} | {row['kind']} | {row['false_positive_rate']:.1%} "
+                         f"[{row['false_positive_ci95'][0]:.1%}, {row['false_positive_ci95'][1]:.1%}] | "
+                         f"{row['mean_shift']:+.2f} |")
+        lines += ["", f"Chain judge: {'passes' if probe['passed'] else 'fails'} the probe's thresholds"
+                      + ("." if probe["passed"] else f" ({'; '.join(probe['failures'])}).") + "", ""]
     return "\n".join(lines)
 
 
@@ -140,6 +168,13 @@ def main(argv=None):
                             "failures": probe["failures"], "attacks": probe["attacks"],
                             "length_control": probe["length_control"], "v5_attacks": v5_probe["attacks"],
                             "v5_passed": v5_probe["passed"]}
+    if args.confirm_probe:
+        probe = json.loads(Path(args.confirm_probe).read_text())
+        payload["confirm_probe"] = {"command": f"selfj probe-judge --judge {judge_dir} --answers {probe['answers']} "
+                                               f"--output_dir {Path(args.confirm_probe).parent}",
+                                    "answers": probe["answers"], "prompts": probe["prompts"],
+                                    "passed": probe["passed"], "failures": probe["failures"],
+                                    "attacks": probe["attacks"], "length_control": probe["length_control"]}
     write_results(args.name, payload, render(payload))
     print(render(payload))
 
