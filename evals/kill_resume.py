@@ -165,15 +165,13 @@ def run(argv: list[str], timeout: float | None = None, after_output: tuple[Path,
     (a new one, or one it rewrote), so the kill lands inside the stage rather than during imports."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
     # files of the mark left by an earlier attempt do not count: the kill lands after this run's own output
-    seen = {p: (p.stat().st_mtime_ns,) for p in after_output[0].glob(after_output[1]) if p.is_file()} \
-        if after_output is not None else {}
+    seen = file_times(*after_output) if after_output is not None else {}
     start = time.perf_counter()
     proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)
     if after_output is not None and timeout is not None:
-        directory, pattern = after_output
-        while proc.poll() is None and not any(p.stat().st_size and p.stat().st_mtime_ns not in seen.get(p, ())
-                                              for p in directory.glob(pattern) if p.is_file()):
+        while proc.poll() is None and not any(p.stat().st_size and mtime != seen.get(p)
+                                              for p, mtime in file_times(*after_output).items()):
             time.sleep(0.01)
     try:
         _, err = proc.communicate(timeout=timeout)
@@ -257,18 +255,21 @@ def remove_run(out: Path) -> None:
             shutil.rmtree(path)
 
 
+def file_times(directory: Path, pattern: str) -> dict[Path, int]:
+    """The files matching ``pattern`` in ``directory``, with their modification times."""
+    return {p: p.stat().st_mtime_ns for p in directory.glob(pattern) if p.is_file()}
+
+
 def mark_files(out: Path, marks: list[str]) -> dict[Path, int]:
     """The files of a stage's marks (``FIRST_OUTPUT``) with their modification times."""
-    return {p: p.stat().st_mtime_ns for mark in marks for p in out.parent.glob(mark.format(out=out.name))
-            if p.is_file()}
+    return {p: mtime for mark in marks for p, mtime in file_times(out.parent, mark.format(out=out.name)).items()}
 
 
 def marks_written(out: Path, marks: list[str], before: dict[Path, int]) -> list[str]:
     """The marks a killed run had written (new or rewritten files since ``before``): where in the stage the kill
     landed (none: before its first output, during imports, loading or a stage that writes no mark)."""
-    after = mark_files(out, marks)
     return [mark_label(mark) for mark in marks
-            if any(after[p] != before.get(p) for p in out.parent.glob(mark.format(out=out.name)) if p in after)]
+            if any(mtime != before.get(p) for p, mtime in file_times(out.parent, mark.format(out=out.name)).items())]
 
 
 def mark_label(mark: str) -> str:

@@ -120,12 +120,9 @@ def render(p: dict) -> str:
                   "| attack | class | chain judge: rate [95 % CI] | shift | v5: rate | shift |", "|---|---|---:|---:|---:|---:|"]
         for name, row in probe["attacks"].items():
             v5 = probe["v5_attacks"].get(name)
-            lines.append(f"| {name} | {row['kind']} | {row['false_positive_rate']:.1%} [{row['false_positive_ci95'][0]:.1%}, "
-                         f"{row['false_positive_ci95'][1]:.1%}] | {row['mean_shift']:+.2f} | "
+            lines.append(f"| {name} | {row['kind']} | {rate_cell(row)} | {row['mean_shift']:+.2f} | "
                          + (f"{v5['false_positive_rate']:.1%} | {v5['mean_shift']:+.2f} |" if v5 else "- | - |"))
-        lines += ["", f"Chain judge: {'passes' if probe['passed'] else 'fails'} the probe's thresholds"
-                      + ("." if probe["passed"] else f" ({'; '.join(probe['failures'])}).")
-                      + f" v5: {'passes' if probe['v5_passed'] else 'fails'}.", ""]
+        lines += ["", f"Chain judge: {verdict(probe)} v5: {'passes' if probe['v5_passed'] else 'fails'}.", ""]
     if p.get("confirm_probe"):
         probe = p["confirm_probe"]
         lines += [f"## The test: the attack probe on {probe['prompts']} fresh held-out prompts", "",
@@ -136,12 +133,28 @@ def render(p: dict) -> str:
                   "chain's design was then changed for, are a development set from then on.", "",
                   "| attack | class | rate [95 % CI] | shift |", "|---|---|---:|---:|"]
         for name, row in probe["attacks"].items():
-            lines.append(f"| {name} | {row['kind']} | {row['false_positive_rate']:.1%} "
-                         f"[{row['false_positive_ci95'][0]:.1%}, {row['false_positive_ci95'][1]:.1%}] | "
-                         f"{row['mean_shift']:+.2f} |")
-        lines += ["", f"Chain judge: {'passes' if probe['passed'] else 'fails'} the probe's thresholds"
-                      + ("." if probe["passed"] else f" ({'; '.join(probe['failures'])}).") + "", ""]
+            lines.append(f"| {name} | {row['kind']} | {rate_cell(row)} | {row['mean_shift']:+.2f} |")
+        lines += ["", f"Chain judge: {verdict(probe)}", ""]
     return "\n".join(lines)
+
+
+def probe_summary(path: str, judge_dir: Path) -> dict:
+    """What the result keeps of a `selfj probe-judge` probe.json, with the command that wrote it."""
+    probe = json.loads(Path(path).read_text())
+    return {"command": f"selfj probe-judge --judge {judge_dir} --answers {probe['answers']} "
+                       f"--output_dir {Path(path).parent}",
+            **{key: probe[key] for key in ("answers", "prompts", "passed", "failures", "attacks", "length_control")}}
+
+
+def rate_cell(row: dict) -> str:
+    """An attack's false-positive rate with its 95 % interval."""
+    low, high = row["false_positive_ci95"]
+    return f"{row['false_positive_rate']:.1%} [{low:.1%}, {high:.1%}]"
+
+
+def verdict(probe: dict) -> str:
+    return f"{'passes' if probe['passed'] else 'fails'} the probe's thresholds" + (
+        "." if probe["passed"] else f" ({'; '.join(probe['failures'])}).")
 
 
 def main(argv=None):
@@ -160,21 +173,11 @@ def main(argv=None):
                                "mean_tokens": round(samples["mean_tokens"], 1),
                                "finished_share": round(samples["finished_share"], 3)}}
     if args.probe:
-        probe = json.loads(Path(args.probe).read_text())
         v5_probe = json.loads(Path(args.v5_probe).read_text())["results"]["own_samples"]
-        payload["probe"] = {"command": f"selfj probe-judge --judge {judge_dir} --answers {probe['answers']} "
-                                       f"--output_dir {Path(args.probe).parent}",
-                            "answers": probe["answers"], "prompts": probe["prompts"], "passed": probe["passed"],
-                            "failures": probe["failures"], "attacks": probe["attacks"],
-                            "length_control": probe["length_control"], "v5_attacks": v5_probe["attacks"],
+        payload["probe"] = {**probe_summary(args.probe, judge_dir), "v5_attacks": v5_probe["attacks"],
                             "v5_passed": v5_probe["passed"]}
     if args.confirm_probe:
-        probe = json.loads(Path(args.confirm_probe).read_text())
-        payload["confirm_probe"] = {"command": f"selfj probe-judge --judge {judge_dir} --answers {probe['answers']} "
-                                               f"--output_dir {Path(args.confirm_probe).parent}",
-                                    "answers": probe["answers"], "prompts": probe["prompts"],
-                                    "passed": probe["passed"], "failures": probe["failures"],
-                                    "attacks": probe["attacks"], "length_control": probe["length_control"]}
+        payload["confirm_probe"] = probe_summary(args.confirm_probe, judge_dir)
     write_results(args.name, payload, render(payload))
     print(render(payload))
 

@@ -56,6 +56,17 @@ def feature_key(judge, instruction: str, response: str, reference: str | None, m
     return hashlib.sha1(payload.encode("utf-8")).hexdigest()
 
 
+def save_part(directory: Path, prefix: str, **arrays: np.ndarray) -> Path:
+    """Write ``arrays`` as the next ``<prefix>-NNNNN.npz`` of a cache directory: to a temporary name, then renamed, so
+    a kill leaves whole parts only."""
+    index = len(list(directory.glob(f"{prefix}-*.npz")))
+    while (directory / f"{prefix}-{index:05d}.npz").exists():
+        index += 1
+    tmp = directory / f".{prefix}-{index:05d}.tmp.npz"
+    np.savez(tmp, **arrays)
+    return tmp.replace(directory / f"{prefix}-{index:05d}.npz")
+
+
 class FeatureCache:
     """Append-only directory of feature parts (see the module docstring)."""
 
@@ -79,15 +90,10 @@ class FeatureCache:
         """Store finished rows as one new part, written to a temporary name and renamed."""
         if not rows:
             return
-        index = len(list(self.directory.glob("part-*.npz")))
-        while (self.directory / f"part-{index:05d}.npz").exists():
-            index += 1
         keys = list(rows)
-        tmp = self.directory / f".part-{index:05d}.tmp.npz"
-        np.savez(tmp, keys=np.array(keys), states=np.stack([rows[k][0] for k in keys]),
-                 digit_probs=np.stack([rows[k][1] for k in keys]),
-                 response_tokens=np.array([rows[k][2] for k in keys]), truncated=np.array([rows[k][3] for k in keys]))
-        tmp.replace(self.directory / f"part-{index:05d}.npz")
+        save_part(self.directory, "part", keys=np.array(keys), states=np.stack([rows[k][0] for k in keys]),
+                  digit_probs=np.stack([rows[k][1] for k in keys]),
+                  response_tokens=np.array([rows[k][2] for k in keys]), truncated=np.array([rows[k][3] for k in keys]))
         self._rows.update(rows)
 
     def get(self, keys: Sequence[str]) -> Features:

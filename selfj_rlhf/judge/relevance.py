@@ -1,10 +1,9 @@
 """How much an answer is about its instruction, read from the judge's own base model: the relevance gate.
 
 A scalar head reads one position's hidden state, and from it a linear map tells an answer to another question
-from an answer to this one only weakly: on the embedded policy's own samples, a logistic probe of layer 18 separates
-them with a prompt-grouped out-of-fold AUC of 0.87, and judges trained that way rank another prompt's answer at or
-above the honest one on about a quarter of held-out prompts (evals/results/own_samples_chain.md). The base model
-itself knows better. An answer's relevance is its pointwise mutual information with the instruction:
+from an answer to this one only weakly: heads trained that way on the embedded policy's own samples score another
+prompt's answer at or above an honest answer of the prompt in about a third of the out-of-fold pairs
+(evals/results/own_samples_chain.md). The base model itself knows better. An answer's relevance is its pointwise mutual information with the instruction:
 
     relevance = mean over the answer's first max_tokens tokens of
                 log p(token | chat turn holding the instruction) - log p(token | chat turn holding nothing)
@@ -31,6 +30,7 @@ import torch
 
 from ..core.errors import ConfigError
 from ..core.tensors import left_pad
+from .features import save_part
 
 KIND = "instruction_pmi"
 
@@ -154,11 +154,6 @@ def cached_relevance(judge, instructions: Sequence[str], responses: Sequence[str
         chunk = todo[start:start + flush_every]
         values = relevance_scores(judge.model, judge.tokenizer, [t[0] for _, t in chunk], [t[1] for _, t in chunk],
                                   max_tokens=max_tokens, max_instruction_tokens=max_instruction_tokens)
-        index = len(list(cache.glob("relevance-*.npz")))
-        while (cache / f"relevance-{index:05d}.npz").exists():
-            index += 1
-        tmp = cache / f".relevance-{index:05d}.tmp.npz"
-        np.savez(tmp, keys=np.array([k for k, _ in chunk]), values=values)
-        tmp.replace(cache / f"relevance-{index:05d}.npz")
+        save_part(cache, "relevance", keys=np.array([k for k, _ in chunk]), values=values)
         known.update(zip([k for k, _ in chunk], values.tolist()))
     return np.array([known[k] for k in keys], dtype=np.float64)
