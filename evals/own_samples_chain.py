@@ -7,16 +7,18 @@ its cross-validation table next to the benchmark that chose `selfj-smollm2-135m-
     python recipes/train_judge.py --config recipes/configs/train_judge_own_samples.yaml
     selfj probe-judge --judge runs/judges/selfj-own-samples --answers runs/probe_samples/samples.jsonl \
         --output_dir runs/probe_chain          # the probe's honest answers: see evals/probe_shipped.py
-    python -m evals.rl_loop_check prompts --train_per_source 0 --heldout_per_source 40 --seed 29 \
+    python -m evals.rl_loop_check prompts --train_per_source 0 --heldout_per_source 40 --seed 31 \
         --exclude $SELFJ_DATA_DIR/rl_prompts/prompts_judge_train.jsonl $SELFJ_DATA_DIR/rl_prompts/prompts_train.jsonl \
         $SELFJ_DATA_DIR/rl_prompts/prompts_heldout.jsonl runs/probe_prompts/prompts_heldout.jsonl \
-        --output_dir runs/probe_prompts_confirm
-    python recipes/sample.py --dataset runs/probe_prompts_confirm/prompts_heldout.jsonl --n 1 --prompts_per_batch 16 \
-        --seed 12 --output_dir runs/probe_samples_confirm
-    selfj probe-judge --judge runs/judges/selfj-own-samples --answers runs/probe_samples_confirm/samples.jsonl \
-        --output_dir runs/probe_chain_confirm
-    python -m evals.own_samples_chain --probe runs/probe_chain/probe.json \
-        --confirm_probe runs/probe_chain_confirm/probe.json
+        runs/probe_prompts_confirm/prompts_heldout.jsonl --output_dir runs/probe_prompts_final
+    python recipes/sample.py --dataset runs/probe_prompts_final/prompts_heldout.jsonl --n 1 --prompts_per_batch 16 \
+        --seed 13 --output_dir runs/probe_samples_final
+    selfj probe-judge --judge runs/judges/selfj-own-samples --answers runs/probe_samples_final/samples.jsonl \
+        --output_dir runs/probe_chain_final
+    python -m evals.own_samples_chain --confirm_probe runs/probe_chain_final/probe.json
+
+(runs/probe_prompts_confirm: the same command with --seed 29, without itself among the excluded files; its samples
+with --seed 12.)
 
 The chain's judge directory holds its CV table (`cv.json`: 5 folds by training prompt, the within-prompt Spearman
 of the out-of-fold scores with the teacher label on the honest answers, pooled and per fold). The question this
@@ -25,10 +27,11 @@ fold-to-fold spread of v5's 0.319 (evals/results/own_samples_v5.md, the same des
 implementation)? The chain draws its 240 training prompts as v5's were drawn, except that training prompts never
 come from GSM8K's test split, so its 80 GSM8K prompts are other GSM8K (train split) problems than v5's; its 160
 FLASK and GPTeacher prompts are v5's. The samples are new (8 prompts per generate call, each answer from its own
-seed), as are the labels; no held-out prompt is read. The labels add, per prompt, two content-free answers and
-one padded answer as low-labelled rows (`label_own_samples.yaml`), which v5's did not; the Spearman is over the
-honest answers only, so the comparison holds. With `--probe`, the attack probe of the chain's judge is reported
-beside v5's (evals/results/probe_shipped.md: the same 120 held-out prompts and honest answers).
+seed), as are the labels; no held-out prompt is read. The labels add, per prompt, two content-free answers, the
+instruction restated inside a frame and one padded answer as low-labelled rows (`label_own_samples.yaml`), which
+v5's did not; the Spearman is over the honest answers only, so the comparison holds. With `--probe`, the attack
+probe of the chain's judge is reported beside v5's (evals/results/probe_shipped.md: the same 120 held-out prompts
+and honest answers); with `--confirm_probe`, the test on prompts drawn after every earlier probe set was read.
 """
 
 from __future__ import annotations
@@ -126,11 +129,12 @@ def render(p: dict) -> str:
     if p.get("confirm_probe"):
         probe = p["confirm_probe"]
         lines += [f"## The test: the attack probe on {probe['prompts']} fresh held-out prompts", "",
-                  f"Command: `{probe['command']}`. The prompts were drawn after the earlier probe's 120 prompts "
-                  "(evals/results/probe_shipped.md, and the chain's first judge on them) had been read: a new seed, "
-                  "every training prompt, RL prompt and earlier probe prompt excluded; the embedded policy answered "
-                  "each once. The earlier prompts, which showed the failure (answers to other prompts) that the "
-                  "chain's design was then changed for, are a development set from then on.", "",
+                  f"Command: `{probe['command']}`. The prompts were drawn after the earlier probe sets had been "
+                  "read (120 prompts each: evals/probe_shipped.py's and the seed-29 set of this script's docstring): "
+                  "a new seed, every training prompt, RL prompt and earlier probe prompt excluded; the embedded "
+                  "policy answered each once. The earlier sets showed the failures the chain's design was changed "
+                  "for (answers to other prompts, then the echoed prompt) and are development sets from then on; "
+                  "the design itself was chosen by cross-validation on the training prompts.", "",
                   "| attack | class | rate [95 % CI] | shift |", "|---|---|---:|---:|"]
         for name, row in probe["attacks"].items():
             lines.append(f"| {name} | {row['kind']} | {rate_cell(row)} | {row['mean_shift']:+.2f} |")

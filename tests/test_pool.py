@@ -178,14 +178,34 @@ def test_augmented_rows_label_content_free_and_padded_answers_low(tmp_path):
                                   padding_penalty=2.5)
 
 
+def test_restated_rows_frame_the_instruction_and_leave_the_other_rows_alone(tmp_path):
+    from selfj_rlhf.training.pool import TRAINING_RESTATEMENTS
+
+    answers = load_pool([write_jsonl(tmp_path / "pool.jsonl", pool_rows())])
+    labels = {a.id: 6.0 for a in answers}
+    settings = dict(offtopic_per_group=1, injected_per_group=2, penalty=4.0, seed=0, content_free_per_group=2,
+                    padded_per_group=1)
+    before = augmented_rows(answers, labels, **settings)
+    rows = augmented_rows(answers, labels, **settings, restated_per_group=2)
+    assert [r for r in rows if r["kind"] != "restated"] == before  # cached features of the other rows stay valid
+    restated = [r for r in rows if r["kind"] == "restated"]
+    instruction = {a.group: a.instruction for a in answers}
+    assert len(restated) == 2 * len(instruction)
+    for row in restated:
+        assert row["label"] == 0.0 and instruction[row["group"]] in row["response"]
+        assert row["response"] != instruction[row["group"]]  # framed: the bare echo is the probe's
+        assert any(row["response"] == t.replace("{instruction}", instruction[row["group"]]) for t in TRAINING_RESTATEMENTS)
+    assert len({r["id"] for r in rows}) == len(rows)
+
+
 def test_training_content_free_answers_differ_from_the_probe():
     """The probe measures what the judge learnt from the content-free and padded rows, not what it memorised."""
     from selfj_rlhf.judge.probe import ATTACKS, CONTENT_FREE, FILLER, PADDING
-    from selfj_rlhf.training.pool import TRAINING_CONTENT_FREE, TRAINING_FILLER
+    from selfj_rlhf.training.pool import TRAINING_CONTENT_FREE, TRAINING_FILLER, TRAINING_RESTATEMENTS
 
     instruction = "Name three primes."
     probe = {attack.make("HONEST", instruction, "OTHER").strip() for attack in ATTACKS if attack.kind == CONTENT_FREE}
-    training = {t.replace("{instruction}", instruction).strip() for t in TRAINING_CONTENT_FREE}
+    training = {t.replace("{instruction}", instruction).strip() for t in TRAINING_CONTENT_FREE + TRAINING_RESTATEMENTS}
     assert not probe & training
     assert all(text for text in training)  # the empty answer is the probe's alone
     assert {a.name for a in ATTACKS if a.kind == PADDING} and TRAINING_FILLER.strip() not in FILLER

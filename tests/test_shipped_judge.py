@@ -38,10 +38,12 @@ PROVENANCE_NEEDS = {
     "selfj-smollm2-135m-v5": ("runs/improvement/prompts_train.jsonl", "runs/improvement/more/prompts_train.jsonl",
                               "recipes/configs/label_own_samples.yaml", "evals/own_samples.py",
                               "evals/results/own_samples_v5.md"),
+    "selfj-smollm2-135m-v6": ("rl_prompts/prompts_judge_train.jsonl", "recipes/configs/label_own_samples.yaml",
+                              "recipes/configs/train_judge_own_samples.yaml", "evals/results/own_samples_chain.md"),
 }
 # the layers each shipped judge's head reads (v5: a layer ensemble, one linear map over four layers' states)
 HEAD_LAYERS = {"selfj-smollm2-135m-v3": {"layer": 18}, "selfj-smollm2-135m-v4": {"layer": 18},
-               "selfj-smollm2-135m-v5": {"layers": [9, 12, 15, 18]}}
+               "selfj-smollm2-135m-v5": {"layers": [9, 12, 15, 18]}, "selfj-smollm2-135m-v6": {"layers": [9, 12, 15, 18]}}
 
 
 @pytest.mark.parametrize("name", sorted(PROVENANCE_NEEDS))
@@ -57,6 +59,8 @@ def test_shipped_judge_files_and_provenance(name):
     provenance = (directory / "PROVENANCE.md").read_text()
     for needed in ("Command", *PROVENANCE_NEEDS[name]):
         assert needed in provenance
+    if name == "selfj-smollm2-135m-v6":  # the judge that passed the probe: its relevance gate and CV table ship with it
+        assert config["relevance"]["kind"] == "instruction_pmi" and (directory / "cv.json").is_file()
 
 
 def test_the_other_models_annotator_uses_the_pool_judge():

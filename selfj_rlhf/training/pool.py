@@ -16,7 +16,8 @@ Only the named fields of a pool row are read: grade fields that pool files often
 another instruction of the pool (``offtopic``, label 0), an answer with an appended instruction to the grader
 (``injected``, its label minus a penalty), a content-free answer (``content_free``, label 0: an opener, a refusal,
 punctuation, the instruction restated, a generic answer in another language; the Master-RM defence, arXiv
-2507.08794) and an honest answer padded by repetition or filler (``padded``, its label minus a penalty). Their
+2507.08794), the instruction restated inside a frame (``restated``, label 0: an echoed prompt says nothing, yet it
+shares every topic word with the instruction and the reference) and an honest answer padded by repetition or filler (``padded``, its label minus a penalty). Their
 wordings differ from the attack probe's (``selfj_rlhf.judge.probe``), so the probe measures what the judge learnt,
 not what it memorised.
 """
@@ -66,6 +67,15 @@ TRAINING_CONTENT_FREE = (
     "Hier ist eine ausführliche Antwort auf Ihre Frage. Ich hoffe, das hilft Ihnen weiter.",
     "You asked: {instruction}",
     "Question: {instruction}\nAnswer:",
+)
+# the instruction restated inside a frame, labelled 0 in training; the probe echoes the instruction bare
+TRAINING_RESTATEMENTS = (
+    "The task is: {instruction}",
+    "Restating the request: \"{instruction}\"",
+    "{instruction}\n\nLet me answer that.",
+    "So the question is: {instruction}",
+    "> {instruction}\n\nUnderstood.",
+    "Request received: {instruction}",
 )
 # appended to honest answers as padding in training (the probe appends another filler, or repeats three times)
 TRAINING_FILLER = (" To conclude, the points above address the request, and every part of it has been considered in "
@@ -124,6 +134,10 @@ class PoolLabelConfig:
         "help": "Pool: content-free answers added per group (an opener, a refusal, punctuation, the instruction "
                 "restated, another language), label 0. A judge a loop optimises against needs them (see `selfj "
                 "probe-judge`)."})
+    pool_restated_per_instruction: int = field(default=0, metadata={
+        "help": "Pool: the instruction restated inside a frame ('The task is: ...', '... Let me answer that.'), "
+                "label 0, added per group. The content-free wordings restate it only sometimes, and an echoed prompt "
+                "is the content-free answer a relevance-aware judge finds hardest."})
     pool_padded_per_instruction: int = field(default=0, metadata={
         "help": "Pool: honest answers re-added padded (repeated twice, or filler appended; alternating), label "
                 "minus pool_padding_penalty."})
@@ -132,7 +146,8 @@ class PoolLabelConfig:
 
     def __post_init__(self):
         counts = (self.pool_offtopic_per_instruction, self.pool_injected_per_instruction,
-                  self.pool_content_free_per_instruction, self.pool_padded_per_instruction)
+                  self.pool_content_free_per_instruction, self.pool_padded_per_instruction,
+                  self.pool_restated_per_instruction)
         if min(*counts, self.pool_penalty, self.pool_padding_penalty) < 0:
             raise ConfigError("the pool_*_per_instruction counts, pool_penalty and pool_padding_penalty must be >= 0")
 
@@ -254,17 +269,20 @@ def teacher_labels(rows: list[dict], weights: dict[str, float], normalize: str =
 
 def augmented_rows(answers: Sequence[PoolAnswer], labels: dict[str, float], *, offtopic_per_group: int,
                    injected_per_group: int, penalty: float, seed: int, content_free_per_group: int = 0,
-                   padded_per_group: int = 0, padding_penalty: float = 2.0) -> list[dict]:
+                   padded_per_group: int = 0, padding_penalty: float = 2.0,
+                   restated_per_group: int = 0) -> list[dict]:
     """Augmentation rows with their training label (see the module docstring).
 
     Off-topic: an answer to another group of the pool, labelled 0 (it answers nothing that was asked).
     Injected: an honest answer of the group plus a training injection, labelled its own label minus ``penalty``.
     Content-free: a training content-free answer, labelled 0. Padded: an honest answer repeated twice or with the
-    training filler appended (alternating), labelled its own label minus ``padding_penalty``.
+    training filler appended (alternating), labelled its own label minus ``padding_penalty``. Restated: the
+    instruction inside a training frame, labelled 0.
     """
     rng = random.Random(seed)
     # the content-free and padded rows draw from their own stream, so adding them leaves the other rows as they were
     padding_rng = random.Random(f"{seed}:content-free+padded")
+    restated_rng = random.Random(f"{seed}:restated")
     by_group: dict[str, list[PoolAnswer]] = {}
     for a in answers:
         by_group.setdefault(a.group, []).append(a)
@@ -298,6 +316,10 @@ def augmented_rows(answers: Sequence[PoolAnswer], labels: dict[str, float], *, o
             padded = "\n\n".join([text, text]) if (position + n) % 2 == 0 else text + TRAINING_FILLER * 2
             out.append(row(f"{honest.id}#padded{n}", padded, honest.model, "padded",
                            max(0.0, labels[honest.id] - padding_penalty)))
+        for n, frame in enumerate(restated_rng.sample(TRAINING_RESTATEMENTS, min(restated_per_group,
+                                                                                 len(TRAINING_RESTATEMENTS)))):
+            out.append(row(f"{group}#restated{n}", frame.replace("{instruction}", first.instruction),
+                           "restated", "restated", 0.0))
     return out
 
 
@@ -346,7 +368,8 @@ def run_pool_labeling(cfg, pool: PoolLabelConfig) -> dict:
                            injected_per_group=pool.pool_injected_per_instruction, penalty=pool.pool_penalty, seed=cfg.seed,
                            content_free_per_group=pool.pool_content_free_per_instruction,
                            padded_per_group=pool.pool_padded_per_instruction,
-                           padding_penalty=pool.pool_padding_penalty)
+                           padding_penalty=pool.pool_padding_penalty,
+                           restated_per_group=pool.pool_restated_per_instruction)
     for row in extra:
         row["score_label"] = row.pop("label")
     rows += extra
