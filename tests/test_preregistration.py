@@ -56,3 +56,87 @@ def test_a_result_records_the_plan_it_followed_and_came_after_it(result):
         pytest.skip("no git history here to order the plan and the result")
     ordered = subprocess.run(["git", "merge-base", "--is-ancestor", plan_commit, result_commit], cwd=REPO)
     assert ordered.returncode == 0 and plan_commit != result_commit, "the plan must be committed before the result"
+
+
+def _write(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture
+def data_root(tmp_path):
+    """A converted-data folder with a few rows per source: FLASK with long and short references, GSM8K with a test
+    split, arena-bench with two answers per question."""
+    root = tmp_path / "data"
+    topics = ["rivers", "planets", "volcanoes", "glaciers", "deserts", "forests", "oceans", "islands"]
+    _write(root / "flask/flask_ref.jsonl", [
+        {"id": f"flask:{i}", "instruction": f"Describe {t} and what makes {t} matter to people living near them",
+         "input": "",
+         "reference": ("long answer " * 100) if i % 2 else "a short reference answer", "category": "common"}
+        for i, t in enumerate(topics)])
+    _write(root / "gpteacher_codegen/codegen_ref.jsonl", [
+        {"id": f"gpteacher_codegen:{i}", "instruction": f"Write a function number {i} that sorts {t}", "input": "",
+         "reference": "def f(x): return sorted(x)", "category": "coding"} for i, t in enumerate(topics)])
+    _write(root / "gsm8k/gsm8k_ref.jsonl", [
+        {"id": f"gsm8k:{split}:{i}", "instruction": f"How many {t} are there if {i} plus {i} are added together?",
+         "input": "", "reference": "Add them up to get the answer #### 4", "category": "academic",
+         "meta": {"split": split}} for split in ("train", "test") for i, t in enumerate(topics)])
+    _write(root / "arena_bench_v1/grades.jsonl", [
+        {"id": f"arena-bench-v1:{q}:{m}", "question_id": q, "model": m, "instruction": f"Explain {t} to me now",
+         "reference": f"reference of {m} about {t}", "response": "x", "score": 5}
+        for q, t in enumerate(topics) for m in ("claude-1", "gpt-4-0314")])
+    return root
+
+
+def test_near_duplicates_by_word_5_gram_containment():
+    from evals.policy_improvement import NearDuplicates
+
+    earlier = NearDuplicates(["Please describe rivers and what makes rivers matter to people living near them today",
+                              "Name a colour."])
+    assert earlier.covers("Describe rivers and what makes rivers matter to people living near them")  # 7 of 8
+    assert not earlier.covers("Describe planets and what makes planets matter to people living near them")  # 2 of 8
+    assert earlier.covers("name a COLOUR") and not earlier.covers("Name a shape.")  # under five words: the same words
+
+
+def test_the_drawer_follows_the_plan_s_test_set(data_root):
+    from evals.policy_improvement import draw_test_set
+
+    test_set = {"seed": 2, "prompts": 12, "per_source": {"flask": 4, "gpteacher_codegen": 2, "gsm8k": 3,
+                                                         "arena_bench_v1": 3},
+                "long_reference_chars": 1000, "max_instruction_chars": 1200, "min_reference_chars": 20}
+    excluded = [{"id": "gsm8k:train:0", "instruction": "anything"},
+                # a near-duplicate of FLASK's rivers prompt: the same 5-grams, other words around them
+                {"id": "elsewhere:1",
+                 "instruction": "Please describe rivers and what makes rivers matter to people living near them today"}]
+    prompts = draw_test_set(test_set, data_root, excluded)
+    assert prompts == draw_test_set(test_set, data_root, excluded)  # seeded
+    by_source = {s: [p for p in prompts if p["source"] == s] for s in test_set["per_source"]}
+    assert {s: len(rows) for s, rows in by_source.items()} == test_set["per_source"]
+    assert sum(p["long_reference"] for p in by_source["flask"]) == 2  # half of FLASK's share
+    assert all(p["id"].startswith("gsm8k:train:") and p["id"] != "gsm8k:train:0" for p in by_source["gsm8k"])
+    assert "flask:0" not in {p["id"] for p in prompts}  # the near-duplicate of the excluded rivers prompt
+    assert "flask:0" in {p["id"] for p in draw_test_set(test_set, data_root, excluded[:1])}  # drawn otherwise
+    assert all(p["reference"].startswith("reference of gpt-4-0314") for p in by_source["arena_bench_v1"])
+    with pytest.raises(Exception, match="gpteacher_codegen: 8 eligible prompts left after the exclusions, 9 wanted"):
+        draw_test_set({**test_set, "per_source": {"gpteacher_codegen": 9}}, data_root, excluded)
+
+
+def test_a_draw_records_the_plan_and_happens_once(data_root, tmp_path):
+    from evals.policy_improvement import main
+
+    exclude = _write(tmp_path / "earlier.jsonl", [{"id": "flask:1", "instruction": "x"}])
+    small = plan()
+    small["test_set"].update(prompts=4, per_source={"flask": 2, "arena_bench_v1": 2})
+    plan_path = tmp_path / "plan.yaml"
+    plan_path.write_text(yaml.safe_dump(small))
+    args = ["draw", "--plan", str(plan_path), "--data_dir", str(data_root), "--exclude", str(exclude),
+            "--output_dir", str(tmp_path / "out")]
+    main(args)
+    record = json.loads((tmp_path / "out" / "draw.json").read_text())
+    assert record["preregistration_sha256"] == hashlib.sha256(plan_path.read_bytes()).hexdigest()
+    assert record["per_source"] == {"flask": 2, "arena_bench_v1": 2} and record["skipped"].get("excluded id", 0) <= 1
+    rows = [json.loads(line) for line in (tmp_path / "out" / "prompts.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and "flask:1" not in {r["id"] for r in rows}
+    with pytest.raises(SystemExit, match="one draw"):
+        main(args)
