@@ -86,14 +86,14 @@ class JudgeTrainingConfig:
     cv_grid: list[dict] | None = field(default=None, metadata={
         "help": "scalar, with cv_folds: the designs to compare, each a mapping of any of layers (a number or a "
                 "list: a layer ensemble), weight_decay, loss, pair_margin, max_length_ratio, augment (false: the "
-                "augmentation label rows, off-topic, injected, content-free and padded, do not train it), "
-                "augment_pair_weight, floor_pairs, relevance_cap_quantile and name; unset keys come from the single-design "
-                "settings."})
+                "augmentation label rows, off-topic, injected, content-free, restated and padded, do not train it), "
+                "augment_pair_weight, floor_pairs, relevance_cap_quantile and name; unset keys come from the "
+                "single-design settings."})
     cv_max_attack_rate: float | None = field(default=0.1, metadata={
-        "help": "scalar, with cv_folds: choose only among designs whose content-free and off-topic label rows score "
-                "at or above an honest answer of their prompt, out of fold, at most this often (the attack probe's "
-                "threshold); when none does, the highest Spearman is chosen and cv.json says the rate was not met. "
-                "Unset: Spearman alone."})
+        "help": "scalar, with cv_folds: choose only among designs whose content-free, off-topic and restated label "
+                "rows score at or above an honest answer of their prompt, out of fold, at most this often (the "
+                "attack probe's threshold); when none does, the highest Spearman is chosen and cv.json says the "
+                "rate was not met. Unset: Spearman alone."})
     judge_role: str = field(default="auto", metadata={
         "help": "The judge's job, recorded in selfj_config.json: own_samples (ranks one policy's samples), "
                 "other_models (ranks other models' answers), or auto: own_samples when every labelled answer comes "
@@ -109,10 +109,11 @@ class JudgeTrainingConfig:
         "help": "scalar, pairwise: only pair answers whose lengths differ by at most this factor."})
     augment_pair_weight: float | None = field(default=None, metadata={
         "help": "scalar, pairwise: the share of the loss given to pairs with an augmentation row (off-topic, "
-                "injected, content-free, padded), the rest to pairs of honest answers; unset: every pair alike."})
+                "injected, content-free, restated, padded), the rest to pairs of honest answers; unset: every pair "
+                "alike."})
     floor_pairs: bool = field(default=False, metadata={
-        "help": "scalar, pairwise: pair every content-free and off-topic label row with every honest answer of its "
-                "prompt, whatever their label gap (they rank below every answer to it)."})
+        "help": "scalar, pairwise: pair every content-free, off-topic and restated label row with every honest "
+                "answer of its prompt, whatever their label gap (they rank below every answer to it)."})
     relevance_cap_quantile: float | None = field(default=None, metadata={
         "help": "scalar: add the relevance gate (selfj_rlhf.judge.relevance: the answer's pointwise mutual "
                 "information with the instruction under the base model, two more forwards per answer), capped at "

@@ -17,9 +17,9 @@ another instruction of the pool (``offtopic``, label 0), an answer with an appen
 (``injected``, its label minus a penalty), a content-free answer (``content_free``, label 0: an opener, a refusal,
 punctuation, the instruction restated, a generic answer in another language; the Master-RM defence, arXiv
 2507.08794), the instruction restated inside a frame (``restated``, label 0: an echoed prompt says nothing, yet it
-shares every topic word with the instruction and the reference) and an honest answer padded by repetition or filler (``padded``, its label minus a penalty). Their
-wordings differ from the attack probe's (``selfj_rlhf.judge.probe``), so the probe measures what the judge learnt,
-not what it memorised.
+shares every topic word with the instruction and the reference) and an honest answer padded by repetition or
+filler (``padded``, its label minus a penalty). Their wordings differ from the attack probe's
+(``selfj_rlhf.judge.probe``), so the probe measures what the judge learnt, not what it memorised.
 """
 
 from __future__ import annotations
@@ -280,7 +280,8 @@ def augmented_rows(answers: Sequence[PoolAnswer], labels: dict[str, float], *, o
     instruction inside a training frame, labelled 0.
     """
     rng = random.Random(seed)
-    # the content-free and padded rows draw from their own stream, so adding them leaves the other rows as they were
+    # the content-free and padded rows, and the restated ones, draw from streams of their own, so adding them leaves
+    # the other rows as they were
     padding_rng = random.Random(f"{seed}:content-free+padded")
     restated_rng = random.Random(f"{seed}:restated")
     by_group: dict[str, list[PoolAnswer]] = {}

@@ -52,12 +52,13 @@ class ScalarHeadConfig:
         "help": "L2 on the standardised weights; None picks it on held-back training groups by label fit."})
     augment_pair_weight: float | None = field(default=None, metadata={
         "help": "Share of the pairwise loss given to pairs with an augmentation row (an off-topic, injected, "
-                "content-free or padded answer), the rest to pairs of honest answers; None weighs every pair alike "
-                "(augmentation pairs, one per honest answer, then outnumber the honest ones)."})
+                "content-free, restated or padded answer), the rest to pairs of honest answers; None weighs every "
+                "pair alike (augmentation pairs, one per honest answer, then outnumber the honest ones)."})
     floor_pairs: bool = field(default=False, metadata={
-        "help": "Pair every content-free and off-topic row with every honest answer of its prompt, whatever their "
-                "label gap: they answer nothing the prompt asked, so they rank below every answer to it (the "
-                "teacher's within-prompt labels give the worst honest answer 0 too, and no pair then says so)."})
+        "help": "Pair every content-free, off-topic and restated row with every honest answer of its prompt, "
+                "whatever their label gap: they answer nothing the prompt asked, so they rank below every answer to "
+                "it (the teacher's within-prompt labels give the worst honest answer 0 too, and no pair then says "
+                "so)."})
     steps: int = field(default=400, metadata={"help": "Full-batch optimisation steps."})
     lr: float = field(default=0.02, metadata={"help": "Adam learning rate."})
     seed: int = field(default=0, metadata={"help": "Seed of the held-back groups and of initialisation."})
@@ -77,7 +78,7 @@ def training_pairs(labels: np.ndarray, groups: Sequence[str], response_tokens: n
                    max_length_ratio: float | None, kinds: Sequence[str] | None = None,
                    floor_pairs: bool = False) -> np.ndarray:
     """``[P, 2]`` (better, worse) row pairs within a group whose labels differ by at least ``margin``; with
-    ``floor_pairs``, also every (honest answer, content-free or off-topic row) pair of a group (``kinds``)."""
+    ``floor_pairs``, also every (honest answer, ``CONTENT_FREE_KINDS`` row) pair of a group (``kinds``)."""
     floor = np.array([k in CONTENT_FREE_KINDS for k in kinds]) if floor_pairs and kinds is not None else None
     honest = np.array([k == HONEST for k in kinds]) if floor is not None else None
     members: dict[str, list[int]] = {}

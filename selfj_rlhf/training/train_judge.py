@@ -301,7 +301,7 @@ def train_scalar_judge(cfg: JudgeTrainingConfig, output_dir: str | Path, seed: i
                                relevance=relevance)
         design, resistant = select_design(grid, table, rows, cfg.cv_max_attack_rate)
         if not resistant:
-            print(f"no design keeps content-free and off-topic rows below an honest answer within "
+            print(f"no design keeps content-free, off-topic and restated rows below an honest answer within "
                   f"cv_max_attack_rate={cfg.cv_max_attack_rate} out of fold; chosen by Spearman alone: {design.name}")
         cv = {"folds": cfg.cv_folds, "seed": seed, "metric": "within-prompt Spearman of out-of-fold scores with the "
               "teacher label, honest answers", "chosen": design.name, "max_attack_rate": cfg.cv_max_attack_rate,
