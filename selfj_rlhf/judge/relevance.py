@@ -14,7 +14,8 @@ answer that copies the instruction back (the most "relevant" text of all) gains 
 answer does, and the head still has to score it. ``weight`` is learned with the head (one more input of its linear
 map, ``selfj_rlhf.training.head_selection``), ``cap`` is a quantile of the training answers' relevance.
 
-It costs two forwards of the full model over the (instruction and) answer head, beside the head's own forward.
+It costs one forward of the full model over each instruction's chat turn and the empty turn, and two over each
+answer's head, beside the head's own forward.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 
 from ..core.errors import ConfigError
-from ..core.tensors import left_pad
+from ..core.prefix_cache import broadcast_cache, cache_argument, continuation_batch, prefix_kv
 from .features import save_part
 
 KIND = "instruction_pmi"
@@ -72,33 +73,47 @@ def turn_ids(tokenizer, instruction: str, max_instruction_tokens: int) -> list[i
         rendered = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
                                                  add_generation_prompt=True)
         return tokenizer.encode(rendered, add_special_tokens=False)
-    return tokenizer.encode(f"{text}\n\n" if text else "", add_special_tokens=False)
+    return tokenizer.encode(f"{text}\n\n", add_special_tokens=False)  # never empty: the answer needs a prefix
 
 
 @torch.inference_mode()
-def answer_log_probs(model, sequences: Sequence[list[int]], answer_lengths: Sequence[int],
-                     pad_token_id: int) -> list[np.ndarray]:
-    """Per sequence, the log-probabilities of its last ``answer_length`` tokens (one left-padded forward that keeps
-    only the logits it needs)."""
-    batch = {k: v.to(next(model.parameters()).device) for k, v in left_pad(sequences, pad_token_id).items()}
-    keep = max(answer_lengths) + 1
-    logits = model(**batch, use_cache=False, logits_to_keep=keep).logits.float()
-    log_probs = torch.log_softmax(logits, dim=-1)
-    out = []
-    for row, length in enumerate(answer_lengths):
-        if length == 0:
-            out.append(np.zeros(0))
-            continue
-        targets = batch["input_ids"][row, -length:]
-        predicted = log_probs[row, -length - 1:-1]  # the logits at position t predict token t + 1
-        out.append(predicted.gather(1, targets[:, None])[:, 0].cpu().numpy().astype(np.float64))
+def answer_log_probs(model, prefix: list[int], answers: Sequence[list[int]], pad_token_id: int,
+                     batch_size: int = 8) -> list[np.ndarray]:
+    """Per answer, the log-probabilities of its tokens after ``prefix`` (non-empty): the prefix runs once, and
+    left-padded batches of answers read its KV cache (``selfj_rlhf.core.prefix_cache``), keeping only the logits
+    they need."""
+    from transformers import DynamicCache
+
+    device = next(model.parameters()).device
+    config = getattr(model, "config", None)
+    argument = cache_argument(model)
+    cache = DynamicCache(config=config)
+    ids = torch.tensor([prefix], device=device)
+    logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, logits_to_keep=1,
+                   **{argument: cache}).logits
+    first = torch.log_softmax(logits[0, -1].float(), dim=-1)  # predicts every answer's first token
+    kv = prefix_kv(cache)
+    out: list[np.ndarray] = [np.zeros(0)] * len(answers)
+    order = sorted((i for i in range(len(answers)) if answers[i]), key=lambda i: len(answers[i]))
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        batch = continuation_batch([list(answers[i]) for i in chunk], pad_token_id, len(prefix), device)
+        keep = max(len(answers[i]) for i in chunk)
+        log_probs = torch.log_softmax(model(**batch, use_cache=True, logits_to_keep=keep,
+                                            **{argument: broadcast_cache(kv, len(chunk), config)}).logits.float(), -1)
+        for row, i in enumerate(chunk):
+            targets = torch.tensor(answers[i], device=device)
+            # the logits at position t predict token t + 1; the prefix's last position predicts the first
+            rest = log_probs[row, keep - len(targets):keep - 1].gather(1, targets[1:, None])[:, 0]
+            out[i] = torch.cat([first[targets[:1]], rest]).cpu().numpy().astype(np.float64)
     return out
 
 
 def relevance_scores(model, tokenizer, instructions: Sequence[str], responses: Sequence[str], *,
                      max_tokens: int = 64, max_instruction_tokens: int = 256, batch_size: int = 8,
                      progress: bool = False, memo: dict | None = None) -> np.ndarray:
-    """Each answer's relevance to its instruction (see the module docstring); 0 for an empty answer. ``memo`` keeps
+    """Each answer's relevance to its instruction (see the module docstring); 0 for an empty answer. Each
+    instruction's chat turn runs once for all its answers, and the empty turn once for all answers. ``memo`` keeps
     the values by (instruction, the answer's first tokens) across calls: an answer and the same answer with a note
     appended, scored in two calls, are computed once."""
     from tqdm.auto import tqdm
@@ -106,23 +121,25 @@ def relevance_scores(model, tokenizer, instructions: Sequence[str], responses: S
     if len(instructions) != len(responses):
         raise ValueError(f"{len(instructions)} instructions but {len(responses)} responses")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    empty_turn = turn_ids(tokenizer, "", max_instruction_tokens)
     answers = [tuple(tokenizer.encode(r, add_special_tokens=False)[:max_tokens]) for r in responses]
     # only the answer's first max_tokens tokens count: answers that share them (an answer and the same answer padded
     # or with a note appended) are computed once
     found: dict[tuple, float] = memo if memo is not None else {}
-    unique = sorted({(instructions[i], answers[i]) for i in range(len(responses)) if answers[i]} - found.keys(),
-                    key=lambda item: len(item[1]))
-    for start in tqdm(range(0, len(unique), batch_size), desc="relevance", unit="batch", disable=not progress):
-        chunk = unique[start:start + batch_size]
-        sequences, lengths = [], []
-        for instruction, answer in chunk:
-            sequences += [turn_ids(tokenizer, instruction, max_instruction_tokens) + list(answer),
-                          empty_turn + list(answer)]
-            lengths += [len(answer)] * 2
-        log_probs = answer_log_probs(model, sequences, lengths, pad)
-        for k, item in enumerate(chunk):
-            found[item] = float(np.mean(log_probs[2 * k] - log_probs[2 * k + 1]))
+    by_instruction: dict[str, set[tuple]] = {}
+    for instruction, answer in zip(instructions, answers):
+        if answer and (instruction, answer) not in found:
+            by_instruction.setdefault(instruction, set()).add(answer)
+    if by_instruction:
+        unconditional = sorted(set().union(*by_instruction.values()))
+        without = answer_log_probs(model, turn_ids(tokenizer, "", max_instruction_tokens), unconditional, pad,
+                                   batch_size)
+        mean_without = {answer: float(np.mean(values)) for answer, values in zip(unconditional, without)}
+        for instruction in tqdm(sorted(by_instruction), desc="relevance", unit="prompt", disable=not progress):
+            group = sorted(by_instruction[instruction])
+            with_instruction = answer_log_probs(model, turn_ids(tokenizer, instruction, max_instruction_tokens),
+                                                group, pad, batch_size)
+            for answer, values in zip(group, with_instruction):
+                found[(instruction, answer)] = float(np.mean(values)) - mean_without[answer]
     return np.array([found.get((instructions[i], answers[i]), 0.0) for i in range(len(responses))])
 
 

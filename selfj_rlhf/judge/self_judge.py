@@ -24,6 +24,7 @@ from ..core.io import atomic_write_json
 from ..core.layers import layer_outputs
 from ..core.tensors import left_pad
 from ..core.models import DEFAULT_POLICY, load_causal_lm, quantize_int8_dynamic
+from ..core.prefix_cache import broadcast_cache, cache_argument, continuation_batch, prefix_kv
 from .directory import resolve_judge_dir
 from .head import LengthControl, ScalarHead, ScoreMap
 from .relevance import RelevanceGate, relevance_scores
@@ -560,19 +561,14 @@ class SelfJudge:
 
     @functools.cached_property
     def _cache_argument(self) -> str:
-        """``cache`` in recent transformers (``past_key_values`` is deprecated there), else ``past_key_values``;
-        looked up once, not for every prompt group."""
-        import inspect
-
-        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-        return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+        """The forward's cache keyword (``selfj_rlhf.core.prefix_cache.cache_argument``), looked up once."""
+        return cache_argument(self.model)
 
     def _shared_prefix_readouts(self, items: list[EncodedItem], indices: list[int], batch_size: int,
                                 max_batch_tokens: int | None = None):
-        """Readouts (see ``_readout``) of responses sharing one prefix: the prefix runs once, and each left-padded
-        batch of continuations reads its KV cache through a broadcast view (``expand``: no copy of the prefix per
-        batch; the forward's own concatenation makes the only copy). Positions continue after the prefix; padding is
-        masked. A scalar head's forward stops at its highest layer, so layers above it hold no cache and need none."""
+        """Readouts (see ``_readout``) of responses sharing one prefix (``selfj_rlhf.core.prefix_cache``): the
+        prefix runs once, each left-padded batch of continuations reads its KV cache. A scalar head's forward stops
+        at its highest layer, so layers above it hold no cache and need none."""
         from transformers import DynamicCache
 
         prefix_length = items[0].prefix_length
@@ -583,20 +579,14 @@ class SelfJudge:
         self._readout(input_ids=prefix, attention_mask=torch.ones_like(prefix), use_cache=True,
                       **{self._cache_argument: cache})
         self.scored_tokens += prefix_length
-        prefix_kv = [(getattr(layer, "keys", None), getattr(layer, "values", None)) for layer in cache.layers]
+        kv = prefix_kv(cache)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         outputs = []
         for chunk in token_budget_batches([len(item.input_ids) for item in items], batch_size, max_batch_tokens):
-            batch = left_pad([items[i].input_ids[prefix_length:] for i in chunk], pad)
-            self.scored_tokens += int(batch["attention_mask"].sum())
-            rows = len(chunk)
-            chunk_cache = DynamicCache([(None, None) if k is None else (k.expand(rows, *k.shape[1:]),
-                                                                        v.expand(rows, *v.shape[1:]))
-                                        for k, v in prefix_kv], config=config)
-            attention = torch.cat([torch.ones((len(chunk), prefix_length), dtype=torch.long), batch["attention_mask"]], 1)
-            readout = self._readout(input_ids=batch["input_ids"].to(device), attention_mask=attention.to(device),
-                                    position_ids=(batch["position_ids"] + prefix_length).to(device),
-                                    use_cache=True, **{self._cache_argument: chunk_cache})
+            batch = continuation_batch([items[i].input_ids[prefix_length:] for i in chunk], pad, prefix_length, device)
+            self.scored_tokens += int(batch["attention_mask"].sum()) - len(chunk) * prefix_length
+            readout = self._readout(**batch, use_cache=True,
+                                    **{self._cache_argument: broadcast_cache(kv, len(chunk), config)})
             outputs.append(([indices[i] for i in chunk], *readout))
         return outputs
 
