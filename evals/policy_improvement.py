@@ -1,4 +1,5 @@
-"""The pre-registered policy-improvement test (evals/preregistration/policy_improvement.yaml): its test set.
+"""The pre-registered policy-improvement test (evals/preregistration/policy_improvement.yaml): its test set, the
+rejection-sampling arms' candidates and the length-and-finished baseline.
 
     python -m evals.policy_improvement draw --exclude $SELFJ_DATA_DIR/rl_prompts/prompts_judge_train.jsonl \
         $SELFJ_DATA_DIR/rl_prompts/prompts_train.jsonl $SELFJ_DATA_DIR/rl_prompts/prompts_heldout.jsonl \
@@ -17,12 +18,23 @@ the candidate's word 5-grams in one excluded instruction; under five words, the 
 half rows whose reference has at least `long_reference_chars` characters, half the rest. The prompts file records
 the plan's sha256 beside it (`draw.json`); a second draw into the same folder is refused, as the plan allows no
 further draws.
+
+`arm-candidates` writes the rejection-sampling arms' inputs from the own-samples cycle's answers to the judge's 240
+training prompts (8 each): `judge.jsonl`, scored by the plan's judge (its content hash checked), for arms a-c, and
+`teacher.jsonl`, scored by the teacher's labels, for arm d. Each arm is then the recipe:
+
+    accelerate launch recipes/rejection_sampling.py --config recipes/configs/rejection_sampling.yaml \
+        --candidates_file runs/policy_improvement/rs_candidates/judge.jsonl --pick highest_score \
+        --drop_unfinished true --num_train_epochs 3 --output_dir runs/policy_improvement/rs_a
+
+(arm b: --pick random --pick_seed 43; arm c: --pick shortest; arm d: teacher.jsonl with --pick highest_score.)
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import random
 import re
 from collections import Counter
@@ -50,6 +62,17 @@ def make_parser():
     draw.add_argument("--data_dir", default=None, help="Converted data files (default: SELFJ_DATA_DIR).")
     draw.add_argument("--exclude", nargs="+", required=True, help="Prompt files of every earlier prompt.")
     draw.add_argument("--output_dir", default="runs/policy_improvement")
+    draw.add_argument("--result_name", default="policy_improvement_draw",
+                      help="The committed record: evals/results/<name>.json and .md (empty: none).")
+    arms = steps.add_parser("arm-candidates", help="The rejection-sampling arms' candidates: the judge's training "
+                                                   "prompts' samples scored by the plan's judge and by the teacher.")
+    arms.add_argument("--plan", default=str(PLAN))
+    arms.add_argument("--samples", default="runs/own_samples/pool.jsonl",
+                      help="The own-samples cycle's answers (recipes/sample.py's pool.jsonl).")
+    arms.add_argument("--labels", default="runs/labels_own_samples/labels_own_samples.jsonl",
+                      help="Their teacher labels (recipes/label.py).")
+    arms.add_argument("--judge", default=None, help="Default: the plan's judge by name; its hash must match.")
+    arms.add_argument("--output_dir", default="runs/policy_improvement/rs_candidates")
     return parser
 
 
@@ -168,12 +191,131 @@ def draw(args) -> None:
         "per_source": dict(Counter(p["source"] for p in prompts)),
         "long_reference": sum(p["long_reference"] for p in prompts)})
     print(f"{len(prompts)} prompts written to {out / 'prompts.jsonl'}")
+    if args.result_name:
+        record_draw(out, args.result_name)
+
+
+def record_draw(out: Path, name: str = "policy_improvement_draw") -> None:
+    """The draw as a committed result: its record and the drawn ids (ids only: the prompts' text stays in the
+    data files), so the test set is fixed in the history before any sample of it exists."""
+    from evals.lib.common import machine_info, write_results
+
+    record = json.loads((out / "draw.json").read_text())
+    prompts = [row for _, row in iter_records(out / "prompts.jsonl")]
+    payload = {**record, "machine": machine_info(), "ids": [p["id"] for p in prompts],
+               "long_reference_ids": [p["id"] for p in prompts if p["long_reference"]],
+               "note": DRAW_NOTE}
+    lines = ["# The pre-registered test set, drawn", "", f"Command: `{record['command']}`  ",
+             f"Plan sha256: `{record['preregistration_sha256']}`", "",
+             f"{record['prompts']} prompts; the {record['excluded_prompts']} earlier prompts excluded by id and near "
+             f"duplicate (rows skipped: {', '.join(f'{k} {v}' for k, v in record['skipped'].items()) or 'none'}); "
+             f"{record['long_reference']} with a reference of at least 1,000 characters.", "",
+             "| source | prompts | long reference |", "|---|---:|---:|"]
+    for source, count in record["per_source"].items():
+        long = sum(p["long_reference"] for p in prompts if p["source"] == source)
+        lines.append(f"| {source} | {count} | {long} |")
+    lines += ["", DRAW_NOTE, ""]
+    write_results(name, payload, "\n".join(lines))
+
+
+DRAW_NOTE = ("The 48 development prompts of evals/improvement.py's second held-out set were drawn again with its "
+             "commands for the exclusion. Those commands now take GSM8K from its train split only, which the first "
+             "draw did not, so its 16 GSM8K prompts may differ from the first draw's; a first-draw GSM8K prompt "
+             "could then be in this set only by chance (about 0.1 prompts expected).")
+
+
+def samples_by_prompt(path: str | Path) -> dict[str, list[dict]]:
+    """The sampling stage's answers grouped by prompt (``question_id``), in file order."""
+    groups: dict[str, list[dict]] = {}
+    for _, row in iter_records(path):
+        groups.setdefault(str(row["question_id"]), []).append(row)
+    return groups
+
+
+def candidates_row(prompt_id: str, samples: list[dict], scores: list[float]) -> dict:
+    """One prompt's answers in best-of-n's ``candidates`` format (what the rejection-sampling recipe reads)."""
+    return {"id": prompt_id, "instruction": samples[0]["instruction"], "reference": samples[0]["reference"],
+            "candidates": [{"text": row["response"], "score": float(score), "num_tokens": int(row["num_tokens"]),
+                            "finished": bool(row["finished"]), "sample_id": row["id"]}
+                           for row, score in zip(samples, scores)]}
+
+
+def arm_candidates(args) -> None:
+    """Two candidates files of the same answers, ``judge.jsonl`` (the plan's judge's scores, arms a-c) and
+    ``teacher.jsonl`` (the teacher's labels, arm d), for ``recipes/rejection_sampling.py --candidates_file``. The
+    judge's scores are written per prompt as they come (a killed run resumes without rescoring)."""
+    from tqdm.auto import tqdm
+
+    from selfj_rlhf.core.io import ShardWriter, read_shards
+    from selfj_rlhf.judge.directory import judge_identity
+    from selfj_rlhf.judge.self_judge import SelfJudge
+
+    plan_bytes = Path(args.plan).read_bytes()
+    planned = yaml.safe_load(plan_bytes)["judge"]
+    judge_spec = args.judge or planned["name"]
+    identity = judge_identity(judge_spec)
+    if identity["hash"] != planned["content_hash"]:
+        raise ConfigError(f"judge {judge_spec} has content hash {identity['hash']}, the plan names "
+                          f"{planned['content_hash']}")
+    groups = samples_by_prompt(args.samples)
+    labels = {row["id"]: row["score_label"] for _, row in iter_records(args.labels)}
+    missing = [row["id"] for rows in groups.values() for row in rows if row["id"] not in labels]
+    if missing:
+        raise ConfigError(f"{args.labels}: no label for {len(missing)} samples, first {missing[0]}")
+    out = Path(args.output_dir)
+    shard = out / "judge_scores"
+    done = read_shards(shard) if shard.is_dir() else {}
+    todo = [prompt for prompt in groups if prompt not in done]
+    if todo:
+        judge = SelfJudge.from_pretrained(judge_spec)
+        with ShardWriter(shard / "part-000.jsonl") as writer:
+            for prompt in tqdm(todo, desc="judge scores", unit="prompt"):
+                rows = groups[prompt]
+                scores = judge.score([r["instruction"] for r in rows], [r["response"] for r in rows])
+                writer.write({"id": prompt, "scores": scores})
+        done = read_shards(shard)
+    atomic_write_jsonl(out / "judge.jsonl", [candidates_row(p, rows, done[p]["scores"]) for p, rows in groups.items()])
+    atomic_write_jsonl(out / "teacher.jsonl",
+                       [candidates_row(p, rows, [labels[r["id"]] for r in rows]) for p, rows in groups.items()])
+    atomic_write_json(out / "summary.json", {
+        "command": command_line(), "preregistration_sha256": hashlib.sha256(plan_bytes).hexdigest(),
+        "judge": identity, "prompts": len(groups), "answers": sum(len(rows) for rows in groups.values()),
+        "unfinished": sum(not r["finished"] for rows in groups.values() for r in rows)})
+    print(f"{len(groups)} prompts: {out / 'judge.jsonl'}, {out / 'teacher.jsonl'}")
+
+
+def length_and_finished_model(samples: str | Path, labels: str | Path, margin: float = 1.0):
+    """The plan's length-and-finished baseline: a Bradley-Terry model on (log tokens, finished) fitted on the
+    teacher's labels of the judge's training answers (the honest rows: pairs of one prompt's answers whose labels
+    differ by at least ``margin``, as the judge's own pairs). Returns ``score(num_tokens, finished) -> float``."""
+    import math
+
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    label = {row["id"]: row["score_label"] for _, row in iter_records(labels) if row.get("kind", "pool") == "pool"}
+    differences = []
+    for rows in samples_by_prompt(samples).values():
+        rows = [r for r in rows if r["id"] in label]
+        features = {r["id"]: np.array([math.log1p(r["num_tokens"]), float(r["finished"])]) for r in rows}
+        for a in rows:
+            for b in rows:
+                if label[a["id"]] - label[b["id"]] >= margin:
+                    differences += [features[a["id"]] - features[b["id"]], features[b["id"]] - features[a["id"]]]
+    if not differences:
+        raise ConfigError(f"{labels}: no pair of labelled answers differs by {margin}")
+    x = np.array(differences)
+    y = np.tile([1, 0], len(differences) // 2)
+    weights = LogisticRegression(fit_intercept=False).fit(x, y).coef_[0]
+    return lambda num_tokens, finished: float(weights @ np.array([math.log1p(num_tokens), float(finished)]))
 
 
 def main(argv=None):
     args = make_parser().parse_args(argv)
     if args.step == "draw":
         draw(args)
+    elif args.step == "arm-candidates":
+        arm_candidates(args)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 """Rejection-sampling fine-tuning with the SELF-J judge: rounds of best-of-n -> best candidate per
-prompt above a score threshold -> SFT (TRL SFTTrainer, LoRA or full) -> next round's policy.
+prompt above a score threshold -> SFT (TRL SFTTrainer, LoRA or full) -> next round's policy. Controls: --pick random
+or shortest trains on another candidate instead of the judge's best; --candidates_file reuses scored candidates
+for round 0 (the same answers for every arm).
 
     accelerate launch recipes/rejection_sampling.py --config recipes/configs/rejection_sampling.yaml
     accelerate launch --cpu --num_processes 2 recipes/rejection_sampling.py --config recipes/configs/rejection_sampling.yaml
@@ -26,7 +28,11 @@ def main(argv=None):
     allow_gpu_config_on_cpu(parser, argv)
     config, training_args, model_args, dry = parser.parse_args_and_config(argv)
     if dry.dry_run:
-        stages = [f"round {k}: sample {config.n} answers per prompt, judge, keep the best"
+        picked = {"highest_score": "keep the best", "random": "keep a random one", "shortest": "keep the shortest"}
+        stages = [f"round {k}: "
+                  + (f"read {config.candidates_file}" if k == 0 and config.candidates_file
+                     else f"sample {config.n} answers per prompt, judge")
+                  + f"{', drop those cut at the token cap' if config.drop_unfinished else ''}, {picked[config.pick]}"
                   f"{'' if config.score_threshold is None else f' scoring >= {config.score_threshold}'}, SFT, "
                   "publish the merged policy" for k in range(config.rounds)]
         print_plan(dry_run_plan("rejection_sampling", [config, training_args], model=model_args.model_name_or_path,

@@ -154,3 +154,39 @@ def test_killed_after_training_finished_publishes_without_an_extra_step(tiny_mod
     shutil.rmtree(out / "round-00" / "policy")  # as if killed while publishing: checkpoint-2 is the last state
     recipe("rejection_sampling").main(flags)
     assert json.loads((out / "round-00" / "policy" / "round.json").read_text())["steps"] == 2  # the Trainer would do 3
+
+
+def test_rejection_sampling_arms_pick_from_one_candidates_file(tiny_model_dir, prompt_file, tmp_path):
+    """The controls of a rejection-sampling experiment: the same scored candidates, picked by the judge's score, at
+    random or by length, with the candidates cut at the token cap dropped first."""
+    candidates = tmp_path / "cands.jsonl"
+    candidates.write_text("".join(json.dumps({"id": f"q{i}", "instruction": f"Name colour {i}.", "candidates": [
+        {"text": "a long answer cut at the cap and scored highest", "score": 9.0, "num_tokens": 8, "finished": False},
+        {"text": f"best finished {i}", "score": 6.0, "num_tokens": 4, "finished": True},
+        {"text": f"short {i}", "score": 2.0, "num_tokens": 2, "finished": True},
+        {"text": f"other {i}", "score": 1.0, "num_tokens": 3, "finished": True}]}) + "\n" for i in range(4)))
+    chosen = {}
+    for pick in ("highest_score", "shortest", "random"):
+        out = tmp_path / pick
+        recipe("rejection_sampling").main(loop_flags(tiny_model_dir, prompt_file, out) + [
+            "--candidates_file", str(candidates), "--pick", pick, "--drop_unfinished", "true"])
+        round0 = out / "round-00"
+        assert not (round0 / "best_of_n").exists()  # nothing sampled: round 0 read the file
+        rows = [json.loads(line) for line in (round0 / "sft_data.jsonl").read_text().splitlines()]
+        chosen[pick] = [row["messages"][1]["content"] for row in rows]
+        report = json.loads((round0 / "sft_report.json").read_text())
+        assert report["pick"] == pick and report["dropped_unfinished"] == 4 and report["kept"] == 4
+    assert chosen["highest_score"] == [f"best finished {i}" for i in range(4)]
+    assert chosen["shortest"] == [f"short {i}" for i in range(4)]
+    assert all(text in (f"best finished {i}", f"short {i}", f"other {i}") for i, text in enumerate(chosen["random"]))
+
+
+def test_the_random_pick_depends_only_on_the_seed_and_the_prompt():
+    from selfj_rlhf.rlhf.pairs import ScoredCandidate, ScoredPrompt
+    from selfj_rlhf.rlhf.rounds import pick_candidate
+
+    item = ScoredPrompt("q1", "Q?", [ScoredCandidate(f"answer {i}", float(i), i + 1) for i in range(8)])
+    picks = {pick_candidate(item, "random", False, seed) for seed in range(20)}
+    assert len(picks) > 1 and pick_candidate(item, "random", False, 3) == pick_candidate(item, "random", False, 3)
+    item.candidates = [ScoredCandidate("cut", 9.0, 5, finished=False)]
+    assert pick_candidate(item, "highest_score", True, 0) is None and pick_candidate(item, "shortest", False, 0) == 0

@@ -131,7 +131,7 @@ def test_a_draw_records_the_plan_and_happens_once(data_root, tmp_path):
     plan_path = tmp_path / "plan.yaml"
     plan_path.write_text(yaml.safe_dump(small))
     args = ["draw", "--plan", str(plan_path), "--data_dir", str(data_root), "--exclude", str(exclude),
-            "--output_dir", str(tmp_path / "out")]
+            "--output_dir", str(tmp_path / "out"), "--result_name", ""]
     main(args)
     record = json.loads((tmp_path / "out" / "draw.json").read_text())
     assert record["preregistration_sha256"] == hashlib.sha256(plan_path.read_bytes()).hexdigest()
@@ -139,4 +139,61 @@ def test_a_draw_records_the_plan_and_happens_once(data_root, tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "out" / "prompts.jsonl").read_text().splitlines()]
     assert len(rows) == 4 and "flask:1" not in {r["id"] for r in rows}
     with pytest.raises(SystemExit, match="one draw"):
+        main(args)
+
+
+def _own_samples(tmp_path: Path) -> tuple[Path, Path]:
+    """Two prompts' answers (the sampling stage's pool.jsonl) and their teacher labels: the longer, finished answers
+    labelled higher."""
+    samples, labels = [], []
+    for prompt in range(2):
+        for k, (tokens, finished, label) in enumerate([(30, True, 8.0), (20, True, 5.0), (60, False, 1.0),
+                                                       (5, True, 2.0)]):
+            sample_id = f"p{prompt}#{k}"
+            samples.append({"id": sample_id, "question_id": f"p{prompt}", "instruction": f"Name colour {prompt}.",
+                            "reference": "Blue.", "response": f"answer {k} " * (tokens // 5), "num_tokens": tokens,
+                            "finished": finished})
+            labels.append({"id": sample_id, "kind": "pool", "score_label": label})
+        labels.append({"id": f"p{prompt}#free", "kind": "content_free", "score_label": 0.0})
+    return _write(tmp_path / "pool.jsonl", samples), _write(tmp_path / "labels.jsonl", labels)
+
+
+def test_the_length_and_finished_baseline_learns_what_the_labels_pay_for(tmp_path):
+    from evals.policy_improvement import length_and_finished_model
+
+    score = length_and_finished_model(*_own_samples(tmp_path))
+    assert score(30, True) > score(60, False)  # finished beats cut, as the labels say
+    assert score(30, True) > score(5, True)
+
+
+def test_the_arms_candidates_hold_the_same_answers_scored_by_judge_and_teacher(tiny_judge, tmp_path, monkeypatch):
+    from evals.policy_improvement import main
+    from selfj_rlhf.judge.directory import directory_hash
+
+    judge_dir = tmp_path / "judge"
+    tiny_judge.save_pretrained(judge_dir)
+    samples, labels = _own_samples(tmp_path)
+    small = plan()
+    small["judge"] = {"name": str(judge_dir), "content_hash": directory_hash(judge_dir)}
+    plan_path = tmp_path / "plan.yaml"
+    plan_path.write_text(yaml.safe_dump(small))
+    out = tmp_path / "arms"
+    args = ["arm-candidates", "--plan", str(plan_path), "--samples", str(samples), "--labels", str(labels),
+            "--output_dir", str(out)]
+    main(args)
+    judge_rows = [json.loads(line) for line in (out / "judge.jsonl").read_text().splitlines()]
+    teacher_rows = [json.loads(line) for line in (out / "teacher.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in judge_rows] == [r["id"] for r in teacher_rows] == ["p0", "p1"]
+    for judged, taught in zip(judge_rows, teacher_rows):
+        assert [c["text"] for c in judged["candidates"]] == [c["text"] for c in taught["candidates"]]
+        assert [c["score"] for c in taught["candidates"]] == [8.0, 5.0, 1.0, 2.0]
+        assert [c["finished"] for c in judged["candidates"]] == [True, True, False, True]
+    assert json.loads((out / "summary.json").read_text())["unfinished"] == 2
+    from selfj_rlhf.judge import self_judge
+
+    monkeypatch.setattr(self_judge.SelfJudge, "from_pretrained", lambda *a, **k: pytest.fail("scored again"))
+    main(args)  # every prompt's scores are on disk: nothing is scored again
+    small["judge"]["content_hash"] = "0" * 16
+    plan_path.write_text(yaml.safe_dump(small))
+    with pytest.raises(Exception, match="content hash"):
         main(args)

@@ -73,6 +73,7 @@ class ScoredCandidate:
     text: str
     score: float
     length: int
+    finished: bool = True  # False when generation stopped at its token cap (best-of-n's ``finished``)
 
 
 @dataclass
@@ -126,7 +127,11 @@ def parse_scored_row(row: dict, path, line: int) -> ScoredPrompt:
             if "score" not in cand:
                 raise RecordError(path, line, f"{where}.score", "missing")
             score = require_finite(cand["score"], path, line, f"{where}.score")
-            candidates.append(ScoredCandidate(cand["text"], score, _length(cand["text"], cand.get("num_tokens"))))
+            finished = cand.get("finished", True)
+            if not isinstance(finished, bool):
+                raise RecordError(path, line, f"{where}.finished", "expected true or false")
+            candidates.append(ScoredCandidate(cand["text"], score, _length(cand["text"], cand.get("num_tokens")),
+                                              finished))
     elif "completions" not in row:
         raise RecordError(path, line, "candidates", "missing: expected best-of-n `candidates`, or `prompt` + "
                                                     "`completions` + `scores`")

@@ -19,18 +19,20 @@ from __future__ import annotations
 import copy
 import json
 import os
+import random
 import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..core.errors import ConfigError
+from ..core.generation import prompt_seed
 from ..core.io import atomic_write_json, atomic_write_jsonl, last_complete_checkpoint
 from ..core.models import load_causal_lm, load_tokenizer, validate_model_spec
 from ..data.datasets import iter_records
 from ..judge.directory import OWN_SAMPLES, default_judge_for, warn_if_outside_role
 from ..judge.options import JudgeArgs, deprecated, rename_deprecated
 from .best_of_n import BestOfNConfig, run_best_of_n
-from .pairs import PairConfig, build_pairs, load_scored_prompts
+from .pairs import PairConfig, ScoredPrompt, build_pairs, load_scored_prompts
 
 
 @dataclass
@@ -61,12 +63,37 @@ class LoopConfig(JudgeArgs):
             raise ConfigError(f"n must be >= 2 to select among candidates, got {self.n}")
 
 
+PICKS = ("highest_score", "random", "shortest")
+
+
 @dataclass
 class RejectionSamplingConfig(LoopConfig):
-    """Rejection-sampling fine-tuning: SFT on the judge's best candidate per prompt."""
+    """Rejection-sampling fine-tuning: SFT on the judge's best candidate per prompt (or, as a control, on a random
+    or the shortest candidate)."""
 
     score_threshold: float | None = field(default=None, metadata={
-        "help": "Keep a prompt's best candidate only when its judge score is at least this (0-9)."})
+        "help": "Keep a prompt's picked candidate only when its score is at least this (0-9)."})
+    pick: str = field(default="highest_score", metadata={
+        "help": "Which candidate of a prompt SFT trains on: highest_score (the judge's pick: rejection sampling), or "
+                "the controls random (seeded by pick_seed and the prompt id) and shortest (fewest tokens; first on "
+                "ties)."})
+    pick_seed: int | None = field(default=None, metadata={
+        "help": "Seed of the random pick (plus the round index); unset: the run seed. Apart from it so that arms "
+                "compared with each other can share the training seed."})
+    drop_unfinished: bool = field(default=False, metadata={
+        "help": "Drop candidates cut at max_new_tokens (best-of-n's `finished` false) before the pick; a prompt "
+                "with none left trains nothing."})
+    candidates_file: str | None = field(default=None, metadata={
+        "help": "Round 0 picks from these scored candidates (best-of-n candidates.jsonl, or prompt + completions + "
+                "scores rows) instead of sampling: answers drawn once, or scored by another scorer such as a "
+                "teacher's labels, reused across arms."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.pick not in PICKS:
+            raise ConfigError(f"pick must be one of {PICKS}, got '{self.pick}'")
+        if self.candidates_file and not Path(self.candidates_file).is_file():
+            raise ConfigError(f"candidates_file {self.candidates_file} does not exist")
 
 
 @dataclass
@@ -110,12 +137,32 @@ def _conversational(tokenizer) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
-def select_sft_rows(candidates_path: Path, threshold: float | None, conversational: bool) -> tuple[list[dict], dict]:
-    """The best candidate of each prompt (first on ties) when it clears ``threshold``, in SFT format."""
-    rows, report = [], {"prompts": 0, "kept": 0, "below_threshold": 0, "empty": 0}
+def pick_candidate(item: ScoredPrompt, pick: str, drop_unfinished: bool, seed: int) -> int | None:
+    """The index of the candidate ``pick`` chooses among ``item``'s (finished ones only with ``drop_unfinished``;
+    None when none is left): highest_score first on ties, shortest first on ties, random seeded by (seed, id)."""
+    eligible = [i for i, c in enumerate(item.candidates) if c.finished or not drop_unfinished]
+    if not eligible:
+        return None
+    if pick == "random":
+        return random.Random(prompt_seed(seed, item.id)).choice(eligible)
+    if pick == "shortest":
+        return min(eligible, key=lambda i: (item.candidates[i].length, i))
+    return max(eligible, key=lambda i: (item.candidates[i].score, -i))
+
+
+def select_sft_rows(candidates_path: Path, threshold: float | None, conversational: bool, pick: str = "highest_score",
+                    drop_unfinished: bool = False, seed: int = 0) -> tuple[list[dict], dict]:
+    """Each prompt's picked candidate (``pick_candidate``) when it clears ``threshold``, in SFT format."""
+    rows, report = [], {"prompts": 0, "kept": 0, "below_threshold": 0, "empty": 0, "none_finished": 0, "pick": pick,
+                        "dropped_unfinished": 0}
     for item in load_scored_prompts(candidates_path):
         report["prompts"] += 1
-        best = max(range(len(item.candidates)), key=lambda i: (item.candidates[i].score, -i))
+        if drop_unfinished:
+            report["dropped_unfinished"] += sum(not c.finished for c in item.candidates)
+        best = pick_candidate(item, pick, drop_unfinished, seed)
+        if best is None:
+            report["none_finished"] += 1
+            continue
         chosen = item.candidates[best]
         if not chosen.text.strip():
             report["empty"] += 1
@@ -252,14 +299,20 @@ def run_rejection_sampling(cfg: RejectionSamplingConfig, training_args, model_ar
     from trl import SFTTrainer, get_peft_config
 
     def write_round_data(index, directory, policy, judge, state) -> Path:
-        candidates = _sample_and_score(cfg, policy, judge, directory, training_args.seed + index, state)
+        seed = training_args.seed + index
+        if index == 0 and cfg.candidates_file:
+            candidates = Path(cfg.candidates_file)
+        else:
+            candidates = _sample_and_score(cfg, policy, judge, directory, seed, state)
+        pick_seed = (training_args.seed if cfg.pick_seed is None else cfg.pick_seed) + index
         data_path = directory / "sft_data.jsonl"
         if state.is_main_process and not data_path.is_file():
-            rows, report = select_sft_rows(candidates, cfg.score_threshold, _conversational(load_tokenizer(policy)))
+            rows, report = select_sft_rows(candidates, cfg.score_threshold, _conversational(load_tokenizer(policy)),
+                                           cfg.pick, cfg.drop_unfinished, pick_seed)
             if not rows:
-                raise ConfigError(f"round {index}: no candidate cleared score_threshold={cfg.score_threshold} "
-                                  f"({report}); lower it")
-            atomic_write_json(directory / "sft_report.json", report)
+                raise ConfigError(f"round {index}: no candidate was kept ({report}); lower score_threshold "
+                                  f"({cfg.score_threshold}) or keep unfinished candidates")
+            atomic_write_json(directory / "sft_report.json", {**report, "candidates": str(candidates)})
             atomic_write_jsonl(data_path, rows)
         return data_path
 
