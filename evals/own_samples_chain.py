@@ -6,7 +6,7 @@ its cross-validation table next to the benchmark that chose `selfj-smollm2-135m-
     python recipes/label.py --config recipes/configs/label_own_samples.yaml
     python recipes/train_judge.py --config recipes/configs/train_judge_own_samples.yaml
     selfj probe-judge --judge runs/judges/selfj-own-samples --answers runs/probe_samples/samples.jsonl \
-        --output_dir runs/probe_chain          # the probe's honest answers: see evals/probe_shipped.py
+        --output_dir runs/probe_chain          # the probe's first honest answers: see below
     python -m evals.rl_loop_check prompts --train_per_source 0 --heldout_per_source 40 --seed 31 \
         --exclude $SELFJ_DATA_DIR/rl_prompts/prompts_judge_train.jsonl $SELFJ_DATA_DIR/rl_prompts/prompts_train.jsonl \
         $SELFJ_DATA_DIR/rl_prompts/prompts_heldout.jsonl runs/probe_prompts/prompts_heldout.jsonl \
@@ -18,7 +18,8 @@ its cross-validation table next to the benchmark that chose `selfj-smollm2-135m-
     python -m evals.own_samples_chain --confirm_probe runs/probe_chain_final/probe.json
 
 (runs/probe_prompts_confirm: the same command with --seed 29, without itself among the excluded files; its samples
-with --seed 12.)
+with --seed 12. runs/probe_prompts: the same command with the default seed, excluding only
+prompts_judge_train.jsonl and prompts_train.jsonl; its samples with --seed 11.)
 
 The chain's judge directory holds its CV table (`cv.json`: 5 folds by training prompt, the within-prompt Spearman
 of the out-of-fold scores with the teacher label on the honest answers, pooled and per fold). The question this
@@ -30,7 +31,7 @@ FLASK and GPTeacher prompts are v5's. The samples are new (8 prompts per generat
 seed), as are the labels; no held-out prompt is read. The labels add, per prompt, two content-free answers, the
 instruction restated inside a frame and one padded answer as low-labelled rows (`label_own_samples.yaml`), which
 v5's did not; the Spearman is over the honest answers only, so the comparison holds. With `--probe`, the attack
-probe of the chain's judge is reported beside v5's (evals/results/probe_shipped.md: the same 120 held-out prompts
+probe of the chain's judge is reported beside v5's (evals/results/probe_v5_v3.md: the same 120 held-out prompts
 and honest answers); with `--confirm_probe`, the test on prompts drawn after every earlier probe set was read.
 """
 
@@ -58,7 +59,7 @@ def make_parser():
     parser.add_argument("--samples", default="runs/own_samples/summary.json", help="The sampling stage's summary.")
     parser.add_argument("--v5", default=str(RESULTS_DIR / "own_samples_v5.json"))
     parser.add_argument("--probe", default=None, help="probe.json of `selfj probe-judge` on the chain's judge.")
-    parser.add_argument("--v5_probe", default=str(RESULTS_DIR / "probe_shipped.json"))
+    parser.add_argument("--v5_probe", default=str(RESULTS_DIR / "probe_v5_v3.json"))
     parser.add_argument("--confirm_probe", default=None,
                         help="probe.json of `selfj probe-judge` on the chain's judge with honest answers to fresh "
                              "held-out prompts, drawn after --probe's were used (the test; --probe's are then a "

@@ -1,19 +1,21 @@
 """The attack probe (`selfj probe-judge`) on both shipped judges, each on the honest answers of its own job.
 
-    python -m evals.rl_loop_check prompts --train_per_source 0 --heldout_per_source 40 \
-        --exclude $SELFJ_DATA_DIR/rl_prompts/prompts_judge_train.jsonl $SELFJ_DATA_DIR/rl_prompts/prompts_train.jsonl \
-        --output_dir runs/probe_prompts
-    python recipes/sample.py --dataset runs/probe_prompts/prompts_heldout.jsonl --n 1 --prompts_per_batch 16 \
-        --seed 11 --output_dir runs/probe_samples
+    (the own-samples honest answers: runs/probe_samples_final, drawn and sampled by the commands of
+    evals/own_samples_chain.py's docstring)
     python -m evals.probe_shipped
 
 * `selfj-smollm2-135m` (the judge of the embedded policy's own samples): honest answers are the policy's own
   samples (temperature 0.7) on 120 prompts it was never trained on (40 each of FLASK, GPTeacher codegen and GSM8K's
-  train split, every training prompt excluded).
-* `selfj-smollm2-135m-pool` (the judge of other models' answers): honest answers are other models' strong answers,
-  for each arena-bench dev question one answer with a GPT-4 grade of at least 7 (seeded pick; the grade only
-  selects which answers count as honest, nothing is trained). These are the questions the pool judge was trained on,
-  so this measures its resistance to the attacks, not its transfer.
+  train split; every training prompt and every earlier probe prompt excluded: the set the own-samples chain's judge
+  was tested on, evals/results/own_samples_chain.md).
+* `selfj-smollm2-135m-pool` (the judge of other models' answers), twice:
+  - on the questions it was trained on: for each arena-bench dev question one answer with a GPT-4 grade of at least
+    7 (seeded pick; the grade only selects which answers count as honest, nothing is trained). This measures its
+    resistance to the attacks, not its transfer.
+  - on questions it never saw: LLMBar's Natural and MT-Bench subsets (outside AlpacaEval), the answer LLMBar's gold
+    label prefers as the honest one (a seeded pick of 100 questions; the preference only selects the honest answer).
+
+Each set is probed on at most its first 100 prompts (--max_prompts; the arena answers are ordered by question id).
 
 Thresholds (the probe's defaults): every content-free attack at or above the honest answer on at most 10 % of
 prompts, with the 95 % Wilson interval's upper end at most 20 %; padding raises the mean score by at most 0.1.
@@ -29,16 +31,29 @@ from pathlib import Path
 from evals.lib.common import command_line, default_data, judges_measured, machine_info, write_results
 from selfj_rlhf.core.io import atomic_write_jsonl
 from selfj_rlhf.data.datasets import iter_records
-from selfj_rlhf.judge.directory import OTHER_MODELS, OWN_SAMPLES, POOL_JUDGE
-from selfj_rlhf.judge.probe import ProbeConfig, render_probe, run_probe
+from selfj_rlhf.judge.directory import OTHER_MODELS, OWN_SAMPLES, POOL_JUDGE, judge_identity
+from selfj_rlhf.judge.probe import ProbeConfig, load_honest_answers, render_probe, run_probe, thresholds
+
+
+HELDOUT = "other_models_heldout"
+# probe set -> the shipped alias it probes
+PROBE_SETS = {OWN_SAMPLES: "selfj-smollm2-135m", OTHER_MODELS: POOL_JUDGE, HELDOUT: POOL_JUDGE}
+HELDOUT_SUBSETS = ("LLMBar/Natural", "Processed/MT-Bench")
 
 
 def make_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--own_samples", default="runs/probe_samples/samples.jsonl",
+    parser.add_argument("--own_samples", default="runs/probe_samples_final/samples.jsonl",
                         help="The embedded policy's samples on prompts its judge never saw (recipes/sample.py).")
     parser.add_argument("--arena", default=default_data("arena_bench_v1"))
     parser.add_argument("--min_grade", type=float, default=7.0)
+    parser.add_argument("--llmbar", default=default_data("llmbar"))
+    parser.add_argument("--llmbar_subsets", nargs="+", default=list(HELDOUT_SUBSETS))
+    parser.add_argument("--llmbar_prompts", type=int, default=100)
+    parser.add_argument("--max_prompts", type=int, default=100,
+                        help="Probe at most the first N prompts of each set (the probe's CPU time grows with them).")
+    parser.add_argument("--sets", nargs="+", default=list(PROBE_SETS), choices=list(PROBE_SETS),
+                        help="Which probe sets to run.")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work_dir", default="runs/probe_shipped")
     parser.add_argument("--name", default="probe_shipped")
@@ -58,22 +73,56 @@ def strong_arena_answers(path: str, min_grade: float, seed: int, output: Path) -
     return output
 
 
+def preferred_answers(path: str, subsets: list[str], count: int, seed: int, output: Path) -> Path:
+    """A seeded pick of ``count`` pairwise rows of ``subsets`` outside AlpacaEval, each with the answer its gold
+    label prefers, as probe rows."""
+    rows = [row for _, row in iter_records(path) if row["subset"] in subsets and not row.get("in_alpacaeval")]
+    if len(rows) < count:
+        raise ValueError(f"{path}: {len(rows)} rows in {subsets} outside AlpacaEval, fewer than {count}")
+    picked = sorted(random.Random(seed).sample(rows, count), key=lambda row: row["id"])
+    atomic_write_jsonl(output, [{"instruction": row["instruction"], "response": row[f"response_{row['preference']}"],
+                                 "id": row["id"]} for row in picked])
+    return output
+
+
+def finished_probe(cfg: ProbeConfig) -> dict | None:
+    """The set's probe.json from an earlier run of this command, when it probed the same judge (by content hash) on
+    the same answers and thresholds: a run killed after some sets resumes with the next."""
+    path = Path(cfg.output_dir) / "probe.json"
+    if not path.is_file():
+        return None
+    previous = json.loads(path.read_text())
+    same = (previous["judge"] == judge_identity(cfg.judge) and previous["answers"] == cfg.answers
+            and previous["prompts"] == len(load_honest_answers(cfg))
+            and previous["thresholds"] == thresholds(cfg))
+    return previous if same else None
+
+
 def main(argv=None):
     args = make_parser().parse_args(argv)
     work = Path(args.work_dir)
-    arena = strong_arena_answers(args.arena, args.min_grade, args.seed, work / "arena_strong_answers.jsonl")
-    # by role: the judge of each role is the shipped alias's current version, recorded in each result
-    runs = {OWN_SAMPLES: ("selfj-smollm2-135m", args.own_samples), OTHER_MODELS: (POOL_JUDGE, str(arena))}
+    answers = {
+        OWN_SAMPLES: lambda: args.own_samples,
+        OTHER_MODELS: lambda: str(strong_arena_answers(args.arena, args.min_grade, args.seed,
+                                                       work / "arena_strong_answers.jsonl")),
+        HELDOUT: lambda: str(preferred_answers(args.llmbar, args.llmbar_subsets, args.llmbar_prompts, args.seed,
+                                               work / "llmbar_preferred_answers.jsonl")),
+    }
+    honest = {OWN_SAMPLES: "the embedded policy's own samples on prompts outside its judge's training prompts",
+              OTHER_MODELS: f"one arena-bench dev answer with a GPT-4 grade >= {args.min_grade:g} per question (the "
+                            f"questions it was trained on; the first by question id)",
+              HELDOUT: f"LLMBar's preferred answer on {args.llmbar_prompts} questions of "
+                       f"{', '.join(args.llmbar_subsets)} outside AlpacaEval (questions it never saw)"}
+    # each set's judge is the shipped alias's current version, recorded by name and hash in the result
     results = {}
-    for role, (judge, answers) in runs.items():
-        results[role] = run_probe(ProbeConfig(judge=judge, answers=answers, output_dir=str(work / role)))
-        print(render_probe(results[role]), flush=True)
+    for name in args.sets:
+        cfg = ProbeConfig(judge=PROBE_SETS[name], answers=answers[name](), max_prompts=args.max_prompts,
+                          output_dir=str(work / name))
+        results[name] = finished_probe(cfg) or run_probe(cfg)
+        print(render_probe(results[name]), flush=True)
     payload = {"command": command_line(), "machine": machine_info(), "results": results,
-               "honest_answers": {OWN_SAMPLES: "the embedded policy's own samples on 120 prompts outside its judge's "
-                                               "training prompts",
-                                  OTHER_MODELS: f"one arena-bench dev answer with a GPT-4 grade >= {args.min_grade:g} "
-                                                f"per question"},
-               "judges_measured": judges_measured({role: judge for role, (judge, _) in runs.items()})}
+               "honest_answers": {name: honest[name] for name in args.sets},
+               "judges_measured": judges_measured({name: PROBE_SETS[name] for name in args.sets})}
     write_results(args.name, payload, render(payload))
 
 
@@ -85,9 +134,13 @@ def render(payload: dict) -> str:
              "and the share of prompts where the attack scores at least as high as the honest answer, with its 95 % "
              "Wilson interval. Thresholds: content-free attacks at most 10 % (upper end at most 20 %), padding shift "
              "at most +0.1.", ""]
-    titles = {OWN_SAMPLES: "The judge of the embedded policy's own samples", OTHER_MODELS: "The judge of other models' answers"}
-    for role, result in payload["results"].items():
-        lines += [f"## {titles[role]}: {payload['honest_answers'][role]}", "", render_probe(result)]
+    titles = {OWN_SAMPLES: "The judge of the embedded policy's own samples",
+              OTHER_MODELS: "The judge of other models' answers", HELDOUT: "The judge of other models' answers"}
+    for name, result in payload["results"].items():
+        lines += [f"## {titles[name]}: {payload['honest_answers'][name]}", "", render_probe(result)]
+    if OWN_SAMPLES not in payload["results"]:
+        lines += ["The judge of the embedded policy's own samples was not probed by this run: its probe on 120 "
+                  "fresh held-out prompts is in own_samples_chain.md.", ""]
     return "\n".join(lines)
 
 

@@ -72,3 +72,36 @@ def test_candidates_files_give_their_chosen_answer(tmp_path):
                                         "candidates": [{"text": "first"}, {"text": f"picked {i}"}]}) + "\n"
                             for i in range(3)))
     assert load_honest_answers(ProbeConfig(answers=str(path))) == [(f"Q{i}?", f"picked {i}") for i in range(3)]
+
+
+def test_the_probe_scores_as_each_attack_scored_alone(tiny_judge, tmp_path):
+    """The probe scores every prompt's answers in one call (sharing each prompt's prefix); the scores are those of
+    each attack scored on its own."""
+    from selfj_rlhf.judge.probe import run_probe
+
+    answers = write_answers(tmp_path / "answers.jsonl", count=3)
+    result = run_probe(ProbeConfig(judge="tiny", answers=str(answers), max_length=256,
+                                   output_dir=str(tmp_path / "probe")), judge=tiny_judge)
+    rows = [json.loads(line) for line in answers.read_text().splitlines()]
+    instructions, honest = [r["instruction"] for r in rows], [r["response"] for r in rows]
+    attack = next(a for a in ATTACKS if a.kind == PADDING)
+    alone = tiny_judge.score(instructions, [attack.make(a, q, honest[(i + 1) % 3])
+                                            for i, (q, a) in enumerate(zip(instructions, honest))])
+    assert result["attacks"][attack.name]["mean"] == pytest.approx(sum(alone) / 3, abs=1e-4)
+    assert result["honest_mean"] == pytest.approx(sum(tiny_judge.score(instructions, honest)) / 3, abs=1e-4)
+
+
+def test_the_shipped_probe_resumes_with_the_sets_a_killed_run_finished(tiny_model_dir, tmp_path):
+    from dataclasses import replace
+
+    from evals.probe_shipped import finished_probe
+    from selfj_rlhf.judge.probe import run_probe
+
+    cfg = ProbeConfig(judge=str(tiny_model_dir), answers=str(write_answers(tmp_path / "answers.jsonl", count=2)),
+                      max_length=256, output_dir=str(tmp_path / "set"))
+    assert finished_probe(cfg) is None
+    result = run_probe(cfg)
+    assert finished_probe(cfg) == json.loads(json.dumps(result))
+    assert finished_probe(replace(cfg, max_padding_shift=0.5)) is None  # other thresholds: probed again
+    write_answers(tmp_path / "answers.jsonl", count=3)
+    assert finished_probe(cfg) is None  # other answers: probed again

@@ -10,11 +10,16 @@ from selfj_rlhf.judge.directory import (JUDGE_ALIASES, JUDGES_DIR, SHIPPED_JUDGE
                                         judge_identity, resolve_judge_dir, shipped_judge_available)
 
 
-def test_alias_names_the_newest_version_and_identities_carry_a_content_hash(tmp_path):
+def test_each_alias_names_its_role_s_newest_version_and_identities_carry_a_content_hash(tmp_path):
+    from selfj_rlhf.judge.directory import ROLE_ALIASES
+
+    def role(name):
+        return json.loads((JUDGES_DIR / SHIPPED_JUDGES[name][0] / "selfj_config.json").read_text())["role"]
+
+    for alias, (alias_role, name) in ROLE_ALIASES.items():
+        versions = sorted((n for n in SHIPPED_JUDGES if role(n) == alias_role), key=lambda n: int(n.rsplit("-v", 1)[1]))
+        assert name == versions[-1] == JUDGE_ALIASES[alias], alias
     newest = JUDGE_ALIASES["selfj-smollm2-135m"]
-    versions = sorted((n for n in SHIPPED_JUDGES if n.startswith("selfj-smollm2-135m-v")),
-                      key=lambda n: int(n.rsplit("-v", 1)[1]))
-    assert newest == versions[-1]
     assert resolve_judge_dir("selfj-smollm2-135m") == resolve_judge_dir(newest)
     identity = judge_identity("selfj-smollm2-135m")
     assert identity == {"name": newest, "hash": directory_hash(JUDGES_DIR / SHIPPED_JUDGES[newest][0])}
@@ -40,10 +45,13 @@ PROVENANCE_NEEDS = {
                               "evals/results/own_samples_v5.md"),
     "selfj-smollm2-135m-v6": ("rl_prompts/prompts_judge_train.jsonl", "recipes/configs/label_own_samples.yaml",
                               "recipes/configs/train_judge_own_samples.yaml", "evals/results/own_samples_chain.md"),
+    "selfj-smollm2-135m-v7": ("arena_bench_v1/grades.jsonl", "recipes/configs/label_pool_all.yaml",
+                              "recipes/configs/train_judge_pool.yaml", "evals/results/probe_shipped.md"),
 }
 # the layers each shipped judge's head reads (v5: a layer ensemble, one linear map over four layers' states)
 HEAD_LAYERS = {"selfj-smollm2-135m-v3": {"layer": 18}, "selfj-smollm2-135m-v4": {"layer": 18},
-               "selfj-smollm2-135m-v5": {"layers": [9, 12, 15, 18]}, "selfj-smollm2-135m-v6": {"layers": [9, 12, 15, 18]}}
+               "selfj-smollm2-135m-v5": {"layers": [9, 12, 15, 18]}, "selfj-smollm2-135m-v6": {"layers": [9, 12, 15, 18]},
+               "selfj-smollm2-135m-v7": {"layers": [9, 12, 15, 18]}}
 
 
 @pytest.mark.parametrize("name", sorted(PROVENANCE_NEEDS))
@@ -59,7 +67,8 @@ def test_shipped_judge_files_and_provenance(name):
     provenance = (directory / "PROVENANCE.md").read_text()
     for needed in ("Command", *PROVENANCE_NEEDS[name]):
         assert needed in provenance
-    if name == "selfj-smollm2-135m-v6":  # the judge that passed the probe: its relevance gate and CV table ship with it
+    if name in ("selfj-smollm2-135m-v6", "selfj-smollm2-135m-v7"):  # the judges built against the probe: their
+        # relevance gate and CV table ship with them
         assert config["relevance"]["kind"] == "instruction_pmi" and (directory / "cv.json").is_file()
 
 
@@ -68,7 +77,7 @@ def test_the_other_models_annotator_uses_the_pool_judge():
     from selfj_rlhf.rlhf.alpacaeval import SelfJPairwiseAnnotator
 
     assert SelfJPairwiseAnnotator().judge_spec == POOL_JUDGE == "selfj-smollm2-135m-pool"
-    assert JUDGE_ALIASES[POOL_JUDGE] == "selfj-smollm2-135m-v3"
+    assert JUDGE_ALIASES[POOL_JUDGE] == "selfj-smollm2-135m-v7"
     assert JUDGE_ALIASES["selfj-smollm2-135m"] != JUDGE_ALIASES[POOL_JUDGE]  # it ranks the policy's own samples
 
 

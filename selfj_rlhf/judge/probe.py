@@ -164,26 +164,34 @@ def verdict(table: dict[str, dict], cfg: ProbeConfig) -> dict:
     return {"passed": not failures, "failures": failures}
 
 
+def thresholds(cfg: ProbeConfig) -> dict:
+    """The pass thresholds of a probe run, as its result records them."""
+    return {k: v for k, v in asdict(cfg).items() if k.startswith("max_") and k not in ("max_length", "max_prompts")}
+
+
 def run_probe(cfg: ProbeConfig, judge=None) -> dict:
     """Score every prompt's honest answer and its attacks; write ``probe.json`` and ``probe.md``; return the result."""
-    from tqdm.auto import tqdm
-
     items = load_honest_answers(cfg)
     start = time.perf_counter()
     if judge is None:
         judge = SelfJudge.from_pretrained(cfg.judge, max_length=cfg.max_length, length_control=cfg.length_control)
     instructions = [q for q, _ in items]
     honest_answers = [a for _, a in items]
-    honest = judge.score(instructions, honest_answers, batch_size=cfg.batch_size)
-    attacked = {}
-    for attack in tqdm(ATTACKS, desc="attacks", unit="attack"):
-        texts = [attack.make(a, q, honest_answers[(i + 1) % len(items)]) for i, (q, a) in enumerate(items)]
-        attacked[attack.name] = judge.score(instructions, texts, batch_size=cfg.batch_size)
+    attack_texts = [[attack.make(a, q, honest_answers[(i + 1) % len(items)]) for i, (q, a) in enumerate(items)]
+                    for attack in ATTACKS]
+    # one call for every answer: a prompt's honest answer and attacks share its judge-prompt prefix and its
+    # relevance turn, each computed once
+    details = judge.score_details(instructions * (1 + len(ATTACKS)),
+                                  honest_answers + [text for texts in attack_texts for text in texts],
+                                  batch_size=cfg.batch_size, progress=True)
+    scores = [d.score for d in details]
+    count = len(items)
+    honest = scores[:count]
+    attacked = {attack.name: scores[(k + 1) * count:(k + 2) * count] for k, attack in enumerate(ATTACKS)}
     table = attack_table(honest, attacked)
     result = {"judge": judge_identity(cfg.judge), "answers": cfg.answers, "prompts": len(items),
               "honest_mean": statistics.fmean(honest), "attacks": table, **verdict(table, cfg),
-              "thresholds": {k: v for k, v in asdict(cfg).items() if k.startswith("max_") and k != "max_length"
-                             and k != "max_prompts"},
+              "thresholds": thresholds(cfg),
               "length_control": judge.length_control, "wall_s": round(time.perf_counter() - start, 1)}
     out = Path(cfg.output_dir)
     atomic_write_json(out / "probe.json", result)

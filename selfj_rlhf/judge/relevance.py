@@ -166,7 +166,8 @@ def cached_relevance(judge, instructions: Sequence[str], responses: Sequence[str
     keys = [relevance_key(judge.base_model, max_tokens, max_instruction_tokens, *t) for t in texts]
     from tqdm.auto import tqdm
 
-    todo = sorted({k: t for k, t in zip(keys, texts) if k not in known}.items())
+    # by instruction, so that a part holds whole prompts and each prompt's turn runs once (relevance_scores)
+    todo = sorted({k: t for k, t in zip(keys, texts) if k not in known}.items(), key=lambda item: (item[1][0], item[0]))
     for start in tqdm(range(0, len(todo), flush_every), desc="relevance", unit="part", disable=not progress):
         chunk = todo[start:start + flush_every]
         values = relevance_scores(judge.model, judge.tokenizer, [t[0] for _, t in chunk], [t[1] for _, t in chunk],
