@@ -25,6 +25,7 @@ import numpy as np
 
 from evals.lib.common import command_line, default_data, machine_info, write_results
 from evals.lib.metrics import bootstrap_ci
+from selfj_rlhf.cli.main import SUBCOMMANDS
 from selfj_rlhf.data.datasets import iter_records
 from selfj_rlhf.judge.features import score_position_features
 from selfj_rlhf.judge.relevance import cached_relevance
@@ -32,16 +33,6 @@ from selfj_rlhf.judge.self_judge import SelfJudge
 from selfj_rlhf.training.head_selection import HONEST, cross_validate, select_design
 from selfj_rlhf.training.scalar_head import ScalarHeadConfig
 from selfj_rlhf.training.train_judge import head_designs, load_scalar_rows
-
-
-def make_recipe_parser():
-    from transformers import TrainingArguments
-
-    from selfj_rlhf.cli.dry_run import DryRunArgs
-    from selfj_rlhf.cli.recipes import cpu_training_defaults, make_trl_parser
-    from selfj_rlhf.training.distill import JudgeTrainingConfig
-
-    return cpu_training_defaults(make_trl_parser(JudgeTrainingConfig, TrainingArguments, DryRunArgs))
 
 
 def make_parser():
@@ -83,8 +74,9 @@ def pick_table(scores: np.ndarray, rows: list[dict], grades: dict, tokens: np.nd
 
 def main(argv=None):
     args = make_parser().parse_args(argv)
-    # the recipe's own parser: the same config fields and training seed as the run that trained the judge
-    cfg, training_args, _ = make_recipe_parser().parse_args_and_config(["--config", args.config])
+    # `selfj train-judge`'s parser (the recipe's twin): the same config fields and training seed as the run that
+    # trained the judge
+    cfg, training_args = SUBCOMMANDS["train-judge"].parser().parse_args_and_config(["--config", args.config])
     seed = training_args.seed
     rows = load_scalar_rows(cfg)
     grades = {(str(r["question_id"]), r["model"]): float(r["score"]) for _, r in iter_records(args.pool)}
