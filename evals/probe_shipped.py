@@ -14,6 +14,11 @@
     resistance to the attacks, not its transfer.
   - on questions it never saw: LLMBar's Natural and MT-Bench subsets (outside AlpacaEval), the answer LLMBar's gold
     label prefers as the honest one (a seeded pick of 100 questions; the preference only selects the honest answer).
+    v7 failed here on the echoed prompt, so these questions are a development set for the pool judge since.
+  - on fresh questions (`other_models_fresh`), fixed before any judge was scored on them: LLMBar's Adversarial
+    subsets (Neighbor, GPTInst, GPTOut, Manual) and LLMEval2, outside AlpacaEval, one row per instruction, no
+    instruction of the development subsets; a seeded pick of 100, the preferred answer as the honest one. This set
+    decides whether a pool judge built after v7 holds on questions it never saw.
 
 Each set is probed on at most its first 100 prompts (--max_prompts; the arena answers are ordered by question id).
 
@@ -35,10 +40,12 @@ from selfj_rlhf.judge.directory import OTHER_MODELS, OWN_SAMPLES, POOL_JUDGE, ju
 from selfj_rlhf.judge.probe import ProbeConfig, load_honest_answers, render_probe, run_probe, thresholds
 
 
-HELDOUT = "other_models_heldout"
+HELDOUT, FRESH = "other_models_heldout", "other_models_fresh"
 # probe set -> the shipped alias it probes
-PROBE_SETS = {OWN_SAMPLES: "selfj-smollm2-135m", OTHER_MODELS: POOL_JUDGE, HELDOUT: POOL_JUDGE}
+PROBE_SETS = {OWN_SAMPLES: "selfj-smollm2-135m", OTHER_MODELS: POOL_JUDGE, HELDOUT: POOL_JUDGE, FRESH: POOL_JUDGE}
 HELDOUT_SUBSETS = ("LLMBar/Natural", "Processed/MT-Bench")
+FRESH_SUBSETS = ("LLMBar/Adversarial/Neighbor", "LLMBar/Adversarial/GPTInst", "LLMBar/Adversarial/GPTOut",
+                 "LLMBar/Adversarial/Manual", "Processed/LLMEval2")
 
 
 def make_parser():
@@ -73,10 +80,22 @@ def strong_arena_answers(path: str, min_grade: float, seed: int, output: Path) -
     return output
 
 
-def preferred_answers(path: str, subsets: list[str], count: int, seed: int, output: Path) -> Path:
+def preferred_answers(path: str, subsets: list[str], count: int, seed: int, output: Path,
+                      exclude_subsets: tuple[str, ...] = ()) -> Path:
     """A seeded pick of ``count`` pairwise rows of ``subsets`` outside AlpacaEval, each with the answer its gold
-    label prefers, as probe rows."""
-    rows = [row for _, row in iter_records(path) if row["subset"] in subsets and not row.get("in_alpacaeval")]
+    label prefers, as probe rows. With ``exclude_subsets``: one row per instruction (the first by id), none whose
+    instruction any row of ``exclude_subsets`` has."""
+    every = [row for _, row in iter_records(path)]
+    rows = [row for row in every if row["subset"] in subsets and not row.get("in_alpacaeval")]
+    if exclude_subsets:
+        seen = {" ".join(row["instruction"].split()).lower() for row in every if row["subset"] in exclude_subsets}
+        distinct = []
+        for row in sorted(rows, key=lambda row: row["id"]):
+            key = " ".join(row["instruction"].split()).lower()
+            if key not in seen:
+                seen.add(key)
+                distinct.append(row)
+        rows = distinct
     if len(rows) < count:
         raise ValueError(f"{path}: {len(rows)} rows in {subsets} outside AlpacaEval, fewer than {count}")
     picked = sorted(random.Random(seed).sample(rows, count), key=lambda row: row["id"])
@@ -107,12 +126,18 @@ def main(argv=None):
                                                        work / "arena_strong_answers.jsonl")),
         HELDOUT: lambda: str(preferred_answers(args.llmbar, args.llmbar_subsets, args.llmbar_prompts, args.seed,
                                                work / "llmbar_preferred_answers.jsonl")),
+        FRESH: lambda: str(preferred_answers(args.llmbar, list(FRESH_SUBSETS), args.llmbar_prompts, args.seed,
+                                             work / "llmbar_fresh_preferred_answers.jsonl",
+                                             exclude_subsets=tuple(args.llmbar_subsets))),
     }
     honest = {OWN_SAMPLES: "the embedded policy's own samples on prompts outside its judge's training prompts",
               OTHER_MODELS: f"one arena-bench dev answer with a GPT-4 grade >= {args.min_grade:g} per question (the "
                             f"questions it was trained on; the first by question id)",
               HELDOUT: f"LLMBar's preferred answer on {args.llmbar_prompts} questions of "
-                       f"{', '.join(args.llmbar_subsets)} outside AlpacaEval (questions it never saw)"}
+                       f"{', '.join(args.llmbar_subsets)} outside AlpacaEval (questions it never saw; a development "
+                       f"set since v7's probe)",
+              FRESH: f"LLMBar's preferred answer on {args.llmbar_prompts} distinct questions of "
+                     f"{', '.join(FRESH_SUBSETS)} outside AlpacaEval (fresh questions it never saw)"}
     # each set's judge is the shipped alias's current version, recorded by name and hash in the result
     results = {}
     for name in args.sets:
@@ -135,7 +160,8 @@ def render(payload: dict) -> str:
              "Wilson interval. Thresholds: content-free attacks at most 10 % (upper end at most 20 %), padding shift "
              "at most +0.1.", ""]
     titles = {OWN_SAMPLES: "The judge of the embedded policy's own samples",
-              OTHER_MODELS: "The judge of other models' answers", HELDOUT: "The judge of other models' answers"}
+              OTHER_MODELS: "The judge of other models' answers", HELDOUT: "The judge of other models' answers",
+              FRESH: "The judge of other models' answers"}
     for name, result in payload["results"].items():
         lines += [f"## {titles[name]}: {payload['honest_answers'][name]}", "", render_probe(result)]
     if OWN_SAMPLES not in payload["results"]:

@@ -198,14 +198,42 @@ def test_restated_rows_frame_the_instruction_and_leave_the_other_rows_alone(tmp_
     assert len({r["id"] for r in rows}) == len(rows)
 
 
+def test_echoed_rows_are_halves_of_the_instruction_and_leave_the_other_rows_alone(tmp_path):
+    from selfj_rlhf.training.pool import MIN_ECHOED_WORDS, echoed_parts
+
+    rows = pool_rows()
+    for row in rows[:6]:  # two questions long enough to echo by halves, two too short
+        row["instruction"] = f"Explain in a few words why question {row['question_id']} has the answer it has."
+    answers = load_pool([write_jsonl(tmp_path / "pool.jsonl", rows)])
+    labels = {a.id: 6.0 for a in answers}
+    settings = dict(offtopic_per_group=1, injected_per_group=2, penalty=4.0, seed=0, content_free_per_group=2,
+                    padded_per_group=1, restated_per_group=1)
+    before = augmented_rows(answers, labels, **settings)
+    rows = augmented_rows(answers, labels, **settings, echoed_per_group=2)
+    assert [r for r in rows if r["kind"] != "echoed"] == before  # cached features of the other rows stay valid
+    instruction = {a.group: a.instruction for a in answers}
+    echoed = [r for r in rows if r["kind"] == "echoed"]
+    assert len(echoed) == sum(len(echoed_parts(text)) for text in instruction.values()) == 4
+    for row in echoed:
+        text = instruction[row["group"]]
+        assert row["label"] == 0.0 and row["response"] != text.strip()  # never the bare whole: that is the probe's
+        assert row["response"] in " ".join(text.split())
+    assert len({r["id"] for r in rows}) == len(rows)
+    one = [r for r in augmented_rows(answers, labels, **settings, echoed_per_group=1) if r["kind"] == "echoed"]
+    assert [r["response"] for r in one] == [r["response"] for r in echoed if r["id"].endswith("#echoed0")]
+    assert echoed_parts("one two three four five six") == ["one two three", "four five six"]
+    assert echoed_parts(" ".join(["w"] * (MIN_ECHOED_WORDS - 1))) == []
+
+
 def test_training_content_free_answers_differ_from_the_probe():
     """The probe measures what the judge learnt from the content-free and padded rows, not what it memorised."""
     from selfj_rlhf.judge.probe import ATTACKS, CONTENT_FREE, FILLER, PADDING
-    from selfj_rlhf.training.pool import TRAINING_CONTENT_FREE, TRAINING_FILLER, TRAINING_RESTATEMENTS
+    from selfj_rlhf.training.pool import TRAINING_CONTENT_FREE, TRAINING_FILLER, TRAINING_RESTATEMENTS, echoed_parts
 
-    instruction = "Name three primes."
+    instruction = "Name three primes below one hundred, please."
     probe = {attack.make("HONEST", instruction, "OTHER").strip() for attack in ATTACKS if attack.kind == CONTENT_FREE}
     training = {t.replace("{instruction}", instruction).strip() for t in TRAINING_CONTENT_FREE + TRAINING_RESTATEMENTS}
+    training |= set(echoed_parts(instruction))
     assert not probe & training
     assert all(text for text in training)  # the empty answer is the probe's alone
     assert {a.name for a in ATTACKS if a.kind == PADDING} and TRAINING_FILLER.strip() not in FILLER

@@ -105,3 +105,23 @@ def test_the_shipped_probe_resumes_with_the_sets_a_killed_run_finished(tiny_mode
     assert finished_probe(replace(cfg, max_padding_shift=0.5)) is None  # other thresholds: probed again
     write_answers(tmp_path / "answers.jsonl", count=3)
     assert finished_probe(cfg) is None  # other answers: probed again
+
+
+def test_the_fresh_probe_set_keeps_one_row_per_instruction_and_none_of_the_development_subsets(tmp_path):
+    from evals.probe_shipped import preferred_answers
+
+    def pair(id_, subset, instruction, preference="a"):
+        return {"id": id_, "subset": subset, "instruction": instruction, "response_a": f"A to {id_}",
+                "response_b": f"B to {id_}", "preference": preference, "in_alpacaeval": False}
+
+    rows = [pair("1", "dev", "Name a colour."), pair("2", "fresh", "name a  colour."),  # a development question
+            pair("3", "fresh", "Count to three.", "b"), pair("4", "fresh", "Count to three."),  # the same question
+            pair("5", "fresh", "Spell cat."), {**pair("6", "fresh", "Say hi."), "in_alpacaeval": True}]
+    source = tmp_path / "pairwise.jsonl"
+    source.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    out = preferred_answers(str(source), ["fresh"], 2, 0, tmp_path / "fresh.jsonl", exclude_subsets=("dev",))
+    picked = [json.loads(line) for line in out.read_text().splitlines()]
+    assert picked == [{"instruction": "Count to three.", "response": "B to 3", "id": "3"},
+                      {"instruction": "Spell cat.", "response": "A to 5", "id": "5"}]
+    with pytest.raises(ValueError, match="fewer than 3"):
+        preferred_answers(str(source), ["fresh"], 3, 0, tmp_path / "more.jsonl", exclude_subsets=("dev",))

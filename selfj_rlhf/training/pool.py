@@ -17,7 +17,8 @@ another instruction of the pool (``offtopic``, label 0), an answer with an appen
 (``injected``, its label minus a penalty), a content-free answer (``content_free``, label 0: an opener, a refusal,
 punctuation, the instruction restated, a generic answer in another language; the Master-RM defence, arXiv
 2507.08794), the instruction restated inside a frame (``restated``, label 0: an echoed prompt says nothing, yet it
-shares every topic word with the instruction and the reference) and an honest answer padded by repetition or
+shares every topic word with the instruction and the reference), a part of the instruction echoed bare (``echoed``,
+label 0: its first or its last half of the words, no frame around it) and an honest answer padded by repetition or
 filler (``padded``, its label minus a penalty). Their wordings differ from the attack probe's
 (``selfj_rlhf.judge.probe``), so the probe measures what the judge learnt, not what it memorised.
 """
@@ -77,6 +78,20 @@ TRAINING_RESTATEMENTS = (
     "> {instruction}\n\nUnderstood.",
     "Request received: {instruction}",
 )
+# the shortest instruction (in words) whose halves are echoed; a shorter one is echoed by neither half
+MIN_ECHOED_WORDS = 6
+
+
+def echoed_parts(instruction: str) -> list[str]:
+    """The training echoes of an instruction: its first half of the words, then its last half. The probe echoes the
+    whole instruction; a judge that learnt from halves of training questions is tested on whole new ones."""
+    words = instruction.split()
+    if len(words) < MIN_ECHOED_WORDS:
+        return []
+    middle = len(words) // 2
+    return [" ".join(words[:middle]), " ".join(words[middle:])]
+
+
 # appended to honest answers as padding in training (the probe appends another filler, or repeats three times)
 TRAINING_FILLER = (" To conclude, the points above address the request, and every part of it has been considered in "
                    "detail. This response aims to be thorough, clear and helpful.")
@@ -138,6 +153,10 @@ class PoolLabelConfig:
         "help": "Pool: the instruction restated inside a frame ('The task is: ...', '... Let me answer that.'), "
                 "label 0, added per group. The content-free wordings restate it only sometimes, and an echoed prompt "
                 "is the content-free answer a relevance-aware judge finds hardest."})
+    pool_echoed_per_instruction: int = field(default=0, metadata={
+        "help": "Pool: parts of the instruction echoed bare (1: its first half of the words; 2: and its last half), "
+                "label 0, added per group. The framed restatements alone did not carry to new questions: a bare "
+                "echo shares no frame with them."})
     pool_padded_per_instruction: int = field(default=0, metadata={
         "help": "Pool: honest answers re-added padded (repeated twice, or filler appended; alternating), label "
                 "minus pool_padding_penalty."})
@@ -147,7 +166,7 @@ class PoolLabelConfig:
     def __post_init__(self):
         counts = (self.pool_offtopic_per_instruction, self.pool_injected_per_instruction,
                   self.pool_content_free_per_instruction, self.pool_padded_per_instruction,
-                  self.pool_restated_per_instruction)
+                  self.pool_restated_per_instruction, self.pool_echoed_per_instruction)
         if min(*counts, self.pool_penalty, self.pool_padding_penalty) < 0:
             raise ConfigError("the pool_*_per_instruction counts, pool_penalty and pool_padding_penalty must be >= 0")
 
@@ -270,14 +289,15 @@ def teacher_labels(rows: list[dict], weights: dict[str, float], normalize: str =
 def augmented_rows(answers: Sequence[PoolAnswer], labels: dict[str, float], *, offtopic_per_group: int,
                    injected_per_group: int, penalty: float, seed: int, content_free_per_group: int = 0,
                    padded_per_group: int = 0, padding_penalty: float = 2.0,
-                   restated_per_group: int = 0) -> list[dict]:
+                   restated_per_group: int = 0, echoed_per_group: int = 0) -> list[dict]:
     """Augmentation rows with their training label (see the module docstring).
 
     Off-topic: an answer to another group of the pool, labelled 0 (it answers nothing that was asked).
     Injected: an honest answer of the group plus a training injection, labelled its own label minus ``penalty``.
     Content-free: a training content-free answer, labelled 0. Padded: an honest answer repeated twice or with the
     training filler appended (alternating), labelled its own label minus ``padding_penalty``. Restated: the
-    instruction inside a training frame, labelled 0.
+    instruction inside a training frame, labelled 0. Echoed: the first, then the last, half of the instruction's
+    words (``echoed_parts``), labelled 0.
     """
     rng = random.Random(seed)
     # the content-free and padded rows, and the restated ones, draw from streams of their own, so adding them leaves
@@ -321,6 +341,8 @@ def augmented_rows(answers: Sequence[PoolAnswer], labels: dict[str, float], *, o
                                                                                  len(TRAINING_RESTATEMENTS)))):
             out.append(row(f"{group}#restated{n}", frame.replace("{instruction}", first.instruction),
                            "restated", "restated", 0.0))
+        for n, part in enumerate(echoed_parts(first.instruction)[:echoed_per_group]):
+            out.append(row(f"{group}#echoed{n}", part, "echoed", "echoed", 0.0))
     return out
 
 
@@ -370,7 +392,8 @@ def run_pool_labeling(cfg, pool: PoolLabelConfig) -> dict:
                            content_free_per_group=pool.pool_content_free_per_instruction,
                            padded_per_group=pool.pool_padded_per_instruction,
                            padding_penalty=pool.pool_padding_penalty,
-                           restated_per_group=pool.pool_restated_per_instruction)
+                           restated_per_group=pool.pool_restated_per_instruction,
+                           echoed_per_group=pool.pool_echoed_per_instruction)
     for row in extra:
         row["score_label"] = row.pop("label")
     rows += extra

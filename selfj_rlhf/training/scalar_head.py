@@ -32,7 +32,8 @@ from ..judge.head import ScalarHead
 
 LOSSES = ("expected_mse", "pairwise", "mse+pairwise")
 HONEST = "pool"  # the label rows' ``kind`` of the answers themselves (the others are augmentation rows)
-CONTENT_FREE_KINDS = ("content_free", "offtopic", "restated")  # augmentation rows answering nothing that was asked
+# augmentation rows answering nothing that was asked
+CONTENT_FREE_KINDS = ("content_free", "offtopic", "restated", "echoed")
 
 
 @dataclass
