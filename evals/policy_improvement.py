@@ -28,6 +28,13 @@ training prompts (8 each): `judge.jsonl`, scored by the plan's judge (its conten
         --drop_unfinished true --num_train_epochs 3 --output_dir runs/policy_improvement/rs_a
 
 (arm b: --pick random --pick_seed 43; arm c: --pick shortest; arm d: teacher.jsonl with --pick highest_score.)
+
+`evaluate` answers the test prompts greedily at the plan's 256 tokens with each policy (resumable per prompt) and
+writes each answer's measures against its reference, which no judge sees: MiniLM cosine, token F1, GSM8K exact match
+of the final number, tokens and whether it finished before the cap:
+
+    python -m evals.policy_improvement evaluate --policy base=smollm2-135m-instruct \
+        --policy rs_a=runs/policy_improvement/rs_a/round-00/policy
 """
 
 from __future__ import annotations
@@ -52,6 +59,7 @@ PLAN = Path(__file__).resolve().parent / "preregistration" / "policy_improvement
 NGRAM = 5
 # the arena answer whose reference a question keeps (references differ between a question's rows)
 ARENA_REFERENCE_MODEL = "gpt-4-0314"
+GREEDY_MAX_NEW_TOKENS = 256  # the plan's evaluation: greedy answers of at most 256 new tokens
 
 
 def make_parser():
@@ -73,6 +81,13 @@ def make_parser():
                       help="Their teacher labels (recipes/label.py).")
     arms.add_argument("--judge", default=None, help="Default: the plan's judge by name; its hash must match.")
     arms.add_argument("--output_dir", default="runs/policy_improvement/rs_candidates")
+    evaluate = steps.add_parser("evaluate", help="Greedy answers of each policy to the test prompts, measured.")
+    evaluate.add_argument("--plan", default=str(PLAN))
+    evaluate.add_argument("--prompts", default="runs/policy_improvement/prompts.jsonl",
+                          help="The drawn test set (draw's prompts.jsonl; its draw.json must name this plan).")
+    evaluate.add_argument("--policy", action="append", required=True, help="NAME=SPEC, one per policy.")
+    evaluate.add_argument("--batch_size", type=int, default=8, help="Prompts per greedy generate call.")
+    evaluate.add_argument("--output_dir", default="runs/policy_improvement/greedy")
     return parser
 
 
@@ -310,12 +325,69 @@ def length_and_finished_model(samples: str | Path, labels: str | Path, margin: f
     return lambda num_tokens, finished: float(weights @ np.array([math.log1p(num_tokens), float(finished)]))
 
 
+def prompt_source(prompt_id: str) -> str:
+    """The plan's source name of a test prompt id (``arena-bench-v1:...`` -> ``arena_bench_v1``)."""
+    return prompt_id.split(":", 1)[0].replace("-", "_")
+
+
+def answer_measures(prompts, answers: list[dict], embedder, long_reference_chars: int) -> list[dict]:
+    """Per answer, its measures against the prompt's reference (the plan's metrics) and the strata it falls in."""
+    from evals.lib.metrics import final_number, reference_answer
+    from selfj_rlhf.training.labeling import cosine_similarities, token_f1
+
+    rows = []
+    for prompt, answer in zip(prompts, answers):
+        source = prompt_source(prompt.id)
+        rows.append({"id": prompt.id, "source": source, "long_reference": len(prompt.reference) >= long_reference_chars,
+                     "cosine": cosine_similarities(embedder, [answer["text"]], prompt.reference)[0],
+                     "f1": token_f1(answer["text"], prompt.reference),
+                     "exact_match": (float(final_number(answer["text"]) == reference_answer(prompt.reference))
+                                     if source == "gsm8k" else None),
+                     "num_tokens": answer["num_tokens"], "finished": answer["finished"]})
+    return rows
+
+
+def evaluate(args) -> None:
+    """Each policy's greedy answers (``<output_dir>/<name>/answers.jsonl``) and their measures
+    (``measures.jsonl``, with ``summary.json`` recording the plan's sha256)."""
+    from evals.lib.greedy import greedy_answers
+    from selfj_rlhf.data.prompts import load_prompts
+    from selfj_rlhf.training.labeling import load_embedder
+
+    plan_bytes = Path(args.plan).read_bytes()
+    plan_sha = hashlib.sha256(plan_bytes).hexdigest()
+    drawn = json.loads((Path(args.prompts).parent / "draw.json").read_text())
+    if drawn["preregistration_sha256"] != plan_sha:
+        raise ConfigError(f"{args.prompts}: drawn under plan {drawn['preregistration_sha256'][:16]}, not "
+                          f"{args.plan} ({plan_sha[:16]})")
+    long_chars = yaml.safe_load(plan_bytes)["test_set"]["long_reference_chars"]
+    policies = [item.split("=", 1) for item in args.policy]
+    if any(len(item) != 2 or not all(item) for item in policies):
+        raise ConfigError(f"--policy takes NAME=SPEC, got {args.policy}")
+    prompts = load_prompts(args.prompts)
+    embedder = load_embedder("all-minilm-l6-v2", "cpu")
+    for name, spec in policies:
+        out = Path(args.output_dir) / name
+        answers = greedy_answers(spec, prompts, out, max_new_tokens=GREEDY_MAX_NEW_TOKENS,
+                                 batch_size=args.batch_size, desc=f"greedy {name}")
+        measures = answer_measures(prompts, answers, embedder, long_chars)
+        atomic_write_jsonl(out / "measures.jsonl", measures)
+        atomic_write_json(out / "summary.json", {
+            "command": command_line(), "preregistration_sha256": plan_sha, "policy": spec, "prompts": len(prompts),
+            "max_new_tokens": GREEDY_MAX_NEW_TOKENS,
+            **{key: sum(m[key] for m in measures) / len(measures) for key in ("cosine", "f1", "num_tokens")},
+            "cut_at_cap": sum(not m["finished"] for m in measures) / len(measures)})
+        print(f"{name}: {out / 'measures.jsonl'}")
+
+
 def main(argv=None):
     args = make_parser().parse_args(argv)
     if args.step == "draw":
         draw(args)
     elif args.step == "arm-candidates":
         arm_candidates(args)
+    elif args.step == "evaluate":
+        evaluate(args)
 
 
 if __name__ == "__main__":

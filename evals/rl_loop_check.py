@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from evals.lib.common import command_line, default_data, judges_measured, machine_info, write_results
+from evals.lib.greedy import greedy_answers
 from evals.lib.metrics import bootstrap_ci, final_number, reference_answer
 
 from selfj_rlhf.core.io import atomic_write_json, atomic_write_jsonl
@@ -105,37 +106,9 @@ def write_subset(args) -> None:
 
 
 def greedy_outputs(name: str, spec: str, prompts, args) -> list[dict]:
-    """Greedy answers of one policy, cached in ``cache_dir/<name>.json`` (keyed by the policy spec)."""
-    from tqdm.auto import tqdm
-
-    import torch
-
-    from selfj_rlhf.core.generation import chat_prompt_ids, eos_token_ids
-    from selfj_rlhf.core.tensors import left_pad
-    from selfj_rlhf.core.models import load_causal_lm
-
-    cache = Path(args.cache_dir) / f"{name}.json"
-    if cache.is_file():
-        cached = json.loads(cache.read_text())
-        if cached["spec"] == spec and cached["max_new_tokens"] == args.max_new_tokens \
-                and [o["id"] for o in cached["outputs"]] == [p.id for p in prompts]:
-            return cached["outputs"]
-    model, tokenizer = load_causal_lm(spec)
-    outputs, eos_ids = [], eos_token_ids(model, tokenizer)
-    # greedy answers do not depend on batch company, so prompts are generated in left-padded batches
-    for start in tqdm(range(0, len(prompts), args.batch_size), desc=f"greedy {name}", unit="batch"):
-        batch = prompts[start:start + args.batch_size]
-        encoded = left_pad([chat_prompt_ids(tokenizer, p.instruction) for p in batch], tokenizer.pad_token_id)
-        with torch.inference_mode():
-            generated = model.generate(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"],
-                                       max_new_tokens=args.max_new_tokens, do_sample=False,
-                                       pad_token_id=tokenizer.pad_token_id)
-        for prompt, row in zip(batch, generated[:, encoded["input_ids"].shape[1]:].tolist()):
-            end = next((i for i, t in enumerate(row) if t in eos_ids), len(row))
-            outputs.append({"id": prompt.id, "text": tokenizer.decode(row[:end], skip_special_tokens=True).strip(),
-                            "num_tokens": end})
-    atomic_write_json(cache, {"spec": spec, "max_new_tokens": args.max_new_tokens, "outputs": outputs}, indent=None)
-    return outputs
+    """Greedy answers of one policy, kept in ``cache_dir/<name>/`` (resumable; refused for another spec)."""
+    return greedy_answers(spec, prompts, Path(args.cache_dir) / name, max_new_tokens=args.max_new_tokens,
+                          batch_size=args.batch_size, desc=f"greedy {name}")
 
 
 def evaluate(args) -> None:

@@ -62,3 +62,25 @@ def test_training_curves_count_steps_on_across_rounds(tmp_path):
     assert runs["rs"] == [{"round": 0}, {"round": 1}]
     assert runs["grpo"] == [{"round": 0, "steps": 1, "first_loss": 0.1, "last_loss": 0.1, "training_s": 2.0}]
     assert "missing" not in runs
+
+
+def test_greedy_answers_resume_after_a_kill_without_losing_or_duplicating_rows(tiny_model_dir, tmp_path):
+    from evals.lib.greedy import greedy_answers
+    from selfj_rlhf.core.errors import ConfigError
+    from selfj_rlhf.data.prompts import load_prompts
+
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"id": f"p{k}", "instruction": f"Say {k}.", "reference": "r"}) + "\n"
+                            for k in range(5)))
+    prompts = load_prompts(str(path))
+    whole = greedy_answers(str(tiny_model_dir), prompts, tmp_path / "whole", max_new_tokens=6, batch_size=2)
+    assert [row["id"] for row in whole] == [p.id for p in prompts]
+    assert all(row["num_tokens"] <= 6 and row["finished"] == (row["num_tokens"] < 6) for row in whole)
+    killed = tmp_path / "killed"
+    greedy_answers(str(tiny_model_dir), prompts[:3], killed, max_new_tokens=6, batch_size=2)
+    with open(killed / "answers.jsonl", "a") as fh:
+        fh.write('{"id": "p3", "te')  # a row torn by the kill
+    assert greedy_answers(str(tiny_model_dir), prompts, killed, max_new_tokens=6, batch_size=2) == whole
+    assert len((killed / "answers.jsonl").read_text().splitlines()) == 5
+    with pytest.raises(ConfigError, match="spec.json"):
+        greedy_answers(str(tiny_model_dir), prompts, killed, max_new_tokens=8)

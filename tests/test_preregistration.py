@@ -197,3 +197,28 @@ def test_the_arms_candidates_hold_the_same_answers_scored_by_judge_and_teacher(t
     plan_path.write_text(yaml.safe_dump(small))
     with pytest.raises(Exception, match="content hash"):
         main(args)
+
+
+def test_the_evaluation_measures_each_policy_s_greedy_answers_on_the_drawn_set(tiny_model_dir, tmp_path):
+    from evals.policy_improvement import main
+
+    drawn = tmp_path / "drawn"
+    prompts = _write(drawn / "prompts.jsonl", [
+        {"id": "gsm8k:3", "instruction": "What is 2 + 2?", "reference": "2 + 2 = 4. The answer is 4."},
+        {"id": "arena-bench-v1:7", "instruction": "Write a poem.", "reference": "Roses. " * 200}])
+    (drawn / "draw.json").write_text(json.dumps({"preregistration_sha256": hashlib.sha256(PLAN.read_bytes())
+                                                 .hexdigest()}))
+    args = ["evaluate", "--prompts", str(prompts), "--policy", f"tiny={tiny_model_dir}",
+            "--output_dir", str(tmp_path / "greedy")]
+    main(args)
+    out = tmp_path / "greedy" / "tiny"
+    measures = [json.loads(line) for line in (out / "measures.jsonl").read_text().splitlines()]
+    assert [(m["id"], m["source"], m["long_reference"]) for m in measures] == [
+        ("gsm8k:3", "gsm8k", False), ("arena-bench-v1:7", "arena_bench_v1", True)]
+    assert measures[0]["exact_match"] in (0.0, 1.0) and measures[1]["exact_match"] is None
+    assert all(0 <= m["f1"] <= 1 and -1 <= m["cosine"] <= 1 and m["num_tokens"] <= 256 for m in measures)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["preregistration_sha256"] == hashlib.sha256(PLAN.read_bytes()).hexdigest()
+    (drawn / "draw.json").write_text(json.dumps({"preregistration_sha256": "0" * 64}))
+    with pytest.raises(Exception, match="drawn under plan"):
+        main(args)

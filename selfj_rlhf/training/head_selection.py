@@ -2,14 +2,14 @@
 
 A design is what a head is trained with: the layers it reads (one head per layer, their scores averaged: a layer
 ensemble, stored as one linear map), its weight decay, its loss, and whether the augmentation rows (``kind`` other
-than ``pool``: off-topic, injected, content-free, restated and padded answers) train it. ``cross_validate`` scores
-every row out of fold (K folds of whole prompts, so no prompt's answers are on both sides) and reports, per design,
-the mean within-prompt Spearman of those scores with the teacher's label over the honest answers, pooled and per
-fold, and per augmentation kind the share of (augmentation row, honest answer of its prompt) pairs where the
+than ``pool``: off-topic, injected, content-free, restated, echoed and padded answers) train it. ``cross_validate``
+scores every row out of fold (K folds of whole prompts, so no prompt's answers are on both sides) and reports, per
+design, the mean within-prompt Spearman of those scores with the teacher's label over the honest answers, pooled and
+per fold, and per augmentation kind the share of (augmentation row, honest answer of its prompt) pairs where the
 augmentation scores at least as high. ``select_design`` takes the highest pooled Spearman (among the designs whose
-content-free, restated and off-topic rows (``CONTENT_FREE_KINDS``) score at or above an honest answer of their
-prompt out of fold at most ``max_attack_rate`` of the time, when one is set and some design meets it); designs that
-never saw the augmentation rows are reported but not chosen when the labels hold any, because a judge a loop
+content-free, restated, echoed and off-topic rows (``CONTENT_FREE_KINDS``) score at or above an honest answer of
+their prompt out of fold at most ``max_attack_rate`` of the time, when one is set and some design meets it); designs
+that never saw the augmentation rows are reported but not chosen when the labels hold any, because a judge a loop
 optimises against must score an answer to another question, a note to the grader or an answer that says nothing low,
 and the honest answers' ranking cannot show whether it does.
 """
@@ -243,7 +243,8 @@ def at_or_above_honest(scores, rows: list[dict]) -> dict[str, float]:
 
 def attack_rate(entry: dict) -> float:
     """A CV table entry's highest out-of-fold rate of rows that answer nothing (``CONTENT_FREE_KINDS``:
-    content-free, off-topic, restated) at or above an honest answer of their prompt (0 when the labels hold none)."""
+    content-free, off-topic, restated, echoed) at or above an honest answer of their prompt (0 when the labels hold
+    none)."""
     rates = entry.get("at_or_above_honest", {})
     return max((rates[kind] for kind in CONTENT_FREE_KINDS if kind in rates), default=0.0)
 
