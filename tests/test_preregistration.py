@@ -7,6 +7,7 @@ import json
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -222,3 +223,47 @@ def test_the_evaluation_measures_each_policy_s_greedy_answers_on_the_drawn_set(t
     (drawn / "draw.json").write_text(json.dumps({"preregistration_sha256": "0" * 64}))
     with pytest.raises(Exception, match="drawn under plan"):
         main(args)
+
+
+def test_holm_steps_down_and_stops_at_the_first_kept_hypothesis():
+    from evals.policy_improvement_report import holm
+
+    assert holm([0.001, 0.03, 0.004], 0.025) == [(True, 0.025 / 3), (False, 0.025), (True, 0.025 / 2)]
+    assert holm([0.001, 0.02, 0.004], 0.025)[1] == (True, 0.025)
+    assert [rejected for rejected, _ in holm([0.03, 0.001], 0.025)] == [False, True]
+    assert [rejected for rejected, _ in holm([0.02, 0.02], 0.025)] == [False, False]  # 0.02 > 0.025 / 2: stop
+
+
+def _measures(root: Path, arm: str, shift: float, sha: str, prompts: int = 30) -> None:
+    rng = np.random.default_rng(len(arm))
+    rows = [{"id": f"{'gsm8k' if k % 2 else 'flask'}:{k}", "source": "gsm8k" if k % 2 else "flask",
+             "long_reference": k % 3 == 0, "cosine": 0.5 + shift + 0.01 * float(rng.normal()),
+             "f1": 0.3 + shift + 0.01 * float(rng.normal()), "exact_match": None, "num_tokens": 50 + k,
+             "finished": k % 10 != 0} for k in range(prompts)]
+    _write(root / arm / "measures.jsonl", rows)
+    (root / arm / "summary.json").write_text(json.dumps({"preregistration_sha256": sha}))
+
+
+def test_the_report_applies_holm_only_when_all_six_primary_endpoints_exist(tmp_path):
+    from evals.policy_improvement_report import render, report
+
+    sha = hashlib.sha256(PLAN.read_bytes()).hexdigest()
+    for arm, shift in [("base", 0.0), ("rs_a", 0.05), ("rs_b", 0.0), ("rs_c", 0.02)]:
+        _measures(tmp_path, arm, shift, sha)
+    partial = report(PLAN, tmp_path)
+    assert not partial["complete"] and partial["goal_met"] is None
+    assert [("p_value" in row) for row in partial["primary"]] == [False, False, True, True, True, True]
+    assert all("significant" not in row for row in partial["primary"])
+    for arm, shift in [("bon16_judge", 0.0), ("bon16_random", 0.0)]:
+        _measures(tmp_path, arm, shift, sha)
+    full = report(PLAN, tmp_path)
+    assert full["complete"] and full["goal_met"] is True
+    rs = [row for row in full["primary"] if row["arm"] == "rs_a"]
+    assert all(row["significant"] and row["interval"][0] > 0 for row in rs)
+    assert not any(row["significant"] for row in full["primary"] if row["arm"] == "bon16_judge")
+    strata = {(row["comparison"], row["stratum"]) for row in full["secondary"]}
+    assert {("rejection sampling a minus c", "long reference"), ("rejection sampling a minus c", "gsm8k")} <= strata
+    assert "Goal" in render({**full, "command": "c", "machine": {"cpu": "x", "cpu_count": 1, "date": "d"}})
+    _measures(tmp_path, "rs_b", 0.0, "0" * 64)
+    with pytest.raises(Exception, match="another plan"):
+        report(PLAN, tmp_path)
