@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from selfj_rlhf.rlhf.probe_reward import read_probe_rewards
+
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_FLAGS = ["--max_steps", "2", "--per_device_train_batch_size", "2", "--lora_r", "4", "--report_to", "none",
                "--save_strategy", "no", "--logging_steps", "1"]
@@ -103,10 +105,40 @@ def test_grpo_two_steps(tiny_model_dir, prompt_file, tmp_path, conversational):
     out = tmp_path / "grpo"
     recipe("grpo").main(["--model_name_or_path", str(tiny_model_dir), "--dataset", str(prompt_file),
                          "--conversational", conversational, "--num_generations", "2", "--max_completion_length", "8",
-                         "--overlong_cache", "4", "--output_dir", str(out), *TRAIN_FLAGS])
+                         "--overlong_cache", "4", "--output_dir", str(out), "--probe_prompts", str(prompt_file),
+                         "--probe_every", "1", "--probe_max_prompts", "2", *TRAIN_FLAGS])
     info = json.loads((out / "policy" / "round.json").read_text())
     assert info["recipe"] == "grpo" and info["steps"] == 2
     assert [h["step"] for h in info["log_history"] if "reward" in h] == [1, 2]  # the reward curve
+    probes = read_probe_rewards(out)  # the reward on fixed prompts: at the start and after each step
+    assert [row["step"] for row in probes] == [0, 1, 2]
+    assert all(len(row["scores"]) == 2 and 0 <= row["score_mean"] <= 9 and row["tokens_mean"] <= 8 for row in probes)
+
+
+def test_the_probe_callback_measures_each_step_once_and_leaves_the_model_training(tiny_model_dir, tmp_path):
+    from transformers import TrainerState
+
+    from selfj_rlhf.core.models import load_causal_lm
+    from selfj_rlhf.rlhf.probe_reward import ProbeRewardCallback
+
+    model, tokenizer = load_causal_lm(str(tiny_model_dir))
+    model.train()
+    calls = []
+
+    def score(instructions, answers):
+        calls.append(list(instructions))
+        return [float(len(a) % 10) for a in answers]
+
+    callback = ProbeRewardCallback(["Say a.", "Say b.", "Say c."], score, tokenizer, tmp_path, every=2,
+                                   max_new_tokens=4, batch_size=2)
+    state = TrainerState()
+    for step in (0, 1, 2, 2, 3):  # step 2 twice: a resumed run reaches it again
+        state.global_step = step
+        callback.on_step_end(None, state, None, model=model)
+    assert [row["step"] for row in read_probe_rewards(tmp_path)] == [0, 2] and len(calls) == 2
+    assert calls[0] == ["Say a.", "Say b.", "Say c."] and model.training
+    with pytest.raises(ValueError, match="every"):
+        ProbeRewardCallback([], score, tokenizer, tmp_path, every=0, max_new_tokens=4)
 
 
 def test_killed_rejection_sampling_round_resumes_without_repeating_stages(tiny_model_dir, prompt_file, tmp_path):

@@ -98,3 +98,11 @@ def test_grpo_trains_two_steps(tiny_model_dir, tiny_judge, tmp_path, conversatio
     logged = [entry for entry in trainer.state.log_history if "rewards/selfj/mean" in entry]
     assert len(logged) == 2 and all(0 <= e["rewards/selfj/mean"] <= 9 for e in logged)
     assert any("selfj/score_mean" in entry for entry in trainer.state.log_history)
+
+
+def test_judge_scores_are_the_judge_s_before_any_transform(tiny_judge):
+    from selfj_rlhf.rlhf.reward import SelfJReward
+
+    reward = SelfJReward(judge_instance=tiny_judge, transform="zscore", length_penalty=1.0)
+    items = (["Name a colour.", "Name a colour."], ["Red.", "Blue is a colour."])
+    assert reward.judge_scores(*items) == pytest.approx(tiny_judge.score(*items))

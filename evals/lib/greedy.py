@@ -34,27 +34,19 @@ def greedy_answers(spec: str, prompts, output_dir: str | Path, *, max_new_tokens
 
 
 def _generate(spec, prompts, path: Path, max_new_tokens: int, batch_size: int, desc: str) -> dict[str, dict]:
-    import torch
     from tqdm.auto import tqdm
 
-    from selfj_rlhf.core.generation import chat_prompt_ids, eos_token_ids
+    from selfj_rlhf.core.generation import generate_greedy_batch
     from selfj_rlhf.core.models import load_causal_lm
-    from selfj_rlhf.core.tensors import left_pad
 
     model, tokenizer = load_causal_lm(spec)
-    eos_ids, rows = eos_token_ids(model, tokenizer), {}
+    rows = {}
     with ShardWriter(path) as writer:
         for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch"):
             batch = prompts[start:start + batch_size]
-            encoded = left_pad([chat_prompt_ids(tokenizer, p.instruction) for p in batch], tokenizer.pad_token_id)
-            with torch.inference_mode():
-                generated = model.generate(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"],
-                                           max_new_tokens=max_new_tokens, do_sample=False,
-                                           pad_token_id=tokenizer.pad_token_id)
-            for prompt, ids in zip(batch, generated[:, encoded["input_ids"].shape[1]:].tolist()):
-                end = next((i for i, t in enumerate(ids) if t in eos_ids), None)
-                row = {"id": prompt.id, "text": tokenizer.decode(ids[:end], skip_special_tokens=True).strip(),
-                       "num_tokens": len(ids) if end is None else end, "finished": end is not None}
-                writer.write(row)
-                rows[prompt.id] = row
+            answers = generate_greedy_batch(model, tokenizer, [p.instruction for p in batch],
+                                            max_new_tokens=max_new_tokens)
+            for prompt, answer in zip(batch, answers):
+                rows[prompt.id] = {"id": prompt.id, **answer}
+                writer.write(rows[prompt.id])
     return rows

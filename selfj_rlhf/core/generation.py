@@ -111,6 +111,28 @@ def generate_candidates_batch(model, tokenizer, prompts, *, n: int, seed: int, m
     return [samples[i * n:(i + 1) * n] for i in range(len(prompts))]
 
 
+@torch.inference_mode()
+def generate_greedy_batch(model, tokenizer, instructions: list[str], *, max_new_tokens: int) -> list[dict]:
+    """The greedy answer to each instruction, all in one left-padded ``generate`` call (a greedy answer does not
+    depend on its batch company): ``[{"text", "num_tokens", "finished"}]`` as ``generate_candidates`` returns."""
+    from .tensors import left_pad
+
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    encoded = left_pad([chat_prompt_ids(tokenizer, text) for text in instructions], pad)
+    width = encoded["input_ids"].shape[1]
+    out = model.generate(input_ids=encoded["input_ids"].to(device), attention_mask=encoded["attention_mask"].to(device),
+                         max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
+    eos_ids = eos_token_ids(model, tokenizer)
+    answers = []
+    for row in out[:, width:].tolist():
+        end = next((i for i, t in enumerate(row) if t in eos_ids), None)
+        kept = row if end is None else row[:end]
+        answers.append({"text": tokenizer.decode(kept, skip_special_tokens=True).strip(), "num_tokens": len(kept),
+                        "finished": end is not None})
+    return answers
+
+
 def vllm_candidate_generator(policy: str, *, n: int, seed: int, max_new_tokens: int, temperature: float, top_p: float,
                              dtype: str = "auto", gpu_memory_utilization: float = 0.5):
     """A ``generate(prompts) -> [[{"text", "num_tokens", "finished"}] * n]`` function backed by vLLM.

@@ -12,6 +12,7 @@ from ..data.prompts import load_prompts
 from ..judge.directory import default_judge_for
 from ..judge.options import JudgeArgs
 from ..judge.reward_signal import SelfJRewardConfig
+from .probe_reward import ProbeRewardCallback
 from .reward import SelfJReward
 from .rounds import finished_policy, load_policy_for_training, train_and_publish, training_args_in
 
@@ -35,11 +36,20 @@ class GRPOScriptConfig(JudgeArgs):
         "help": "Subtracted from the judge reward per 100 completion tokens."})
     overlong_cache: int = field(default=0, metadata={
         "help": "> 0 adds TRL's soft overlong punishment reward over the last N tokens before max_completion_length."})
+    probe_prompts: str | None = field(default=None, metadata={
+        "help": "Prompt file of a fixed probe set: every probe_every steps the policy's greedy answers to its first "
+                "probe_max_prompts prompts are scored by the judge (probe_reward.jsonl in output_dir: the reward on "
+                "prompts that do not change with the step, and the answer length). Unset: no probe."})
+    probe_every: int = field(default=10, metadata={"help": "Optimizer steps between probes (and one at the start)."})
+    probe_max_prompts: int = field(default=16, metadata={"help": "Probe prompts used (the file's first ones)."})
 
     def __post_init__(self):
         super().__post_init__()
         if self.overlong_cache < 0:
             raise ConfigError(f"overlong_cache must be >= 0, got {self.overlong_cache}")
+        if self.probe_every < 1 or self.probe_max_prompts < 1:
+            raise ConfigError(f"probe_every and probe_max_prompts must be >= 1, got {self.probe_every} and "
+                              f"{self.probe_max_prompts}")
 
 
 def prompt_rows(cfg: GRPOScriptConfig) -> list[dict]:
@@ -92,4 +102,9 @@ def run_grpo(cfg: GRPOScriptConfig, training_args, model_args) -> Path:
     trainer = GRPOTrainer(model=model, reward_funcs=rewards, args=training_args_in(training_args, directory),
                           train_dataset=Dataset.from_list(prompt_rows(cfg)), processing_class=tokenizer,
                           peft_config=get_peft_config(model_args))
+    if cfg.probe_prompts:
+        probe = [r.instruction for r in load_prompts(cfg.probe_prompts, max_prompts=cfg.probe_max_prompts)]
+        trainer.add_callback(ProbeRewardCallback(probe, rewards[0].judge_scores, tokenizer, directory,
+                                                 every=cfg.probe_every,
+                                                 max_new_tokens=training_args.max_completion_length))
     return train_and_publish(trainer, policy, model_args, directory, {"recipe": "grpo", "judge": rewards[0].config.judge})

@@ -87,6 +87,13 @@ class SelfJReward:
         scored = await self.client.ascore(*picked)
         return self._rewards(scored, keep, len(completions), kwargs.get("log_metric"))
 
+    def judge_scores(self, instructions: list[str], responses: list[str]) -> list[float]:
+        """The judge's 0-9 scores of reference-free items, before any transform or length penalty (from the judge
+        server when one is set): what a probe of the policy reads."""
+        if self.config.judge_server_url:
+            return [item.score for item in self.client.score(instructions, responses, None)]
+        return self.judge.score(instructions, responses, batch_size=self.config.judge_forward_size)
+
     @property
     def client(self):
         if self._client is None:
