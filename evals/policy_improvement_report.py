@@ -1,6 +1,7 @@
 """The pre-registered policy-improvement test's analysis (evals/preregistration/policy_improvement.yaml).
 
-    python -m evals.policy_improvement_report --measures runs/policy_improvement/greedy
+    python -m evals.policy_improvement_report --measures runs/policy_improvement/greedy \
+        --grpo_run runs/policy_improvement/grpo
 
 Reads the measures that `python -m evals.policy_improvement evaluate` wrote, one folder per arm
 (`<measures>/<arm>/measures.jsonl`: per test prompt the answer's cosine, F1, exact match, tokens, finished), and
@@ -12,7 +13,10 @@ computes what the plan fixed:
   (10,000 resamples, seed 0) at each endpoint's Holm-adjusted level. Holm needs all six: while an arm is missing
   the endpoints that exist are reported with their uncorrected p-values and the report says the test is incomplete;
 * the secondary comparisons with 95 % bootstrap intervals and no test, overall, per source and per reference-length
-  stratum; each arm's mean length and share cut at the token cap.
+  stratum; each arm's mean length and share cut at the token cap;
+* GRPO's curves: the judge's mean score of the policy's greedy answers to the 16 fixed development prompts and their
+  mean length, every 10 steps (the recipe's probe_reward.jsonl), beside the reward of each step's own samples,
+  plotted to evals/results/<name>_grpo.png.
 
 The goal (the product's claim) stands when arm a beats both b and base on cosine and on F1 after the correction.
 """
@@ -27,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from evals.lib.common import command_line, machine_info, write_results
+from evals.lib.common import RESULTS_DIR, command_line, machine_info, write_results
 from evals.policy_improvement import PLAN
 from selfj_rlhf.core.errors import ConfigError
 from selfj_rlhf.data.datasets import iter_records
@@ -52,6 +56,8 @@ def make_parser():
     parser.add_argument("--plan", default=str(PLAN))
     parser.add_argument("--measures", default="runs/policy_improvement/greedy",
                         help="One folder per arm with its measures.jsonl (evals.policy_improvement evaluate).")
+    parser.add_argument("--grpo_run", default="runs/policy_improvement/grpo",
+                        help="The GRPO arm's output folder (probe_reward.jsonl, trainer logs); skipped when absent.")
     parser.add_argument("--name", default="policy_improvement",
                         help="The committed record: evals/results/<name>.json and .md (empty: print only).")
     return parser
@@ -138,6 +144,47 @@ def arm_summary(arms: dict) -> dict[str, dict]:
             for arm, rows in arms.items()}
 
 
+def grpo_curves(run: Path) -> dict | None:
+    """The GRPO arm's probe rows (step, mean score, mean tokens) and its per-step training reward, when it ran."""
+    from selfj_rlhf.rlhf.probe_reward import read_probe_rewards
+
+    probes = read_probe_rewards(run)
+    if not probes:
+        return None
+    states = sorted(run.glob("trainer/checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[1]))
+    round_info = run / "policy" / "round.json"
+    history = (json.loads(round_info.read_text())["log_history"] if round_info.is_file()
+               else json.loads(states[-1].read_text())["log_history"] if states else [])
+    return {"probe": [{k: row[k] for k in ("step", "score_mean", "tokens_mean", "cut_at_cap")} for row in probes],
+            "training_reward": [{"step": h["step"], "reward": h["reward"]} for h in history if "reward" in h]}
+
+
+def plot_grpo(curves: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (scores, lengths) = plt.subplots(1, 2, figsize=(10, 4))
+    probe = curves["probe"]
+    scores.plot([r["step"] for r in probe], [r["score_mean"] for r in probe], "o-", label="16 fixed prompts, greedy")
+    if curves["training_reward"]:
+        scores.plot([r["step"] for r in curves["training_reward"]], [r["reward"] for r in curves["training_reward"]],
+                    alpha=0.4, label="the step's own samples")
+    scores.set_xlabel("optimizer step")
+    scores.set_ylabel("judge score (0-9)")
+    scores.set_title("GRPO reward")
+    scores.legend()
+    lengths.plot([r["step"] for r in probe], [r["tokens_mean"] for r in probe], "o-")
+    lengths.set_xlabel("optimizer step")
+    lengths.set_ylabel("mean answer tokens (16 fixed prompts)")
+    lengths.set_title("answer length")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def report(plan_path: str | Path, measures: str | Path) -> dict:
     plan_bytes = Path(plan_path).read_bytes()
     plan = yaml.safe_load(plan_bytes)
@@ -185,6 +232,12 @@ def render(payload: dict) -> str:
     if payload["goal_met"] is not None:
         lines += ["", f"Goal (arm a beats b and base on cosine and F1 after the correction): "
                       f"**{'met' if payload['goal_met'] else 'not met'}**."]
+    if payload.get("grpo"):
+        lines += ["", "## GRPO: the judge's score of greedy answers to 16 fixed development prompts", "",
+                  f"Plot: `{payload.get('grpo_plot', 'not written')}`", "",
+                  "| step | mean score | mean tokens | cut at the cap |", "|---:|---:|---:|---:|"]
+        lines += [f"| {r['step']} | {r['score_mean']:.3f} | {r['tokens_mean']:.1f} | {r['cut_at_cap']:.0%} |"
+                  for r in payload["grpo"]["probe"]]
     lines += ["", "## Secondary comparisons (95 % bootstrap intervals, no test)", "",
               "| comparison | stratum | metric | prompts | mean difference | 95 % interval |",
               "|---|---|---|---:|---:|---|"]
@@ -196,9 +249,14 @@ def render(payload: dict) -> str:
 
 def main(argv=None):
     args = make_parser().parse_args(argv)
-    payload = {"command": command_line(), "machine": machine_info(), **report(args.plan, args.measures)}
+    payload = {"command": command_line(), "machine": machine_info(), **report(args.plan, args.measures),
+               "grpo": grpo_curves(Path(args.grpo_run))}
+    if payload["grpo"] and args.name:
+        payload["grpo_plot"] = f"evals/results/{args.name}_grpo.png"
     markdown = render(payload)
     if args.name:
+        if payload["grpo"]:
+            plot_grpo(payload["grpo"], RESULTS_DIR / f"{args.name}_grpo.png")
         write_results(args.name, payload, markdown)
     print(markdown)
 

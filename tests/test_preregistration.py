@@ -267,3 +267,24 @@ def test_the_report_applies_holm_only_when_all_six_primary_endpoints_exist(tmp_p
     _measures(tmp_path, "rs_b", 0.0, "0" * 64)
     with pytest.raises(Exception, match="another plan"):
         report(PLAN, tmp_path)
+
+
+def test_the_report_reads_and_plots_grpo_s_fixed_prompt_curve(tmp_path):
+    from evals.policy_improvement_report import grpo_curves, plot_grpo, render, report
+
+    run = tmp_path / "grpo"
+    assert grpo_curves(run) is None  # not run yet: no section
+    _write(run / "probe_reward.jsonl", [{"step": s, "score_mean": 3.0 + s / 10, "tokens_mean": 40 - s,
+                                         "cut_at_cap": 0.0, "scores": [], "tokens": []} for s in (10, 0)])
+    state = run / "trainer" / "checkpoint-10" / "trainer_state.json"
+    state.parent.mkdir(parents=True)
+    state.write_text(json.dumps({"log_history": [{"step": 1, "reward": 2.5}, {"step": 1, "loss": 0.1}]}))
+    curves = grpo_curves(run)
+    assert [r["step"] for r in curves["probe"]] == [0, 10] and curves["training_reward"] == [{"step": 1, "reward": 2.5}]
+    plot_grpo(curves, tmp_path / "grpo.png")
+    assert (tmp_path / "grpo.png").stat().st_size > 0
+    sha = hashlib.sha256(PLAN.read_bytes()).hexdigest()
+    _measures(tmp_path / "measures", "base", 0.0, sha)
+    payload = {**report(PLAN, tmp_path / "measures"), "grpo": curves, "command": "c",
+               "machine": {"cpu": "x", "cpu_count": 1, "date": "d"}}
+    assert "| 10 | 4.000 | 30.0 | 0% |" in render(payload)
