@@ -35,6 +35,14 @@ of the final number, tokens and whether it finished before the cap:
 
     python -m evals.policy_improvement evaluate --policy base=smollm2-135m-instruct \
         --policy rs_a=runs/policy_improvement/rs_a/round-00/policy
+
+`best-of-n` measures the best-of-n arm (recipes/configs/best_of_n_policy_improvement.yaml: 16 samples per test
+prompt, scored by the plan's judge): at n = 4, 8 and 16 (each prompt's first n samples) the judge's pick, a random
+pick (the mean over the n), the shortest finished answer (the shortest when none finished), the longest and the
+length-and-finished baseline's pick, each written as an arm (`bon<n>_<pick>/measures.jsonl`) for the report:
+
+    accelerate launch recipes/best_of_n.py --config recipes/configs/best_of_n_policy_improvement.yaml
+    python -m evals.policy_improvement best-of-n
 """
 
 from __future__ import annotations
@@ -88,6 +96,17 @@ def make_parser():
     evaluate.add_argument("--policy", action="append", required=True, help="NAME=SPEC, one per policy.")
     evaluate.add_argument("--batch_size", type=int, default=8, help="Prompts per greedy generate call.")
     evaluate.add_argument("--output_dir", default="runs/policy_improvement/greedy")
+    bon = steps.add_parser("best-of-n", help="The best-of-n arm's picks at n = 4, 8, 16, measured, as arms.")
+    bon.add_argument("--plan", default=str(PLAN))
+    bon.add_argument("--prompts", default="runs/policy_improvement/prompts.jsonl")
+    bon.add_argument("--candidates", default="runs/policy_improvement/best_of_n/candidates.jsonl",
+                     help="The best-of-n recipe's scored candidates (16 per test prompt).")
+    bon.add_argument("--samples", default="runs/own_samples/pool.jsonl",
+                     help="The judge's training answers, for the length-and-finished baseline.")
+    bon.add_argument("--labels", default="runs/labels_own_samples/labels_own_samples.jsonl",
+                     help="Their teacher labels (the baseline is fitted on the judge's training labels).")
+    bon.add_argument("--output_dir", default="runs/policy_improvement/greedy",
+                     help="Where the arms go (the report reads every arm of this folder).")
     return parser
 
 
@@ -380,6 +399,66 @@ def evaluate(args) -> None:
         print(f"{name}: {out / 'measures.jsonl'}")
 
 
+BON_SIZES = (4, 8, 16)  # the plan's picks_at
+
+
+def best_of_n_picks(candidates: list[dict], n: int, baseline) -> dict[str, list[int]]:
+    """Per pick, the indices among the first ``n`` candidates whose measures it takes (random: all n, averaged)."""
+    first = candidates[:n]
+    finished = [i for i, c in enumerate(first) if c["finished"]] or list(range(len(first)))
+    return {"judge": [max(range(len(first)), key=lambda i: (first[i]["score"], -i))],
+            "random": list(range(len(first))),
+            "shortest": [min(finished, key=lambda i: (first[i]["num_tokens"], i))],
+            "longest": [max(range(len(first)), key=lambda i: (first[i]["num_tokens"], -i))],
+            "length_and_finished": [max(range(len(first)),
+                                        key=lambda i: (baseline(first[i]["num_tokens"], first[i]["finished"]), -i))]}
+
+
+def best_of_n(args) -> None:
+    """``bon<n>_<pick>`` arms from the best-of-n candidates: each answer measured once, each pick's measures (the
+    random pick: the mean of the n) per prompt, with the plan's sha256 in each arm's summary."""
+    from selfj_rlhf.data.prompts import load_prompts
+    from selfj_rlhf.training.labeling import load_embedder
+
+    plan_bytes = Path(args.plan).read_bytes()
+    plan = yaml.safe_load(plan_bytes)
+    prompts = load_prompts(args.prompts)
+    rows = {row["id"]: row for _, row in iter_records(args.candidates)}
+    missing = [p.id for p in prompts if p.id not in rows]
+    if missing:
+        raise ConfigError(f"{args.candidates}: no candidates for {len(missing)} test prompts, first {missing[0]}")
+    wanted = plan["arms"]["best_of_n"]["samples_per_prompt"]
+    short = [p.id for p in prompts if len(rows[p.id]["candidates"]) < wanted]
+    if short:
+        raise ConfigError(f"{args.candidates}: fewer than {wanted} candidates for {short[0]}")
+    baseline = length_and_finished_model(args.samples, args.labels)
+    embedder = load_embedder("all-minilm-l6-v2", "cpu")
+    long_chars = plan["test_set"]["long_reference_chars"]
+    measured = {}
+    for prompt in prompts:
+        candidates = rows[prompt.id]["candidates"][:wanted]
+        answers = [{"text": c["text"], "num_tokens": c["num_tokens"], "finished": c["finished"]} for c in candidates]
+        measured[prompt.id] = answer_measures([prompt] * len(answers), answers, embedder, long_chars)
+    keys = ("cosine", "f1", "num_tokens", "finished")
+    for n in BON_SIZES:
+        arms: dict[str, list[dict]] = {}
+        for prompt in prompts:
+            per_answer = measured[prompt.id]
+            for pick, chosen in best_of_n_picks(rows[prompt.id]["candidates"][:wanted], n, baseline).items():
+                row = {**per_answer[chosen[0]], **{k: sum(float(per_answer[i][k]) for i in chosen) / len(chosen)
+                                                  for k in keys}}
+                if row["exact_match"] is not None:
+                    row["exact_match"] = sum(per_answer[i]["exact_match"] for i in chosen) / len(chosen)
+                arms.setdefault(f"bon{n}_{pick}", []).append(row)
+        for name, arm_rows in arms.items():
+            out = Path(args.output_dir) / name
+            atomic_write_jsonl(out / "measures.jsonl", arm_rows)
+            atomic_write_json(out / "summary.json", {
+                "command": command_line(), "preregistration_sha256": hashlib.sha256(plan_bytes).hexdigest(),
+                "candidates": args.candidates, "n": n, "prompts": len(arm_rows)})
+    print(f"best-of-n arms at n = {BON_SIZES}: {args.output_dir}")
+
+
 def main(argv=None):
     args = make_parser().parse_args(argv)
     if args.step == "draw":
@@ -388,6 +467,8 @@ def main(argv=None):
         arm_candidates(args)
     elif args.step == "evaluate":
         evaluate(args)
+    elif args.step == "best-of-n":
+        best_of_n(args)
 
 
 if __name__ == "__main__":

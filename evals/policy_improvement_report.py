@@ -140,7 +140,7 @@ def secondary_comparisons(arms: dict) -> list[dict]:
 def arm_summary(arms: dict) -> dict[str, dict]:
     return {arm: {"prompts": len(rows), **{m: float(np.mean([r[m] for r in rows.values()])) for m in METRICS},
                   "mean_tokens": float(np.mean([r["num_tokens"] for r in rows.values()])),
-                  "cut_at_cap": float(np.mean([not r["finished"] for r in rows.values()]))}
+                  "cut_at_cap": float(np.mean([1.0 - float(r["finished"]) for r in rows.values()]))}
             for arm, rows in arms.items()}
 
 
@@ -209,7 +209,7 @@ def render(payload: dict) -> str:
     lines = ["# The pre-registered policy-improvement test", "", f"Command: `{payload['command']}`  ",
              f"Machine: {m['cpu']}, {m['cpu_count']} cores, {m['date']}  ",
              f"Plan: evals/preregistration/policy_improvement.yaml (sha256 `{payload['preregistration_sha256'][:16]}`)",
-             "", "## Arms: greedy answers to the 200 test prompts", "",
+             "", "## Arms: greedy answers to the test prompts, and best-of-n picks (bon<n>_<pick>)", "",
              "| arm | prompts | cosine | F1 | mean tokens | cut at the cap |", "|---|---:|---:|---:|---:|---:|"]
     for arm, row in payload["arms"].items():
         lines.append(f"| {arm} | {row['prompts']} | {row['cosine']:.3f} | {row['f1']:.3f} | {row['mean_tokens']:.1f} "

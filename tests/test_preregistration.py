@@ -288,3 +288,45 @@ def test_the_report_reads_and_plots_grpo_s_fixed_prompt_curve(tmp_path):
     payload = {**report(PLAN, tmp_path / "measures"), "grpo": curves, "command": "c",
                "machine": {"cpu": "x", "cpu_count": 1, "date": "d"}}
     assert "| 10 | 4.000 | 30.0 | 0% |" in render(payload)
+
+
+def test_best_of_n_picks_take_the_first_n_candidates():
+    from evals.policy_improvement import best_of_n_picks
+
+    candidates = [{"score": s, "num_tokens": t, "finished": f}
+                  for s, t, f in [(1.0, 50, True), (5.0, 10, False), (3.0, 20, True), (9.0, 90, True)]]
+    picks = best_of_n_picks(candidates, 3, lambda tokens, finished: float(finished) - tokens / 100)
+    assert picks == {"judge": [1], "random": [0, 1, 2], "shortest": [2], "longest": [0], "length_and_finished": [2]}
+    assert best_of_n_picks(candidates, 4, lambda t, f: 0.0)["judge"] == [3]
+    unfinished = [{**c, "finished": False} for c in candidates]
+    assert best_of_n_picks(unfinished, 4, lambda t, f: 0.0)["shortest"] == [1]  # none finished: the shortest
+
+
+def test_the_best_of_n_step_writes_each_pick_as_an_arm(tmp_path):
+    from evals.policy_improvement import main
+
+    samples, labels = _own_samples(tmp_path)
+    drawn = _write(tmp_path / "drawn" / "prompts.jsonl", [
+        {"id": f"flask:{k}", "instruction": f"Describe colour {k}.", "reference": f"Colour {k} is blue and bright."}
+        for k in range(2)])
+    candidates = [{"id": f"flask:{k}", "candidates": [
+        {"text": "Colour is blue and bright." if i == 5 else f"noise {i}", "score": 8.0 if i == 5 else 1.0,
+         "num_tokens": 10 + i, "finished": i != 7} for i in range(16)]} for k in range(2)]
+    cands = _write(tmp_path / "cands.jsonl", candidates)
+    out = tmp_path / "arms"
+    args = ["best-of-n", "--prompts", str(drawn), "--candidates", str(cands), "--samples", str(samples),
+            "--labels", str(labels), "--output_dir", str(out)]
+    main(args)
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"bon{n}_{pick}" for n in (4, 8, 16) for pick in
+                                                         ("judge", "random", "shortest", "longest",
+                                                          "length_and_finished"))
+
+    def arm(name):
+        return [json.loads(line) for line in (out / name / "measures.jsonl").read_text().splitlines()]
+
+    assert all(row["f1"] > 0.9 and row["num_tokens"] == 15 for row in arm("bon8_judge"))
+    assert all(row["num_tokens"] == 13 for row in arm("bon4_longest"))  # the first 4 only
+    assert arm("bon16_random")[0]["num_tokens"] == pytest.approx(17.5) and arm("bon16_random")[0]["finished"] == 15 / 16
+    _write(cands, candidates[:1])
+    with pytest.raises(Exception, match="no candidates for 1 test prompts"):
+        main(args)
