@@ -28,6 +28,13 @@ training prompts (8 each): `judge.jsonl`, scored by the plan's judge (its conten
         --drop_unfinished true --num_train_epochs 3 --output_dir runs/policy_improvement/rs_a
 
 (arm b: --pick random --pick_seed 43; arm c: --pick shortest; arm d: teacher.jsonl with --pick highest_score.)
+The DPO arm pairs the same scored answers and trains at dpo.yaml's settings; GRPO is its recipe's YAML:
+
+    python recipes/build_pairs.py --config recipes/configs/build_pairs_policy_improvement.yaml
+    accelerate launch recipes/dpo.py --config recipes/configs/dpo.yaml \
+        --pairs_file runs/policy_improvement/dpo_pairs/pairs.jsonl --num_train_epochs 3 \
+        --output_dir runs/policy_improvement/dpo
+    accelerate launch recipes/grpo.py --config recipes/configs/grpo_policy_improvement.yaml
 
 `evaluate` answers the test prompts greedily at the plan's 256 tokens with each policy (resumable per prompt) and
 writes each answer's measures against its reference, which no judge sees: MiniLM cosine, token F1, GSM8K exact match

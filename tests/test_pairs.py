@@ -6,7 +6,7 @@ import pytest
 
 from selfj_rlhf.core.errors import ConfigError, RecordError
 from selfj_rlhf.rlhf.pairs import (PairConfig, ScoredCandidate, ScoredPrompt, build_pairs, load_scored_prompts,
-                                   select_pair)
+                                   select_pair, select_pairs)
 
 
 def item(scores, texts=None, lengths=None, prompt="Q?", pid="p"):
@@ -155,3 +155,15 @@ def test_dpo_trainer_accepts_the_pairs(tiny_model_dir, tmp_path, output_format):
     trainer.train()
     assert trainer.state.global_step == 2
     assert all("loss" in h for h in trainer.state.log_history if "epoch" in h and "train_runtime" not in h)
+
+
+def test_max_below_sd_pairs_the_best_with_clear_but_typical_losers():
+    scores = [5.0, 9.0, 5.0, 5.0, 1.0, 2.0, 5.0, 5.0]  # mean 4.625, sd about 2.06: at most 2.56 loses
+    cfg = PairConfig(strategy="max_below_sd", max_pairs_per_prompt=3, min_margin=1.0)
+    assert select_pairs(item(scores), cfg) == [(1, 5, 7.0), (1, 4, 8.0)]  # the highest-scoring loser first
+    assert select_pairs(item(scores), PairConfig(strategy="max_below_sd")) == [(1, 5, 7.0)]
+    assert select_pairs(item([5.0, 5.0, 5.0, 6.0]), PairConfig(strategy="max_below_sd")) == "none_below_sd"
+    rows, report = build_pairs([item(scores, pid="p")], cfg)
+    assert [r["id"] for r in rows] == ["p", "p#1"] and report["pairs"] == 2
+    with pytest.raises(ConfigError, match="max_pairs_per_prompt"):
+        PairConfig(max_pairs_per_prompt=2)

@@ -24,10 +24,10 @@ from ..core.generation import prompt_seed
 from ..core.io import require_finite
 from ..data.datasets import iter_records
 
-STRATEGIES = ("max_min", "max_random", "max_second", "length_aware")
+STRATEGIES = ("max_min", "max_random", "max_second", "length_aware", "max_below_sd")
 OUTPUT_FORMATS = ("auto", "standard", "conversational")
 DROP_REASONS = ("too_few_candidates", "identical_texts", "tie", "below_min_margin", "chosen_below_min_score",
-                "length_ratio")
+                "length_ratio", "none_below_sd")
 
 
 @dataclass
@@ -36,7 +36,10 @@ class PairConfig:
 
     strategy: str = field(default="max_min", metadata={
         "help": "max_min: best vs worst; max_random: best vs a random other (seeded per prompt); max_second: best "
-                "vs runner-up; length_aware: best vs worst by score minus length_penalty per 100 tokens."})
+                "vs runner-up; length_aware: best vs worst by score minus length_penalty per 100 tokens; "
+                "max_below_sd: best vs each candidate scoring at most the prompt's mean minus rejected_below_sd "
+                "standard deviations, the highest-scoring of them first, up to max_pairs_per_prompt pairs (a clear "
+                "but typical loser rather than the worst, whose fault is often only a broken answer)."})
     min_margin: float = field(default=0.0, metadata={
         "help": "Drop pairs whose margin (chosen minus rejected, by the strategy's score) is below this. "
                 "Ties (margin 0) are always dropped."})
@@ -50,6 +53,11 @@ class PairConfig:
         "help": "auto: conversational when the prompt is a message list; standard: strings; conversational: "
                 "message lists (DPOTrainer then applies the chat template)."})
     pair_seed: int = field(default=0, metadata={"help": "Seed of max_random (per prompt, independent of order)."})
+    rejected_below_sd: float = field(default=1.0, metadata={
+        "help": "max_below_sd only: a rejected answer scores at most the prompt's mean minus this many (population) "
+                "standard deviations of its candidates' scores."})
+    max_pairs_per_prompt: int = field(default=1, metadata={
+        "help": "max_below_sd only: pairs per prompt at most (each with the prompt's best as chosen)."})
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -66,6 +74,11 @@ class PairConfig:
             raise ConfigError(f"length_penalty must be a finite number >= 0, got {self.length_penalty}")
         if self.length_penalty and self.strategy != "length_aware":
             raise ConfigError("length_penalty only applies to strategy length_aware")
+        if self.max_pairs_per_prompt < 1 or not (math.isfinite(self.rejected_below_sd) and self.rejected_below_sd >= 0):
+            raise ConfigError(f"max_pairs_per_prompt must be >= 1 and rejected_below_sd a finite number >= 0, got "
+                              f"{self.max_pairs_per_prompt} and {self.rejected_below_sd}")
+        if self.max_pairs_per_prompt > 1 and self.strategy != "max_below_sd":
+            raise ConfigError("max_pairs_per_prompt > 1 only applies to strategy max_below_sd")
 
 
 @dataclass
@@ -173,17 +186,41 @@ def _ranked(item: ScoredPrompt, cfg: PairConfig) -> list[tuple[float, int]]:
 
 
 def select_pair(item: ScoredPrompt, cfg: PairConfig) -> tuple[int, int, float] | str:
-    """(chosen index, rejected index, margin) for one prompt, or the reason it yields no pair."""
+    """(chosen index, rejected index, margin) for one prompt, or the reason it yields no pair (the first pair of
+    ``select_pairs``)."""
+    picked = select_pairs(item, cfg)
+    return picked if isinstance(picked, str) else picked[0]
+
+
+def select_pairs(item: ScoredPrompt, cfg: PairConfig) -> list[tuple[int, int, float]] | str:
+    """The prompt's pairs, (chosen index, rejected index, margin) each, or the reason it yields none."""
     if len(item.candidates) < 2:
         return "too_few_candidates"
     ranked = _ranked(item, cfg)
     best_value, best = ranked[0]
+    if cfg.strategy == "max_below_sd":
+        values = [value for value, _ in ranked]
+        mean = sum(values) / len(values)
+        sd = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+        losers = [(value, index) for value, index in ranked[1:] if value <= mean - cfg.rejected_below_sd * sd]
+        if not losers:
+            return "none_below_sd"
+        checked = [_checked_pair(item, cfg, best_value, best, value, index) for value, index in losers]
+        kept = [pair for pair in checked if not isinstance(pair, str)][:cfg.max_pairs_per_prompt]
+        return kept or checked[0]
     if cfg.strategy == "max_second":
         worst_value, worst = ranked[1]
     elif cfg.strategy == "max_random":
         worst_value, worst = random.Random(prompt_seed(cfg.pair_seed, item.id)).choice(ranked[1:])
     else:
         worst_value, worst = ranked[-1]
+    picked = _checked_pair(item, cfg, best_value, best, worst_value, worst)
+    return picked if isinstance(picked, str) else [picked]
+
+
+def _checked_pair(item: ScoredPrompt, cfg: PairConfig, best_value: float, best: int, worst_value: float,
+                  worst: int) -> tuple[int, int, float] | str:
+    """The pair, or the reason the filters drop it."""
     chosen, rejected = item.candidates[best], item.candidates[worst]
     margin = best_value - worst_value
     if chosen.text.strip() == rejected.text.strip():
@@ -213,20 +250,23 @@ def _as_format(item: ScoredPrompt, chosen: str, rejected: str, conversational: b
 
 
 def build_pairs(prompts: list[ScoredPrompt], cfg: PairConfig) -> tuple[list[dict], dict]:
-    """DPO rows and a report: ``{"prompts", "pairs", "dropped": {reason: count}}``."""
+    """DPO rows and a report: ``{"prompts", "pairs", "dropped": {reason: count}}`` (dropped counts prompts that
+    yield no pair)."""
     rows, dropped = [], Counter()
     for item in prompts:
-        picked = select_pair(item, cfg)
+        picked = select_pairs(item, cfg)
         if isinstance(picked, str):
             dropped[picked] += 1
             continue
-        best, worst, margin = picked
         conversational = cfg.output_format == "conversational" or (cfg.output_format == "auto"
                                                                    and _is_messages(item.prompt))
-        chosen, rejected = item.candidates[best], item.candidates[worst]
-        rows.append({"id": item.id, **_as_format(item, chosen.text, rejected.text, conversational),
-                     "score_chosen": chosen.score, "score_rejected": rejected.score, "margin": margin,
-                     "length_chosen": chosen.length, "length_rejected": rejected.length, **item.extra})
+        for k, (best, worst, margin) in enumerate(picked):
+            chosen, rejected = item.candidates[best], item.candidates[worst]
+            # a prompt's second and later pairs get ids of their own (DPO reads pairs, not prompts)
+            rows.append({"id": item.id if k == 0 else f"{item.id}#{k}",
+                         **_as_format(item, chosen.text, rejected.text, conversational),
+                         "score_chosen": chosen.score, "score_rejected": rejected.score, "margin": margin,
+                         "length_chosen": chosen.length, "length_rejected": rejected.length, **item.extra})
     report = {"prompts": len(prompts), "pairs": len(rows),
               "dropped": {reason: dropped[reason] for reason in DROP_REASONS if dropped[reason]},
               "strategy": cfg.strategy,
