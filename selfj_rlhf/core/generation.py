@@ -9,6 +9,7 @@ import torch
 from .errors import ConfigError
 from .io import ShardWriter
 from .models import load_causal_lm, load_tokenizer, resolve_model_path
+from .tensors import left_pad
 
 BACKENDS = ("hf", "vllm")
 
@@ -115,8 +116,6 @@ def generate_candidates_batch(model, tokenizer, prompts, *, n: int, seed: int, m
 def generate_greedy_batch(model, tokenizer, instructions: list[str], *, max_new_tokens: int) -> list[dict]:
     """The greedy answer to each instruction, all in one left-padded ``generate`` call (a greedy answer does not
     depend on its batch company): ``[{"text", "num_tokens", "finished"}]`` as ``generate_candidates`` returns."""
-    from .tensors import left_pad
-
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     encoded = left_pad([chat_prompt_ids(tokenizer, text) for text in instructions], pad)

@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 
 from transformers import TrainerCallback
 
+from ..core.generation import generate_greedy_batch
 from ..core.io import ShardWriter, read_shards
 
 PROBE_FILE = "probe_reward.jsonl"
@@ -38,8 +39,6 @@ class ProbeRewardCallback(TrainerCallback):
 
     def probe(self, model, step: int) -> dict:
         """One probe row: the policy's greedy answers at ``step`` and the judge's scores of them."""
-        from ..core.generation import generate_greedy_batch
-
         was_training = model.training
         model.eval()  # no dropout in the answers
         try:
