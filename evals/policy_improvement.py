@@ -43,6 +43,12 @@ of the final number, tokens and whether it finished before the cap:
     python -m evals.policy_improvement evaluate --policy base=smollm2-135m-instruct \
         --policy rs_a=runs/policy_improvement/rs_a/round-00/policy
 
+`budget-check` is the plan's check before any test-set evaluation: the mean per-token log-probability of the 66
+development prompts' reference answers under arm d's policy minus under the base policy; under 0.05 nats, every
+rejection-sampling arm is retrained once with 6 epochs:
+
+    python -m evals.policy_improvement budget-check --policy runs/policy_improvement/rs_d/round-00/policy
+
 `best-of-n` measures the best-of-n arm (recipes/configs/best_of_n_policy_improvement.yaml: 16 samples per test
 prompt, scored by the plan's judge): at n = 4, 8 and 16 (each prompt's first n samples) the judge's pick, a random
 pick (the mean over the n), the shortest finished answer (the shortest when none finished), the longest and the
@@ -103,6 +109,13 @@ def make_parser():
     evaluate.add_argument("--policy", action="append", required=True, help="NAME=SPEC, one per policy.")
     evaluate.add_argument("--batch_size", type=int, default=8, help="Prompts per greedy generate call.")
     evaluate.add_argument("--output_dir", default="runs/policy_improvement/greedy")
+    budget = steps.add_parser("budget-check", help="Arm d's log-probability change on the development references.")
+    budget.add_argument("--plan", default=str(PLAN))
+    budget.add_argument("--policy", required=True, help="Arm d's trained policy.")
+    budget.add_argument("--base", default="smollm2-135m-instruct")
+    budget.add_argument("--prompts", default=None,
+                        help="The 66 development prompts (default: SELFJ_DATA_DIR/rl_prompts/prompts_heldout.jsonl).")
+    budget.add_argument("--output", default="runs/policy_improvement/budget_check.json")
     bon = steps.add_parser("best-of-n", help="The best-of-n arm's picks at n = 4, 8, 16, measured, as arms.")
     bon.add_argument("--plan", default=str(PLAN))
     bon.add_argument("--prompts", default="runs/policy_improvement/prompts.jsonl")
@@ -406,6 +419,49 @@ def evaluate(args) -> None:
         print(f"{name}: {out / 'measures.jsonl'}")
 
 
+BUDGET_MIN_NATS = 0.05  # the plan's budget_check: under this, every arm is retrained once with 6 epochs
+
+
+def reference_log_probs(spec: str, prompts) -> list[float]:
+    """Per prompt, the mean log-probability per token of its reference answer after the policy's chat prompt."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from selfj_rlhf.core.generation import chat_prompt_ids
+    from selfj_rlhf.core.models import load_causal_lm
+
+    model, tokenizer = load_causal_lm(spec)
+    model.eval()
+    out = []
+    for prompt in tqdm(prompts, desc=f"log-probs {Path(spec).name}", unit="prompt"):
+        context = chat_prompt_ids(tokenizer, prompt.instruction)
+        answer = tokenizer.encode(prompt.reference, add_special_tokens=False)
+        ids = torch.tensor([context + answer])
+        with torch.inference_mode():
+            logits = model(input_ids=ids).logits[0, len(context) - 1:-1].float()
+        out.append(float(torch.log_softmax(logits, -1).gather(1, torch.tensor(answer)[:, None]).mean()))
+    return out
+
+
+def budget_check(args) -> None:
+    from selfj_rlhf.data.prompts import load_prompts
+
+    plan_bytes = Path(args.plan).read_bytes()
+    if not args.prompts and data_dir() is None:
+        raise ConfigError("budget-check: give --prompts or set SELFJ_DATA_DIR")
+    path = args.prompts or str(data_dir() / "rl_prompts" / "prompts_heldout.jsonl")
+    prompts = [p for p in load_prompts(path) if p.reference and p.reference.strip()]
+    base, trained = reference_log_probs(args.base, prompts), reference_log_probs(args.policy, prompts)
+    change = sum(t - b for t, b in zip(trained, base)) / len(prompts)
+    record = {"command": command_line(), "preregistration_sha256": hashlib.sha256(plan_bytes).hexdigest(),
+              "policy": args.policy, "base": args.base, "prompts": len(prompts),
+              "mean_log_prob_per_token": {"base": sum(base) / len(base), "policy": sum(trained) / len(trained)},
+              "change_nats": change, "minimum_nats": BUDGET_MIN_NATS, "retrain_with_6_epochs": change < BUDGET_MIN_NATS}
+    atomic_write_json(args.output, record)
+    print(f"arm d moved the development references' log-probability by {change:+.4f} nats per token "
+          f"({'under' if change < BUDGET_MIN_NATS else 'at least'} {BUDGET_MIN_NATS}): {args.output}")
+
+
 BON_SIZES = (4, 8, 16)  # the plan's picks_at
 
 
@@ -476,6 +532,8 @@ def main(argv=None):
         evaluate(args)
     elif args.step == "best-of-n":
         best_of_n(args)
+    elif args.step == "budget-check":
+        budget_check(args)
 
 
 if __name__ == "__main__":

@@ -330,3 +330,18 @@ def test_the_best_of_n_step_writes_each_pick_as_an_arm(tmp_path):
     _write(cands, candidates[:1])
     with pytest.raises(Exception, match="no candidates for 1 test prompts"):
         main(args)
+
+
+def test_the_budget_check_measures_how_far_arm_d_moved_the_development_references(tiny_model_dir, tmp_path):
+    from evals.policy_improvement import BUDGET_MIN_NATS, main
+
+    prompts = _write(tmp_path / "dev.jsonl", [{"id": f"d{k}", "instruction": f"Say {k}.", "reference": f"{k} it is."}
+                                              for k in range(3)])
+    out = tmp_path / "budget.json"
+    main(["budget-check", "--policy", str(tiny_model_dir), "--base", str(tiny_model_dir), "--prompts", str(prompts),
+          "--output", str(out)])
+    record = json.loads(out.read_text())
+    assert record["prompts"] == 3 and record["change_nats"] == pytest.approx(0.0, abs=1e-6)  # the same weights
+    assert record["retrain_with_6_epochs"] is True and record["minimum_nats"] == BUDGET_MIN_NATS
+    assert record["mean_log_prob_per_token"]["base"] < 0
+    assert record["preregistration_sha256"] == hashlib.sha256(PLAN.read_bytes()).hexdigest()
