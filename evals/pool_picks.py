@@ -4,7 +4,7 @@
     python recipes/train_judge.py --config recipes/configs/train_judge_pool.yaml   # caches states and relevance
     python -m evals.pool_picks
 
-The designs of the recipe's `cv_grid` (`selfj-smollm2-135m-v7`'s, marked chosen as the recipe chooses it, and v3's
+The designs of the recipe's `cv_grid` (`selfj-smollm2-135m-v8`'s, marked chosen as the recipe chooses it, and v3's
 design on the same labels) are
 cross-validated as the recipe does (5 folds by question, its seed, the states and relevance from its feature cache),
 so each arena-bench answer is scored by a head that never saw its question. Per design, over the 150 questions:

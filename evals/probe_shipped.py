@@ -111,10 +111,11 @@ def finished_probe(cfg: ProbeConfig) -> dict | None:
     if not path.is_file():
         return None
     previous = json.loads(path.read_text())
-    same = (previous["judge"] == judge_identity(cfg.judge) and previous["answers"] == cfg.answers
+    # by content hash: the same directory probed under another name (a path before it shipped) is the same judge
+    same = (previous["judge"]["hash"] == judge_identity(cfg.judge)["hash"] and previous["answers"] == cfg.answers
             and previous["prompts"] == len(load_honest_answers(cfg))
             and previous["thresholds"] == thresholds(cfg))
-    return previous if same else None
+    return {**previous, "judge": judge_identity(cfg.judge)} if same else None
 
 
 def main(argv=None):

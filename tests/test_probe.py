@@ -92,6 +92,7 @@ def test_the_probe_scores_as_each_attack_scored_alone(tiny_judge, tmp_path):
 
 
 def test_the_shipped_probe_resumes_with_the_sets_a_killed_run_finished(tiny_model_dir, tmp_path):
+    import shutil
     from dataclasses import replace
 
     from evals.probe_shipped import finished_probe
@@ -103,6 +104,10 @@ def test_the_shipped_probe_resumes_with_the_sets_a_killed_run_finished(tiny_mode
     result = run_probe(cfg)
     assert finished_probe(cfg) == json.loads(json.dumps(result))
     assert finished_probe(replace(cfg, max_padding_shift=0.5)) is None  # other thresholds: probed again
+    shipped = tmp_path / "shipped-name"
+    shutil.copytree(tiny_model_dir, shipped)  # the same directory under its shipped name: the same judge
+    reused = finished_probe(replace(cfg, judge=str(shipped)))
+    assert reused["judge"]["name"] == str(shipped) and reused["attacks"] == result["attacks"]
     write_answers(tmp_path / "answers.jsonl", count=3)
     assert finished_probe(cfg) is None  # other answers: probed again
 

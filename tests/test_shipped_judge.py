@@ -47,11 +47,13 @@ PROVENANCE_NEEDS = {
                               "recipes/configs/train_judge_own_samples.yaml", "evals/results/own_samples_chain.md"),
     "selfj-smollm2-135m-v7": ("arena_bench_v1/grades.jsonl", "recipes/configs/label_pool_all.yaml",
                               "recipes/configs/train_judge_pool.yaml", "evals/results/probe_shipped.md"),
+    "selfj-smollm2-135m-v8": ("arena_bench_v1/grades.jsonl", "recipes/configs/label_pool_all.yaml",
+                              "recipes/configs/train_judge_pool.yaml", "--pool_echoed_per_instruction 2",
+                              "evals/results/probe_shipped.md"),
 }
 # the layers each shipped judge's head reads (v5: a layer ensemble, one linear map over four layers' states)
 HEAD_LAYERS = {"selfj-smollm2-135m-v3": {"layer": 18}, "selfj-smollm2-135m-v4": {"layer": 18},
-               "selfj-smollm2-135m-v5": {"layers": [9, 12, 15, 18]}, "selfj-smollm2-135m-v6": {"layers": [9, 12, 15, 18]},
-               "selfj-smollm2-135m-v7": {"layers": [9, 12, 15, 18]}}
+               **{f"selfj-smollm2-135m-v{k}": {"layers": [9, 12, 15, 18]} for k in (5, 6, 7, 8)}}
 
 
 @pytest.mark.parametrize("name", sorted(PROVENANCE_NEEDS))
@@ -67,8 +69,8 @@ def test_shipped_judge_files_and_provenance(name):
     provenance = (directory / "PROVENANCE.md").read_text()
     for needed in ("Command", *PROVENANCE_NEEDS[name]):
         assert needed in provenance
-    if name in ("selfj-smollm2-135m-v6", "selfj-smollm2-135m-v7"):  # the judges built against the probe: their
-        # relevance gate and CV table ship with them
+    if name in ("selfj-smollm2-135m-v6", "selfj-smollm2-135m-v7", "selfj-smollm2-135m-v8"):
+        # the judges built against the probe: their relevance gate and CV table ship with them
         assert config["relevance"]["kind"] == "instruction_pmi" and (directory / "cv.json").is_file()
 
 
@@ -77,7 +79,7 @@ def test_the_other_models_annotator_uses_the_pool_judge():
     from selfj_rlhf.rlhf.alpacaeval import SelfJPairwiseAnnotator
 
     assert SelfJPairwiseAnnotator().judge_spec == POOL_JUDGE == "selfj-smollm2-135m-pool"
-    assert JUDGE_ALIASES[POOL_JUDGE] == "selfj-smollm2-135m-v7"
+    assert JUDGE_ALIASES[POOL_JUDGE] == "selfj-smollm2-135m-v8"
     assert JUDGE_ALIASES["selfj-smollm2-135m"] != JUDGE_ALIASES[POOL_JUDGE]  # it ranks the policy's own samples
 
 

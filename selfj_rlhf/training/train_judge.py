@@ -355,7 +355,7 @@ def provenance_markdown(name: str, role: str, policy: str, provenance: dict, cv:
              f"- Labels: `{provenance['labels']}` (sha256 `{provenance['labels_sha256'][:16]}`), column "
              f"`{provenance['score_field']}`: {provenance['answers']} answers to {provenance['prompts']} prompts, "
              f"{provenance['examples']} rows trained on (with the augmentation rows, off-topic, injected, "
-             f"content-free, restated and padded answers: {design['augment']}).",
+             f"content-free, restated, echoed and padded answers: {design['augment']}).",
              "- No grade or preference field is read: the labels come from the SELF-J teacher that sees the reference.",
              "", "## Design", "",
              f"- {design['name']}: loss {design['loss']}, pair margin {design['pair_margin']}, weight decay "
