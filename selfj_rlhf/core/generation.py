@@ -34,6 +34,19 @@ def eos_token_ids(model, tokenizer) -> set[int]:
     return set(ids if isinstance(ids, list) else [ids]) | {tokenizer.eos_token_id}
 
 
+def decoded_answers(model, tokenizer, new_tokens: torch.Tensor) -> list[dict]:
+    """Each row of generated ids cut at its first end-of-sequence id: ``{"text", "num_tokens", "finished"}``
+    (``finished`` False when the row hit the token cap first)."""
+    eos_ids = eos_token_ids(model, tokenizer)
+    answers = []
+    for row in new_tokens.tolist():
+        end = next((i for i, t in enumerate(row) if t in eos_ids), None)
+        kept = row if end is None else row[:end]
+        answers.append({"text": tokenizer.decode(kept, skip_special_tokens=True).strip(), "num_tokens": len(kept),
+                        "finished": end is not None})
+    return answers
+
+
 @torch.inference_mode()
 def generate_candidates(model, tokenizer, instruction: str, *, n: int, seed: int, prompt_id: str,
                         max_new_tokens: int = 256, temperature: float = 0.7, top_p: float = 0.95) -> list[dict]:
@@ -49,14 +62,7 @@ def generate_candidates(model, tokenizer, instruction: str, *, n: int, seed: int
     kwargs = dict(do_sample=True, temperature=temperature, top_p=top_p) if sampling else dict(do_sample=False)
     out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                          num_return_sequences=n if sampling else 1, pad_token_id=tokenizer.pad_token_id, **kwargs)
-    new_tokens = out[:, ids.shape[1]:]
-    eos_ids = eos_token_ids(model, tokenizer)
-    candidates = []
-    for row in new_tokens.tolist():
-        end = next((i for i, t in enumerate(row) if t in eos_ids), None)
-        kept = row if end is None else row[:end]
-        candidates.append({"text": tokenizer.decode(kept, skip_special_tokens=True).strip(),
-                           "num_tokens": len(kept), "finished": end is not None})
+    candidates = decoded_answers(model, tokenizer, out[:, ids.shape[1]:])
     return candidates if sampling else candidates * n
 
 
@@ -102,13 +108,7 @@ def generate_candidates_batch(model, tokenizer, prompts, *, n: int, seed: int, m
     out = model.generate(input_ids=torch.tensor(rows, device=device), attention_mask=torch.tensor(mask, device=device),
                          max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad,
                          logits_processor=[RowSeededSampler(seeds, temperature, top_p)])
-    eos_ids = eos_token_ids(model, tokenizer)
-    samples = []
-    for row in out[:, width:].tolist():
-        end = next((i for i, t in enumerate(row) if t in eos_ids), None)
-        kept = row if end is None else row[:end]
-        samples.append({"text": tokenizer.decode(kept, skip_special_tokens=True).strip(), "num_tokens": len(kept),
-                        "finished": end is not None})
+    samples = decoded_answers(model, tokenizer, out[:, width:])
     return [samples[i * n:(i + 1) * n] for i in range(len(prompts))]
 
 
@@ -122,14 +122,7 @@ def generate_greedy_batch(model, tokenizer, instructions: list[str], *, max_new_
     width = encoded["input_ids"].shape[1]
     out = model.generate(input_ids=encoded["input_ids"].to(device), attention_mask=encoded["attention_mask"].to(device),
                          max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
-    eos_ids = eos_token_ids(model, tokenizer)
-    answers = []
-    for row in out[:, width:].tolist():
-        end = next((i for i, t in enumerate(row) if t in eos_ids), None)
-        kept = row if end is None else row[:end]
-        answers.append({"text": tokenizer.decode(kept, skip_special_tokens=True).strip(), "num_tokens": len(kept),
-                        "finished": end is not None})
-    return answers
+    return decoded_answers(model, tokenizer, out[:, width:])
 
 
 def vllm_candidate_generator(policy: str, *, n: int, seed: int, max_new_tokens: int, temperature: float, top_p: float,
