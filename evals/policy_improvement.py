@@ -369,21 +369,20 @@ def prompt_source(prompt_id: str) -> str:
     return prompt_id.split(":", 1)[0].replace("-", "_")
 
 
-def answer_measures(prompts, answers: list[dict], embedder, long_reference_chars: int) -> list[dict]:
-    """Per answer, its measures against the prompt's reference (the plan's metrics) and the strata it falls in."""
+def answer_measures(prompt, answers: list[dict], embedder, long_reference_chars: int) -> list[dict]:
+    """Each of one prompt's answers measured against its reference (the plan's metrics; the reference embedded once
+    for all of them), with the strata the prompt falls in."""
     from evals.lib.metrics import final_number, reference_answer
     from selfj_rlhf.training.labeling import cosine_similarities, token_f1
 
-    rows = []
-    for prompt, answer in zip(prompts, answers):
-        source = prompt_source(prompt.id)
-        rows.append({"id": prompt.id, "source": source, "long_reference": len(prompt.reference) >= long_reference_chars,
-                     "cosine": cosine_similarities(embedder, [answer["text"]], prompt.reference)[0],
-                     "f1": token_f1(answer["text"], prompt.reference),
-                     "exact_match": (float(final_number(answer["text"]) == reference_answer(prompt.reference))
-                                     if source == "gsm8k" else None),
-                     "num_tokens": answer["num_tokens"], "finished": answer["finished"]})
-    return rows
+    source = prompt_source(prompt.id)
+    cosines = cosine_similarities(embedder, [answer["text"] for answer in answers], prompt.reference)
+    return [{"id": prompt.id, "source": source, "long_reference": len(prompt.reference) >= long_reference_chars,
+             "cosine": cosine, "f1": token_f1(answer["text"], prompt.reference),
+             "exact_match": (float(final_number(answer["text"]) == reference_answer(prompt.reference))
+                             if source == "gsm8k" else None),
+             "num_tokens": answer["num_tokens"], "finished": answer["finished"]}
+            for answer, cosine in zip(answers, cosines)]
 
 
 def evaluate(args) -> None:
@@ -409,7 +408,8 @@ def evaluate(args) -> None:
         out = Path(args.output_dir) / name
         answers = greedy_answers(spec, prompts, out, max_new_tokens=GREEDY_MAX_NEW_TOKENS,
                                  batch_size=args.batch_size, desc=f"greedy {name}")
-        measures = answer_measures(prompts, answers, embedder, long_chars)
+        measures = [row for prompt, answer in zip(prompts, answers)
+                    for row in answer_measures(prompt, [answer], embedder, long_chars)]
         atomic_write_jsonl(out / "measures.jsonl", measures)
         atomic_write_json(out / "summary.json", {
             "command": command_line(), "preregistration_sha256": plan_sha, "policy": spec, "prompts": len(prompts),
@@ -501,7 +501,7 @@ def best_of_n(args) -> None:
     for prompt in prompts:
         candidates = rows[prompt.id]["candidates"][:wanted]
         answers = [{"text": c["text"], "num_tokens": c["num_tokens"], "finished": c["finished"]} for c in candidates]
-        measured[prompt.id] = answer_measures([prompt] * len(answers), answers, embedder, long_chars)
+        measured[prompt.id] = answer_measures(prompt, answers, embedder, long_chars)
     keys = ("cosine", "f1", "num_tokens", "finished")
     for n in BON_SIZES:
         arms: dict[str, list[dict]] = {}
