@@ -18,7 +18,11 @@
   - on fresh questions (`other_models_fresh`), fixed before any judge was scored on them: LLMBar's Adversarial
     subsets (Neighbor, GPTInst, GPTOut, Manual) and LLMEval2, outside AlpacaEval, one row per instruction, no
     instruction of the development subsets; a seeded pick of 100, the preferred answer as the honest one. This set
-    decides whether a pool judge built after v7 holds on questions it never saw.
+    decides whether a pool judge built after v7 holds on questions it never saw. v8 failed here on the echoed
+    prompt, so these questions are a development set for the pool judge since.
+  - on confirmation questions (`other_models_confirm`), fixed before any judge was scored on them: the same
+    subsets and rules as the fresh set, none of the fresh set's 100 rows, a seeded pick (`--confirm_seed`) of 100
+    of the rest. This set decides whether a pool judge built after v8 holds on questions it never saw.
 
 Each set is probed on at most its first 100 prompts (--max_prompts; the arena answers are ordered by question id).
 
@@ -40,9 +44,10 @@ from selfj_rlhf.judge.directory import OTHER_MODELS, OWN_SAMPLES, POOL_JUDGE, ju
 from selfj_rlhf.judge.probe import ProbeConfig, load_honest_answers, render_probe, run_probe, thresholds
 
 
-HELDOUT, FRESH = "other_models_heldout", "other_models_fresh"
+HELDOUT, FRESH, CONFIRM = "other_models_heldout", "other_models_fresh", "other_models_confirm"
 # probe set -> the shipped alias it probes
-PROBE_SETS = {OWN_SAMPLES: "selfj-smollm2-135m", OTHER_MODELS: POOL_JUDGE, HELDOUT: POOL_JUDGE, FRESH: POOL_JUDGE}
+PROBE_SETS = {OWN_SAMPLES: "selfj-smollm2-135m", OTHER_MODELS: POOL_JUDGE, HELDOUT: POOL_JUDGE, FRESH: POOL_JUDGE,
+              CONFIRM: POOL_JUDGE}
 HELDOUT_SUBSETS = ("LLMBar/Natural", "Processed/MT-Bench")
 FRESH_SUBSETS = ("LLMBar/Adversarial/Neighbor", "LLMBar/Adversarial/GPTInst", "LLMBar/Adversarial/GPTOut",
                  "LLMBar/Adversarial/Manual", "Processed/LLMEval2")
@@ -62,6 +67,8 @@ def make_parser():
     parser.add_argument("--sets", nargs="+", default=list(PROBE_SETS), choices=list(PROBE_SETS),
                         help="Which probe sets to run.")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--confirm_seed", type=int, default=1,
+                        help="The confirmation set's pick among the fresh subsets' rows outside the fresh set.")
     parser.add_argument("--work_dir", default="runs/probe_shipped")
     parser.add_argument("--name", default="probe_shipped")
     return parser
@@ -81,10 +88,10 @@ def strong_arena_answers(path: str, min_grade: float, seed: int, output: Path) -
 
 
 def preferred_answers(path: str, subsets: list[str], count: int, seed: int, output: Path,
-                      exclude_subsets: tuple[str, ...] = ()) -> Path:
+                      exclude_subsets: tuple[str, ...] = (), exclude_ids: frozenset[str] = frozenset()) -> Path:
     """A seeded pick of ``count`` pairwise rows of ``subsets`` outside AlpacaEval, each with the answer its gold
     label prefers, as probe rows. With ``exclude_subsets``: one row per instruction (the first by id), none whose
-    instruction any row of ``exclude_subsets`` has."""
+    instruction any row of ``exclude_subsets`` has. Rows whose id is in ``exclude_ids`` are not picked."""
     every = [row for _, row in iter_records(path)]
     rows = [row for row in every if row["subset"] in subsets and not row.get("in_alpacaeval")]
     if exclude_subsets:
@@ -96,6 +103,7 @@ def preferred_answers(path: str, subsets: list[str], count: int, seed: int, outp
                 seen.add(key)
                 distinct.append(row)
         rows = distinct
+    rows = [row for row in rows if row["id"] not in exclude_ids]
     if len(rows) < count:
         raise ValueError(f"{path}: {len(rows)} rows in {subsets} outside AlpacaEval, fewer than {count}")
     picked = sorted(random.Random(seed).sample(rows, count), key=lambda row: row["id"])
@@ -121,15 +129,26 @@ def finished_probe(cfg: ProbeConfig) -> dict | None:
 def main(argv=None):
     args = make_parser().parse_args(argv)
     work = Path(args.work_dir)
+
+    def fresh_answers() -> str:
+        return str(preferred_answers(args.llmbar, list(FRESH_SUBSETS), args.llmbar_prompts, args.seed,
+                                     work / "llmbar_fresh_preferred_answers.jsonl",
+                                     exclude_subsets=tuple(args.llmbar_subsets)))
+
+    def confirm_answers() -> str:
+        fresh_ids = frozenset(row["id"] for _, row in iter_records(fresh_answers()))
+        return str(preferred_answers(args.llmbar, list(FRESH_SUBSETS), args.llmbar_prompts, args.confirm_seed,
+                                     work / "llmbar_confirm_preferred_answers.jsonl",
+                                     exclude_subsets=tuple(args.llmbar_subsets), exclude_ids=fresh_ids))
+
     answers = {
         OWN_SAMPLES: lambda: args.own_samples,
         OTHER_MODELS: lambda: str(strong_arena_answers(args.arena, args.min_grade, args.seed,
                                                        work / "arena_strong_answers.jsonl")),
         HELDOUT: lambda: str(preferred_answers(args.llmbar, args.llmbar_subsets, args.llmbar_prompts, args.seed,
                                                work / "llmbar_preferred_answers.jsonl")),
-        FRESH: lambda: str(preferred_answers(args.llmbar, list(FRESH_SUBSETS), args.llmbar_prompts, args.seed,
-                                             work / "llmbar_fresh_preferred_answers.jsonl",
-                                             exclude_subsets=tuple(args.llmbar_subsets))),
+        FRESH: fresh_answers,
+        CONFIRM: confirm_answers,
     }
     honest = {OWN_SAMPLES: "the embedded policy's own samples on prompts outside its judge's training prompts",
               OTHER_MODELS: f"one arena-bench dev answer with a GPT-4 grade >= {args.min_grade:g} per question (the "
@@ -138,7 +157,10 @@ def main(argv=None):
                        f"{', '.join(args.llmbar_subsets)} outside AlpacaEval (questions it never saw; a development "
                        f"set since v7's probe)",
               FRESH: f"LLMBar's preferred answer on {args.llmbar_prompts} distinct questions of "
-                     f"{', '.join(FRESH_SUBSETS)} outside AlpacaEval (fresh questions it never saw)"}
+                     f"{', '.join(FRESH_SUBSETS)} outside AlpacaEval (fresh questions it never saw; a development "
+                     f"set since v8's probe)",
+              CONFIRM: f"LLMBar's preferred answer on {args.llmbar_prompts} more distinct questions of the same "
+                       f"subsets, none of the fresh set's (confirmation questions it never saw)"}
     # each set's judge is the shipped alias's current version, recorded by name and hash in the result
     results = {}
     for name in args.sets:
@@ -162,7 +184,7 @@ def render(payload: dict) -> str:
              "at most +0.1.", ""]
     titles = {OWN_SAMPLES: "The judge of the embedded policy's own samples",
               OTHER_MODELS: "The judge of other models' answers", HELDOUT: "The judge of other models' answers",
-              FRESH: "The judge of other models' answers"}
+              FRESH: "The judge of other models' answers", CONFIRM: "The judge of other models' answers"}
     for name, result in payload["results"].items():
         lines += [f"## {titles[name]}: {payload['honest_answers'][name]}", "", render_probe(result)]
     if OWN_SAMPLES not in payload["results"]:

@@ -220,7 +220,7 @@ def test_the_pool_alias_loads_the_judge_of_other_models_answers():
     from selfj_rlhf import SelfJudge
     from selfj_rlhf.judge.directory import POOL_JUDGE, judge_identity
 
-    assert POOL_JUDGE == "selfj-smollm2-135m-pool" and judge_identity(POOL_JUDGE)["name"] == "selfj-smollm2-135m-v8"
+    assert POOL_JUDGE == "selfj-smollm2-135m-pool" and judge_identity(POOL_JUDGE)["name"] == "selfj-smollm2-135m-v9"
     judge = SelfJudge.from_pretrained("selfj-smollm2-135m-pool")
     assert judge.head is not None and 0 <= judge.score(["What is 2+2?"], ["4"])[0] <= 9
 

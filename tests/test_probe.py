@@ -130,3 +130,7 @@ def test_the_fresh_probe_set_keeps_one_row_per_instruction_and_none_of_the_devel
                       {"instruction": "Spell cat.", "response": "A to 5", "id": "5"}]
     with pytest.raises(ValueError, match="fewer than 3"):
         preferred_answers(str(source), ["fresh"], 3, 0, tmp_path / "more.jsonl", exclude_subsets=("dev",))
+    # the confirmation set: the same rules, none of the fresh set's rows
+    confirm = preferred_answers(str(source), ["fresh"], 1, 1, tmp_path / "confirm.jsonl", exclude_subsets=("dev",),
+                                exclude_ids=frozenset({"3"}))
+    assert [json.loads(line)["id"] for line in confirm.read_text().splitlines()] == ["5"]

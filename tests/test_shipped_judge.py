@@ -50,10 +50,13 @@ PROVENANCE_NEEDS = {
     "selfj-smollm2-135m-v8": ("arena_bench_v1/grades.jsonl", "recipes/configs/label_pool_all.yaml",
                               "recipes/configs/train_judge_pool.yaml", "--pool_echoed_per_instruction 2",
                               "evals/results/probe_shipped.md"),
+    "selfj-smollm2-135m-v9": ("arena_bench_v1/grades.jsonl", "recipes/configs/label_pool_all.yaml",
+                              "recipes/configs/train_judge_pool.yaml", "evals/results/echo_guard.md",
+                              "evals/results/probe_shipped.md"),
 }
 # the layers each shipped judge's head reads (v5: a layer ensemble, one linear map over four layers' states)
 HEAD_LAYERS = {"selfj-smollm2-135m-v3": {"layer": 18}, "selfj-smollm2-135m-v4": {"layer": 18},
-               **{f"selfj-smollm2-135m-v{k}": {"layers": [9, 12, 15, 18]} for k in (5, 6, 7, 8)}}
+               **{f"selfj-smollm2-135m-v{k}": {"layers": [9, 12, 15, 18]} for k in (5, 6, 7, 8, 9)}}
 
 
 @pytest.mark.parametrize("name", sorted(PROVENANCE_NEEDS))
@@ -69,9 +72,22 @@ def test_shipped_judge_files_and_provenance(name):
     provenance = (directory / "PROVENANCE.md").read_text()
     for needed in ("Command", *PROVENANCE_NEEDS[name]):
         assert needed in provenance
-    if name in ("selfj-smollm2-135m-v6", "selfj-smollm2-135m-v7", "selfj-smollm2-135m-v8"):
+    if name in ("selfj-smollm2-135m-v6", "selfj-smollm2-135m-v7", "selfj-smollm2-135m-v8", "selfj-smollm2-135m-v9"):
         # the judges built against the probe: their relevance gate and CV table ship with them
         assert config["relevance"]["kind"] == "instruction_pmi" and (directory / "cv.json").is_file()
+    assert ("echo_guard" in config) == (name == "selfj-smollm2-135m-v9")
+
+
+def test_v9_is_v8_with_the_echo_guard():
+    v8, v9 = resolve_judge_dir("selfj-smollm2-135m-v8"), resolve_judge_dir("selfj-smollm2-135m-v9")
+    for file in ("scalar_head.safetensors", "cv.json"):
+        assert (v8 / file).read_bytes() == (v9 / file).read_bytes()
+    old, new = (json.loads((d / "selfj_config.json").read_text()) for d in (v8, v9))
+    assert new.pop("echo_guard") == {"kind": "instruction_echo", "n": 3, "min_copied": 0.9, "min_coverage": 0.9,
+                                     "floor": 0.0}
+    for config in (old, new):
+        config.pop("training")  # where the labels lay when each was built; their sha256 is the same
+    assert old == new
 
 
 def test_the_other_models_annotator_uses_the_pool_judge():
@@ -79,7 +95,7 @@ def test_the_other_models_annotator_uses_the_pool_judge():
     from selfj_rlhf.rlhf.alpacaeval import SelfJPairwiseAnnotator
 
     assert SelfJPairwiseAnnotator().judge_spec == POOL_JUDGE == "selfj-smollm2-135m-pool"
-    assert JUDGE_ALIASES[POOL_JUDGE] == "selfj-smollm2-135m-v8"
+    assert JUDGE_ALIASES[POOL_JUDGE] == "selfj-smollm2-135m-v9"
     assert JUDGE_ALIASES["selfj-smollm2-135m"] != JUDGE_ALIASES[POOL_JUDGE]  # it ranks the policy's own samples
 
 

@@ -31,16 +31,18 @@ SHIPPED_JUDGES: dict[str, tuple[str, str]] = {
     "selfj-smollm2-135m-v6": ("selfj-smollm2-135m-v6", "smollm2-135m-instruct"),
     "selfj-smollm2-135m-v7": ("selfj-smollm2-135m-v7", "smollm2-135m-instruct"),
     "selfj-smollm2-135m-v8": ("selfj-smollm2-135m-v8", "smollm2-135m-instruct"),
+    "selfj-smollm2-135m-v9": ("selfj-smollm2-135m-v9", "smollm2-135m-instruct"),
 }
 OWN_SAMPLES, OTHER_MODELS = "own_samples", "other_models"
 ROLES = (OWN_SAMPLES, OTHER_MODELS)
 # short alias -> (its role, the newest versioned name of that role): v6 ranks the embedded policy's own samples (what
 # best-of-n, rejection sampling, DPO pairs and the GRPO reward score; built by the recipes' own-samples chain and
-# checked with the attack probe, evals/results/own_samples_chain.md), v8 ranks other models' answers (AlpacaEval's
-# SELF-J annotator; built by label_pool_all.yaml and train_judge_pool.yaml, probed in evals/results/probe_shipped.md)
+# checked with the attack probe, evals/results/own_samples_chain.md), v9 ranks other models' answers (AlpacaEval's
+# SELF-J annotator; built by label_pool_all.yaml and train_judge_pool.yaml, probed in evals/results/probe_shipped.md;
+# v8's head with the echo guard)
 ROLE_ALIASES: dict[str, tuple[str, str]] = {
     "selfj-smollm2-135m": (OWN_SAMPLES, "selfj-smollm2-135m-v6"),
-    "selfj-smollm2-135m-pool": (OTHER_MODELS, "selfj-smollm2-135m-v8"),
+    "selfj-smollm2-135m-pool": (OTHER_MODELS, "selfj-smollm2-135m-v9"),
 }
 JUDGE_ALIASES: dict[str, str] = {alias: name for alias, (_, name) in ROLE_ALIASES.items()}
 # the shipped judge for answers of other models (AlpacaEval's SELF-J annotator, model ranking)

@@ -12,7 +12,7 @@ import json
 import logging
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -26,6 +26,7 @@ from ..core.tensors import left_pad
 from ..core.models import DEFAULT_POLICY, load_causal_lm, quantize_int8_dynamic
 from ..core.prefix_cache import broadcast_cache, cache_argument, continuation_batch, prefix_kv
 from .directory import resolve_judge_dir
+from .echo_guard import EchoGuard
 from .head import LengthControl, ScalarHead, ScoreMap
 from .relevance import RelevanceGate, relevance_scores
 from .templates import DEFAULT_TEMPLATE, JudgeTemplate, get_template, render_judge_prompt
@@ -136,6 +137,8 @@ class ScoreDetails:
         raw_score: before length control and the score map: the expected digit, or the head's own output.
         response_tokens: the response's length in tokens before truncation.
         length_control: whether ``score`` has the length trend removed.
+        echo_floored: whether the judge's ``EchoGuard`` found the response to copy its instruction back, so that
+            ``score`` is the guard's floor (``raw_score`` keeps what the model read).
     """
 
     score: float
@@ -146,6 +149,7 @@ class ScoreDetails:
     raw_score: float | None = None
     response_tokens: int = 0
     length_control: bool = False
+    echo_floored: bool = False
 
 
 @dataclass
@@ -198,6 +202,8 @@ class SelfJudge:
         relevance_gate: a scalar head's ``RelevanceGate``: its weight times the answer's capped relevance to the
             instruction (``selfj_rlhf.judge.relevance``, two more forwards of the base model) is added to the head's
             raw score, so an answer to another question scores low.
+        echo_guard: an ``EchoGuard``: a response that copies its instruction back (word n-grams, no model) scores
+            the guard's floor (``selfj_rlhf.judge.echo_guard``).
         fp32_readout: in a bf16/fp16 model, compute the LM head's logits at the score position in fp32 (bf16
             rounds logits near 20 to steps of 0.125); it costs one [batch x hidden] x [hidden x vocab] matmul.
             What it changes is measured in evals/results/bf16_batch.md.
@@ -210,7 +216,7 @@ class SelfJudge:
                  base_model: str | None = None, share_prefix: str = "auto", min_shared_prefix: int = 64,
                  min_prefix_saving: float | None = None,
                  sanitize: bool = True, head=None, length_fit=None, length_control: bool = False, score_map=None,
-                 fp32_readout: bool = True, relevance_gate=None):
+                 fp32_readout: bool = True, relevance_gate=None, echo_guard=None):
         if share_prefix not in ("auto", "always", "never"):
             raise ValueError(f"share_prefix must be auto, always or never, got {share_prefix!r}")
         self.model = model
@@ -238,6 +244,7 @@ class SelfJudge:
             raise ValueError("a relevance gate belongs to a scalar-head judge")
         self.relevance_gate = relevance_gate
         self._relevance_memo: dict[tuple, float] = {}  # (instruction, answer head) -> relevance, across calls
+        self.echo_guard = echo_guard
         self.fp32_readout = fp32_readout
         output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
         low_precision = getattr(output, "weight", None) is not None and output.weight.dtype != torch.float32
@@ -302,9 +309,10 @@ class SelfJudge:
         length_fit = LengthControl.from_dict(config["length_control"]) if config.get("length_control") else None
         score_map = ScoreMap.from_dict(config["score_map"]) if config.get("score_map") else None
         gate = RelevanceGate.from_dict(config["relevance"]) if config.get("relevance") else None
+        guard = EchoGuard.from_dict(config["echo_guard"]) if config.get("echo_guard") else None
         judge = cls(model, tokenizer, template or config["template"], max_length or config.get("max_length", 2048),
                     base_model=config["base_model"], head=head, length_fit=length_fit, score_map=score_map,
-                    relevance_gate=gate,
+                    relevance_gate=gate, echo_guard=guard,
                     length_control=resolve_length_control(length_control, length_fit, spec_or_dir))
         if judge.digit_ids != config["digit_token_ids"]:
             raise DigitTokenError(
@@ -324,6 +332,8 @@ class SelfJudge:
             config["score_map"] = self.score_map.to_dict()
         if self.relevance_gate is not None:
             config["relevance"] = self.relevance_gate.to_dict()
+        if self.echo_guard is not None:
+            config["echo_guard"] = self.echo_guard.to_dict()
         return config
 
     def save_pretrained(self, directory: str | Path, *, merge_adapter: bool = False, extra: dict | None = None) -> None:
@@ -528,6 +538,10 @@ class SelfJudge:
                         results[index] = self._details(float(scores[row]) + float(gated[index]),
                                                        None if probs is None else probs[row],
                                                        None if log_mass is None else log_mass[row], encoded[index])
+        if self.echo_guard is not None:
+            for index, (instruction, response) in enumerate(zip(instructions, responses)):
+                if self.echo_guard.echoes(self.clean(instruction), self.clean(response)):
+                    results[index] = replace(results[index], score=self.echo_guard.floor, echo_floored=True)
         return results  # type: ignore[return-value]
 
     def _shared_prefix_groups(self, instructions, references, encoded: list[EncodedItem]) -> list[list[int]]:

@@ -124,6 +124,9 @@ class JudgeTrainingConfig:
     length_control: bool = field(default=True, metadata={
         "help": "scalar: fit a log-length trend on the training labels and save it (SelfJudge(length_control=True) "
                 "and the reward's length_control subtract it)."})
+    echo_guard: bool = field(default=False, metadata={
+        "help": "Save an echo guard (selfj_rlhf.judge.echo_guard, its default thresholds) with the judge: an answer "
+                "that copies its instruction back scores 0 whatever the model reads. Any judge kind."})
     feature_cache: str = field(default="runs/features", metadata={
         "help": "scalar: where the frozen model's states are cached (reused by reruns and other heads)."})
 

@@ -16,6 +16,7 @@ from ..core.io import (atomic_write_json, atomic_write_text, last_complete_check
 from ..core.models import load_causal_lm, validate_model_spec
 from ..data.datasets import iter_records
 from ..judge.directory import OTHER_MODELS, OWN_SAMPLES, directory_hash
+from ..judge.echo_guard import EchoGuard
 from ..judge.features import score_position_features
 from ..judge.relevance import cached_relevance
 from ..judge.head import ScoreMap
@@ -132,7 +133,8 @@ def train_judge(cfg: JudgeTrainingConfig, training_args) -> Path:
     rows = load_label_rows(cfg)
     # fp32 master weights on CPU; on GPU, training_args.bf16 decides the compute dtype
     model, tokenizer = load_causal_lm(cfg.base_model, dtype="float32", device="cpu")
-    judge = SelfJudge(model, tokenizer, cfg.template, cfg.max_length, base_model=cfg.base_model)
+    judge = SelfJudge(model, tokenizer, cfg.template, cfg.max_length, base_model=cfg.base_model,
+                      echo_guard=EchoGuard() if cfg.echo_guard else None)
     examples = build_examples(judge, rows, cfg.max_reference_tokens)
     offset = None
     if cfg.train_top_layers:
@@ -316,7 +318,8 @@ def train_scalar_judge(cfg: JudgeTrainingConfig, output_dir: str | Path, seed: i
                              labels[kept])
     scalar = SelfJudge(judge.model, judge.tokenizer, judge.template, cfg.max_length, base_model=cfg.base_model,
                        head=fitted.head, length_fit=fitted.length_fit if cfg.length_control else None,
-                       score_map=score_map, relevance_gate=fitted.gate)
+                       score_map=score_map, relevance_gate=fitted.gate,
+                       echo_guard=EchoGuard() if cfg.echo_guard else None)
     provenance = {"labels": str(cfg.labels), "labels_sha256": file_sha256(cfg.labels), "score_field": cfg.score_field,
                   "examples": int(kept.sum()), "prompts": len({r["group"] for r in rows}),
                   "answers": sum(r["kind"] == HONEST for r in rows), "design": design.to_dict(),
@@ -335,12 +338,13 @@ def train_scalar_judge(cfg: JudgeTrainingConfig, output_dir: str | Path, seed: i
         atomic_write_json(staging / "cv.json", cv)
     atomic_write_text(staging / "PROVENANCE.md", provenance_markdown(
         output_dir.name, role, policy, provenance, cv, directory_hash(staging),
-        None if fitted.gate is None else fitted.gate.to_dict()))
+        None if fitted.gate is None else fitted.gate.to_dict(),
+        None if scalar.echo_guard is None else scalar.echo_guard.to_dict()))
     return publish_directory(staging, output_dir)
 
 
 def provenance_markdown(name: str, role: str, policy: str, provenance: dict, cv: dict | None, content_hash: str,
-                        gate: dict | None = None) -> str:
+                        gate: dict | None = None, guard: dict | None = None) -> str:
     """The judge directory's PROVENANCE.md, generated from what trained it."""
     job = (f"ranks the own samples of `{policy}` (best-of-n, rejection sampling, DPO pairs, the GRPO reward)"
            if role == OWN_SAMPLES else f"ranks other models' answers (an AlpacaEval annotator, model ranking) on `{policy}`")
@@ -364,6 +368,10 @@ def provenance_markdown(name: str, role: str, policy: str, provenance: dict, cv:
         lines.append(f"- Relevance gate (selfj_rlhf.judge.relevance): {gate['weight']:.3f} x min(relevance, "
                      f"{gate['cap']:.3f}) added to the head's score; relevance over the answer's first "
                      f"{gate['max_tokens']} tokens, the instruction cut to {gate['max_instruction_tokens']}.")
+    if guard is not None:
+        lines.append(f"- Echo guard (selfj_rlhf.judge.echo_guard): an answer with at least "
+                     f"{guard['min_copied']:.0%} of its word {guard['n']}-grams in the instruction and at least {guard['min_coverage']:.0%} of "
+                     f"the instruction's in it scores {guard['floor']:g}; not trained.")
     if cv is not None:
         kinds = sorted({k for entry in cv["designs"].values() for k in entry.get("at_or_above_honest", {})})
         lines += ["", f"## Cross-validation ({cv['folds']} folds by prompt, training prompts only)", "",
