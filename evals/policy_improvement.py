@@ -49,6 +49,11 @@ rejection-sampling arm is retrained once with 6 epochs:
 
     python -m evals.policy_improvement budget-check --policy runs/policy_improvement/rs_d/round-00/policy
 
+It came out under (-0.030 nats: arm d's 3-epoch policy fits the development references slightly worse than the base),
+so the arms are the recipe's commands above with `--num_train_epochs 6` and output directories `rs_a_6ep`, `rs_b_6ep`,
+`rs_c_6ep` and `rs_d_6ep`, evaluated as `--policy rs_a=runs/policy_improvement/rs_a_6ep/round-00/policy` and so on;
+arm d's 6-epoch policy is checked again (`--output runs/policy_improvement/budget_check_6ep.json`) for the report.
+
 `best-of-n` measures the best-of-n arm (recipes/configs/best_of_n_policy_improvement.yaml: 16 samples per test
 prompt, scored by the plan's judge): at n = 4, 8 and 16 (each prompt's first n samples) the judge's pick, a random
 pick (the mean over the n), the shortest finished answer (the shortest when none finished), the longest and the

@@ -58,6 +58,10 @@ def make_parser():
                         help="One folder per arm with its measures.jsonl (evals.policy_improvement evaluate).")
     parser.add_argument("--grpo_run", default="runs/policy_improvement/grpo",
                         help="The GRPO arm's output folder (probe_reward.jsonl, trainer logs); skipped when absent.")
+    parser.add_argument("--budget_checks", nargs="*", default=["runs/policy_improvement/budget_check.json",
+                                                               "runs/policy_improvement/budget_check_6ep.json"],
+                        help="The plan's budget checks (`budget-check --output`), reported in this order; missing "
+                             "files are skipped.")
     parser.add_argument("--name", default="policy_improvement",
                         help="The committed record: evals/results/<name>.json and .md (empty: print only).")
     return parser
@@ -214,6 +218,12 @@ def render(payload: dict) -> str:
     for arm, row in payload["arms"].items():
         lines.append(f"| {arm} | {row['prompts']} | {row['cosine']:.3f} | {row['f1']:.3f} | {row['mean_tokens']:.1f} "
                      f"| {row['cut_at_cap']:.0%} |")
+    if payload.get("budget_checks"):
+        lines += ["", "## Budget checks: arm d's mean per-token log-probability change on the development references",
+                  "", "| policy | prompts | change (nats) | plan's minimum | retrain with 6 epochs |",
+                  "|---|---:|---:|---:|---|"]
+        lines += [f"| `{c['policy']}` | {c['prompts']} | {c['change_nats']:+.4f} | {c['minimum_nats']} | "
+                  f"{'yes' if c['retrain_with_6_epochs'] else 'no'} |" for c in payload["budget_checks"]]
     lines += ["", "## Primary endpoints", ""]
     if not payload["complete"]:
         lines += ["**Incomplete:** Holm's correction needs all six endpoints; the arms below are missing where a row "
@@ -250,7 +260,9 @@ def render(payload: dict) -> str:
 def main(argv=None):
     args = make_parser().parse_args(argv)
     payload = {"command": command_line(), "machine": machine_info(), **report(args.plan, args.measures),
-               "grpo": grpo_curves(Path(args.grpo_run))}
+               "grpo": grpo_curves(Path(args.grpo_run)),
+               "budget_checks": [json.loads(Path(path).read_text()) for path in args.budget_checks
+                                 if Path(path).is_file()]}
     if payload["grpo"] and args.name:
         payload["grpo_plot"] = f"evals/results/{args.name}_grpo.png"
     markdown = render(payload)

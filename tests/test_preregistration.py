@@ -288,6 +288,9 @@ def test_the_report_reads_and_plots_grpo_s_fixed_prompt_curve(tmp_path):
     payload = {**report(PLAN, tmp_path / "measures"), "grpo": curves, "command": "c",
                "machine": {"cpu": "x", "cpu_count": 1, "date": "d"}}
     assert "| 10 | 4.000 | 30.0 | 0% |" in render(payload)
+    check = {"policy": "runs/rs_d", "prompts": 66, "change_nats": -0.03, "minimum_nats": 0.05,
+             "retrain_with_6_epochs": True}
+    assert "| `runs/rs_d` | 66 | -0.0300 | 0.05 | yes |" in render({**payload, "budget_checks": [check]})
 
 
 def test_best_of_n_picks_take_the_first_n_candidates():
