@@ -4,7 +4,7 @@
     python recipes/train_judge.py --config recipes/configs/train_judge_pool.yaml   # caches states and relevance
     python -m evals.pool_picks
 
-The designs of the recipe's `cv_grid` (`selfj-smollm2-135m-v8`'s, marked chosen as the recipe chooses it, and v3's
+The designs of the recipe's `cv_grid` (`selfj-smollm2-135m-v9`'s, marked chosen as the recipe chooses it, and v3's
 design on the same labels) are
 cross-validated as the recipe does (5 folds by question, its seed, the states and relevance from its feature cache),
 so each arena-bench answer is scored by a head that never saw its question. Per design, over the 150 questions:
@@ -12,7 +12,8 @@ the mean within-question Spearman of those scores with the answers' GPT-4 grades
 judge's pick among a question's answers (about 15) against a random answer (the question's mean grade), the
 longest and the shortest answer (in tokens), with 95 % bootstrap intervals over questions for pick minus random
 and pick minus longest. The grades are read here to measure, never to train; the design was chosen by the
-recipe on the teacher's labels alone.
+recipe on the teacher's labels alone. With the recipe's `echo_guard`, an answer the guard finds to copy its
+question back scores below every other answer of the pool, as the shipped judge floors it.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from evals.lib.common import command_line, default_data, machine_info, write_res
 from evals.lib.metrics import bootstrap_ci
 from selfj_rlhf.cli.main import SUBCOMMANDS
 from selfj_rlhf.data.datasets import iter_records
+from selfj_rlhf.judge.echo_guard import EchoGuard
 from selfj_rlhf.judge.features import score_position_features
 from selfj_rlhf.judge.relevance import cached_relevance
 from selfj_rlhf.judge.self_judge import SelfJudge
@@ -92,12 +94,24 @@ def main(argv=None):
                            ScalarHeadConfig(distill=False, student_weight=cfg.alpha, distill_weight=cfg.beta,
                                             seed=seed), cfg.cv_folds, seed, relevance=relevance)
     chosen, _ = select_design(grid, table, rows, cfg.cv_max_attack_rate)  # as the recipe chooses, from the labels
+    guarded = np.zeros(len(rows), dtype=bool)
+    if cfg.echo_guard:
+        guard = EchoGuard()
+        guarded = np.array([guard.echoes(judge.clean(i), judge.clean(r)) for i, r in zip(instructions, responses)])
+
+    def floored(scores: list[float]) -> np.ndarray:
+        scores = np.array(scores)
+        scores[guarded] = scores.min() - 1.0  # the guard's floor: below every answer the head scored
+        return scores
+
     designs = {name: {"spearman_with_teacher_label": entry["spearman_within_prompt"],
-                      **pick_table(np.array(entry["out_of_fold_scores"]), rows, grades, student.response_tokens,
+                      **pick_table(floored(entry["out_of_fold_scores"]), rows, grades, student.response_tokens,
                                    args.bootstrap)}
                for name, entry in table.items()}
     payload = {"command": command_line(), "machine": machine_info(), "config": args.config, "labels": cfg.labels,
-               "folds": cfg.cv_folds, "chosen": chosen.name, "designs": designs}
+               "folds": cfg.cv_folds, "chosen": chosen.name, "designs": designs,
+               "echo_guard_fired": {"honest_answers": int(sum(g for g, r in zip(guarded, rows) if r["kind"] == HONEST)),
+                                    "rows": int(guarded.sum())} if cfg.echo_guard else None}
     write_results(args.name, payload, render(payload))
     print(render(payload))
 
@@ -121,6 +135,11 @@ def render(payload: dict) -> str:
                      f"{row['pick_grade']:.2f} | {row['random_grade']:.2f} | {row['longest_grade']:.2f} | "
                      f"{row['shortest_grade']:.2f} | {row['pick_minus_random']:+.2f} [{low:+.2f}, {high:+.2f}] | "
                      f"{row['pick_minus_longest']:+.2f} [{low_l:+.2f}, {high_l:+.2f}] |")
+    fired = payload.get("echo_guard_fired")
+    if fired is not None:
+        lines += ["", f"Echo guard (the recipe's `echo_guard`): fired on {fired['honest_answers']} of the graded "
+                      f"answers ({fired['rows']} label rows in all, with the label-0 rows that restate the question); "
+                      "those score below every other answer."]
     return "\n".join(lines) + "\n"
 
 
