@@ -53,6 +53,11 @@ It came out under (-0.030 nats: arm d's 3-epoch policy fits the development refe
 so the arms are the recipe's commands above with `--num_train_epochs 6` and output directories `rs_a_6ep`, `rs_b_6ep`,
 `rs_c_6ep` and `rs_d_6ep`, evaluated as `--policy rs_a=runs/policy_improvement/rs_a_6ep/round-00/policy` and so on;
 arm d's 6-epoch policy is checked again (`--output runs/policy_improvement/budget_check_6ep.json`) for the report.
+Arm a's two rounds (the plan's second round: 8 new samples per training prompt from round 0's policy, picked by the
+plan's judge) are one recipe run, `rs_a2` being its round-01 policy:
+
+    accelerate launch recipes/rejection_sampling.py \
+        --config recipes/configs/rejection_sampling_policy_improvement.yaml
 
 `best-of-n` measures the best-of-n arm (recipes/configs/best_of_n_policy_improvement.yaml: 16 samples per test
 prompt, scored by the plan's judge): at n = 4, 8 and 16 (each prompt's first n samples) the judge's pick, a random
