@@ -3,7 +3,7 @@
 An answer made of the question's own words is the most "relevant" text of all, so a head that reads the answer
 beside its question, and a relevance gate that rewards answers the question makes likely, both pay for it: the pool
 judge v8 scored the question echoed back at or above LLMBar's preferred answer on 20 % of 100 questions it never
-saw (evals/results/probe_shipped.md), after training on echoed halves of its training questions. Training rows teach
+saw (evals/results/probe_v8.md), after training on echoed halves of its training questions. Training rows teach
 what a copy of a seen question looks like; they do not reach every new question. The copy itself is easy to see
 without a model:
 
@@ -15,8 +15,8 @@ whole instruction and adds next to nothing, and it scores ``floor``. Both condit
 quotes part of its instruction (an extraction, a sorted list, a corrected sentence) covers little of it, and an
 answer that restates the question and then answers it adds n-grams of its own. Case is kept so that an answer that
 upper-cases or title-cases the text it was asked to transform is not a copy. On 18,518 honest answers of the project's
-data (arena-bench, LLMBar, FLASK, GPTeacher and GSM8K references) the default thresholds fire on 5, each of which
-restates the question with at most a word of its own (docs/reliability.md).
+data (arena-bench, LLMBar, FLASK, GPTeacher and GSM8K references) the default thresholds fire on 5, each graded 1
+or 5 by GPT-4 or the answer LLMBar does not prefer (evals/results/echo_guard.md).
 """
 
 from __future__ import annotations
