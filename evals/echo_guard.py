@@ -47,15 +47,13 @@ def measure(rows: list[tuple[str, str, str, str]], guard: EchoGuard) -> dict:
     per_source: dict[str, dict] = {}
     fired = []
     for source, instruction, answer, note in rows:
-        entry = per_source.setdefault(source, {"answers": 0, "fired": 0, "echoes": 0, "echoes_caught": 0})
+        entry = per_source.setdefault(source, {"answers": 0, "fired": 0, "echoes_caught": 0})
         entry["answers"] += 1
         if guard.echoes(instruction, answer):
             entry["fired"] += 1
             fired.append({"source": source, "note": note, "instruction": instruction[:120], "answer": answer[:120]})
-        entry["echoes"] += 1
-        entry["echoes_caught"] += guard.echoes(instruction, instruction)
-    total = {key: sum(entry[key] for entry in per_source.values()) for key in ("answers", "fired", "echoes",
-                                                                              "echoes_caught")}
+        entry["echoes_caught"] += guard.echoes(instruction, instruction)  # each row's instruction as its answer
+    total = {key: sum(entry[key] for entry in per_source.values()) for key in ("answers", "fired", "echoes_caught")}
     return {"per_source": per_source, "total": total, "fired": fired}
 
 
@@ -69,7 +67,7 @@ def render(payload: dict) -> str:
              "| source | honest answers | guard fired | echoes caught |", "|---|---:|---:|---:|"]
     for source, entry in [*payload["per_source"].items(), ("all", payload["total"])]:
         lines.append(f"| {source} | {entry['answers']:,} | {entry['fired']:,} ({entry['fired'] / entry['answers']:.2%})"
-                     f" | {entry['echoes_caught']:,} of {entry['echoes']:,} |")
+                     f" | {entry['echoes_caught']:,} of {entry['answers']:,} |")
     lines += ["", "Honest answers the guard fired on (first 120 characters):", ""]
     lines += [f"- {f['source']} ({f['note']}): {f['instruction']!r} -> {f['answer']!r}" for f in payload["fired"]]
     return "\n".join(lines) + "\n"
