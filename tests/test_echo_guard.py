@@ -73,26 +73,3 @@ def test_the_guard_is_saved_and_loaded_with_the_judge(tiny_judge, tiny_model_dir
     assert loaded.echo_guard == EchoGuard(min_copied=0.8)
     assert loaded.score([QUESTION], [QUESTION]) == [0.0]
 
-
-def test_train_judge_saves_the_guard_and_trains_the_same_head(tiny_model_dir, tmp_path):
-    from safetensors.torch import load_file
-
-    from selfj_rlhf.training.distill import JudgeTrainingConfig
-    from selfj_rlhf.training.train_judge import train_scalar_judge
-
-    rows = [{"instruction": f"Question {q}?", "reference": f"The answer to {q} is long and careful.",
-             "response": "word " * (3 + 5 * k) + str(q), "group": str(q), "score_label": float(min(9, 2 * k))}
-            for q in range(4) for k in range(4)]
-    labels = tmp_path / "labels.jsonl"
-    labels.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    heads = {}
-    for guard in (False, True):
-        cfg = JudgeTrainingConfig(labels=str(labels), base_model=str(tiny_model_dir), head="scalar", head_layer=1,
-                                  head_loss="pairwise", beta=0.0, alpha=1.0, max_length=256, head_weight_decay=0.1,
-                                  feature_cache=str(tmp_path / "features"), echo_guard=guard)
-        out = train_scalar_judge(cfg, tmp_path / f"judge-{guard}")
-        config = json.loads((out / JUDGE_CONFIG_NAME).read_text())
-        assert ("echo_guard" in config) == guard
-        heads[guard] = load_file(str(out / "scalar_head.safetensors"))
-    assert heads[False].keys() == heads[True].keys()
-    assert all(bool((heads[False][k] == heads[True][k]).all()) for k in heads[False])  # the guard is not trained

@@ -217,7 +217,10 @@ def test_score_map_is_increasing_bounded_and_fits_the_labels():
         ScoreMap.fit([1.0, 1.0], [2.0, 3.0])
 
 
-def test_scalar_judge_recipe_saves_a_score_map_and_scores_on_0_9(tiny_model_dir, tmp_path):
+def train_tiny_scalar_judge(tiny_model_dir, tmp_path, output: str = "judge", questions: int = 6, answers: int = 5,
+                            **options):
+    """A scalar judge trained by the recipe on ``questions`` x ``answers`` synthetic label rows (longer answers get
+    higher labels), its states cached in ``tmp_path``; ``options`` go to ``JudgeTrainingConfig``."""
     import json
 
     from selfj_rlhf.training.distill import JudgeTrainingConfig
@@ -225,15 +228,37 @@ def test_scalar_judge_recipe_saves_a_score_map_and_scores_on_0_9(tiny_model_dir,
 
     rows = [{"instruction": f"Question {q}?", "reference": f"The answer to {q} is long and careful.",
              "response": "word " * (3 + 5 * k) + str(q), "group": str(q), "score_label": float(min(9, 2 * k))}
-            for q in range(6) for k in range(5)]
+            for q in range(questions) for k in range(answers)]
     labels = tmp_path / "labels.jsonl"
     labels.write_text("".join(json.dumps(r) + "\n" for r in rows))
     cfg = JudgeTrainingConfig(labels=str(labels), base_model=str(tiny_model_dir), head="scalar", head_layer=1,
                               head_loss="pairwise", beta=0.0, alpha=1.0, max_length=256, head_weight_decay=0.1,
-                              feature_cache=str(tmp_path / "features"))
-    out = train_scalar_judge(cfg, tmp_path / "judge")
+                              feature_cache=str(tmp_path / "features"), **options)
+    return rows, train_scalar_judge(cfg, tmp_path / output)
+
+
+def test_scalar_judge_recipe_saves_a_score_map_and_scores_on_0_9(tiny_model_dir, tmp_path):
+    import json
+
+    rows, out = train_tiny_scalar_judge(tiny_model_dir, tmp_path)
     config = json.loads((out / "selfj_config.json").read_text())
     assert config["score_map"]["kind"] == "logistic" and config["training"]["design"]["weight_decay"] == 0.1
     judge = SelfJudge.from_pretrained(str(out))
     details = judge.score_details([r["instruction"] for r in rows], [r["response"] for r in rows])
     assert all(0 <= d.score <= 9 for d in details)
+
+
+def test_train_judge_saves_the_echo_guard_and_trains_the_same_head(tiny_model_dir, tmp_path):
+    import json
+
+    from safetensors.torch import load_file
+
+    heads = {}
+    for guard in (False, True):
+        _, out = train_tiny_scalar_judge(tiny_model_dir, tmp_path, f"judge-{guard}", questions=4, answers=4,
+                                         echo_guard=guard)
+        config = json.loads((out / "selfj_config.json").read_text())
+        assert ("echo_guard" in config) == guard
+        heads[guard] = load_file(str(out / "scalar_head.safetensors"))
+    assert heads[False].keys() == heads[True].keys()
+    assert all(bool((heads[False][k] == heads[True][k]).all()) for k in heads[False])  # the guard is not trained
