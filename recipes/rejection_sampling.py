@@ -35,9 +35,10 @@ def main(argv=None):
                   + f"{', drop those cut at the token cap' if config.drop_unfinished else ''}, {picked[config.pick]}"
                   f"{'' if config.score_threshold is None else f' scoring >= {config.score_threshold}'}, SFT, "
                   "publish the merged policy" for k in range(config.rounds)]
+        data = [config.dataset or str(BUNDLED_PROMPTS)] + ([config.candidates_file] if config.candidates_file else [])
         print_plan(dry_run_plan("rejection_sampling", [config, training_args], model=model_args.model_name_or_path,
-                                data=[config.dataset or str(BUNDLED_PROMPTS)], dry=dry, judge=config.judge,
-                                template=config.judge_template, max_length=config.max_judge_length, stages=stages))
+                                data=data, dry=dry, judge=config.judge, template=config.judge_template,
+                                max_length=config.max_judge_length, stages=stages))
         return
     print(f"final policy: {run_rejection_sampling(config, training_args, model_args)}")
 

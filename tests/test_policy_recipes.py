@@ -213,6 +213,18 @@ def test_rejection_sampling_arms_pick_from_one_candidates_file(tiny_model_dir, p
     assert all(text in (f"best finished {i}", f"short {i}", f"other {i}") for i, text in enumerate(chosen["random"]))
 
 
+def test_a_missing_candidates_file_is_named_when_the_run_starts(tiny_model_dir, prompt_file, tmp_path):
+    """A recipe config may name an earlier stage's output: it parses, and the run refuses before writing anything."""
+    from selfj_rlhf.core.errors import ConfigError
+
+    out = tmp_path / "rs"
+    missing = tmp_path / "not_yet" / "judge.jsonl"
+    with pytest.raises(ConfigError, match=f"candidates_file {missing} does not exist"):
+        recipe("rejection_sampling").main(loop_flags(tiny_model_dir, prompt_file, out) + [
+            "--candidates_file", str(missing)])
+    assert not (out / "round-00").exists()
+
+
 def test_the_random_pick_depends_only_on_the_seed_and_the_prompt():
     from selfj_rlhf.rlhf.pairs import ScoredCandidate, ScoredPrompt
     from selfj_rlhf.rlhf.rounds import pick_candidate

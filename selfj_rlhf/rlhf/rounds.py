@@ -92,8 +92,6 @@ class RejectionSamplingConfig(LoopConfig):
         super().__post_init__()
         if self.pick not in PICKS:
             raise ConfigError(f"pick must be one of {PICKS}, got '{self.pick}'")
-        if self.candidates_file and not Path(self.candidates_file).is_file():
-            raise ConfigError(f"candidates_file {self.candidates_file} does not exist")
 
 
 @dataclass
@@ -297,6 +295,10 @@ def run_rejection_sampling(cfg: RejectionSamplingConfig, training_args, model_ar
     """Rounds of best-of-n -> keep the best candidate -> SFT; returns the final policy directory."""
     from datasets import Dataset
     from trl import SFTTrainer, get_peft_config
+
+    # checked when the run starts, not when the config is parsed: a recipe config may name an earlier stage's output
+    if cfg.candidates_file and not Path(cfg.candidates_file).is_file():
+        raise ConfigError(f"candidates_file {cfg.candidates_file} does not exist")
 
     def write_round_data(index, directory, policy, judge, state) -> Path:
         seed = training_args.seed + index
