@@ -19,6 +19,12 @@ half rows whose reference has at least `long_reference_chars` characters, half t
 the plan's sha256 beside it (`draw.json`); a second draw into the same folder is refused, as the plan allows no
 further draws.
 
+The draw's committed record (evals/results/policy_improvement_draw.json) holds the drawn ids in order; in a new
+checkout, `restore` rebuilds prompts.jsonl and draw.json from them and the data files, with no second draw (it
+refuses a record of another plan, an id the data lacks, and a reference that changed its length stratum):
+
+    python -m evals.policy_improvement restore
+
 `arm-candidates` writes the rejection-sampling arms' inputs from the own-samples cycle's answers to the judge's 240
 training prompts (8 each): `judge.jsonl`, scored by the plan's judge (its content hash checked), for arms a-c, and
 `teacher.jsonl`, scored by the teacher's labels, for arm d. Each arm is then the recipe:
@@ -80,7 +86,7 @@ from pathlib import Path
 
 import yaml
 
-from evals.lib.common import command_line, data_dir
+from evals.lib.common import RESULTS_DIR, command_line, data_dir
 
 from selfj_rlhf.core.errors import ConfigError
 from selfj_rlhf.core.io import atomic_write_json, atomic_write_jsonl
@@ -103,6 +109,12 @@ def make_parser():
     draw.add_argument("--output_dir", default="runs/policy_improvement")
     draw.add_argument("--result_name", default="policy_improvement_draw",
                       help="The committed record: evals/results/<name>.json and .md (empty: none).")
+    restored = steps.add_parser("restore", help="Rebuild the drawn test set from its committed record (no draw).")
+    restored.add_argument("--plan", default=str(PLAN))
+    restored.add_argument("--record", default=str(RESULTS_DIR / "policy_improvement_draw.json"),
+                          help="The draw's committed record, with the drawn ids.")
+    restored.add_argument("--data_dir", default=None, help="Converted data files (default: SELFJ_DATA_DIR).")
+    restored.add_argument("--output_dir", default="runs/policy_improvement")
     arms = steps.add_parser("arm-candidates", help="The rejection-sampling arms' candidates: the judge's training "
                                                    "prompts' samples scored by the plan's judge and by the teacher.")
     arms.add_argument("--plan", default=str(PLAN))
@@ -197,6 +209,13 @@ def source_rows(source: str, root: Path) -> list[dict]:
     return [row for _, row in iter_records(path) if (row.get("meta") or {}).get("split", "train") == "train"]
 
 
+def test_prompt(row: dict, source: str, long_chars: int) -> dict:
+    """A data row as a row of the test set's prompts.jsonl."""
+    return {"id": row["id"], "instruction": row["instruction"], "input": row.get("input") or "",
+            "reference": row["reference"], "category": row.get("category"), "source": source,
+            "long_reference": len(row["reference"]) >= long_chars}
+
+
 def draw_test_set(test_set: dict, root: Path, excluded: list[dict], skipped: Counter | None = None) -> list[dict]:
     """The plan's prompts (see the module docstring), each with its ``source`` and ``long_reference`` flag;
     ``skipped`` counts the rows passed over as an excluded id or a near-duplicate."""
@@ -225,9 +244,7 @@ def draw_test_set(test_set: dict, root: Path, excluded: list[dict], skipped: Cou
                 elif duplicates.covers(prompt_text(row)):
                     skipped["near-duplicate"] += 1
                 else:
-                    taken.append({"id": row["id"], "instruction": row["instruction"], "input": row.get("input") or "",
-                                  "reference": row["reference"], "category": row.get("category"), "source": source,
-                                  "long_reference": len(row["reference"]) >= long_chars})
+                    taken.append(test_prompt(row, source, long_chars))
             if len(taken) < wanted:
                 raise ConfigError(f"{source}: {len(taken)} eligible prompts left after the exclusions, {wanted} wanted")
             picked += taken
@@ -257,6 +274,43 @@ def draw(args) -> None:
     print(f"{len(prompts)} prompts written to {out / 'prompts.jsonl'}")
     if args.result_name:
         record_draw(out, args.result_name)
+
+
+DRAW_KEYS = ("command", "preregistration_sha256", "prompts", "excluded_prompts", "skipped", "per_source",
+             "long_reference")
+
+
+def restore(args) -> None:
+    """The drawn test set rebuilt from its committed record (the drawn ids, in order) and the data files: the same
+    prompts in a new checkout, without a second draw. The record must follow this plan, and every id must be in
+    the data with the stratum the draw gave it."""
+    out = Path(args.output_dir)
+    if (out / "draw.json").exists():
+        raise SystemExit(f"{out / 'draw.json'} exists: the test set is already there")
+    root = Path(args.data_dir) if args.data_dir else data_dir()
+    if root is None:
+        raise SystemExit("set SELFJ_DATA_DIR or pass --data_dir")
+    plan_bytes = Path(args.plan).read_bytes()
+    record = json.loads(Path(args.record).read_text())
+    if record["preregistration_sha256"] != hashlib.sha256(plan_bytes).hexdigest():
+        raise ConfigError(f"{args.record}: drawn under plan {record['preregistration_sha256'][:16]}, not {args.plan}")
+    long_chars = yaml.safe_load(plan_bytes)["test_set"]["long_reference_chars"]
+    sources = {prompt_source(prompt_id) for prompt_id in record["ids"]}
+    rows = {row["id"]: test_prompt(row, source, long_chars) for source in sorted(sources)
+            for row in source_rows(source, root)}
+    missing = [prompt_id for prompt_id in record["ids"] if prompt_id not in rows]
+    if missing:
+        raise ConfigError(f"{args.record}: {len(missing)} drawn ids are not in the data under {root} "
+                          f"(first: {missing[0]})")
+    prompts = [rows[prompt_id] for prompt_id in record["ids"]]
+    changed = [p["id"] for p in prompts if p["long_reference"] != (p["id"] in set(record["long_reference_ids"]))]
+    if changed:
+        raise ConfigError(f"{args.record}: {len(changed)} references changed length stratum since the draw "
+                          f"(first: {changed[0]})")
+    atomic_write_jsonl(out / "prompts.jsonl", prompts)
+    atomic_write_json(out / "draw.json", {**{key: record[key] for key in DRAW_KEYS}, "restored_from": args.record,
+                                          "restored_by": command_line()})
+    print(f"{len(prompts)} prompts written to {out / 'prompts.jsonl'}")
 
 
 def record_draw(out: Path, name: str = "policy_improvement_draw") -> None:
@@ -536,6 +590,8 @@ def main(argv=None):
     args = make_parser().parse_args(argv)
     if args.step == "draw":
         draw(args)
+    elif args.step == "restore":
+        restore(args)
     elif args.step == "arm-candidates":
         arm_candidates(args)
     elif args.step == "evaluate":

@@ -143,6 +143,45 @@ def test_a_draw_records_the_plan_and_happens_once(data_root, tmp_path):
         main(args)
 
 
+def test_a_committed_draw_is_restored_without_a_second_draw(data_root, tmp_path):
+    """A new checkout rebuilds the same prompts, in the same order, from the record's ids and the data files."""
+    from evals.policy_improvement import main
+
+    small = plan()
+    small["test_set"].update(prompts=6, per_source={"flask": 2, "gsm8k": 2, "arena_bench_v1": 2})
+    plan_path = tmp_path / "plan.yaml"
+    plan_path.write_text(yaml.safe_dump(small))
+    exclude = _write(tmp_path / "earlier.jsonl", [{"id": "flask:1", "instruction": "x"}])
+    main(["draw", "--plan", str(plan_path), "--data_dir", str(data_root), "--exclude", str(exclude),
+          "--output_dir", str(tmp_path / "drawn"), "--result_name", ""])
+    drawn = [json.loads(line) for line in (tmp_path / "drawn" / "prompts.jsonl").read_text().splitlines()]
+    record = {**json.loads((tmp_path / "drawn" / "draw.json").read_text()), "ids": [p["id"] for p in drawn],
+              "long_reference_ids": [p["id"] for p in drawn if p["long_reference"]]}
+    record_path = tmp_path / "record.json"
+    record_path.write_text(json.dumps(record))
+    restore = ["restore", "--plan", str(plan_path), "--record", str(record_path), "--data_dir", str(data_root)]
+    main(restore + ["--output_dir", str(tmp_path / "restored")])
+    restored = [json.loads(line) for line in (tmp_path / "restored" / "prompts.jsonl").read_text().splitlines()]
+    assert restored == drawn
+    draw_json = json.loads((tmp_path / "restored" / "draw.json").read_text())
+    assert draw_json["preregistration_sha256"] == record["preregistration_sha256"]
+    assert draw_json["restored_from"] == str(record_path)
+    with pytest.raises(SystemExit, match="already there"):
+        main(restore + ["--output_dir", str(tmp_path / "restored")])
+    # another plan's record, an id the data lacks, a reference that changed stratum: refused, nothing written
+    plan_path.write_text(yaml.safe_dump({**small, "written": "later"}))
+    with pytest.raises(Exception, match="drawn under plan"):
+        main(restore + ["--output_dir", str(tmp_path / "other_plan")])
+    plan_path.write_text(yaml.safe_dump(small))
+    record_path.write_text(json.dumps({**record, "ids": record["ids"] + ["flask:99"]}))
+    with pytest.raises(Exception, match=r"1 drawn ids are not in the data .*\(first: flask:99\)"):
+        main(restore + ["--output_dir", str(tmp_path / "lacking")])
+    record_path.write_text(json.dumps({**record, "long_reference_ids": []}))
+    with pytest.raises(Exception, match="changed length stratum"):
+        main(restore + ["--output_dir", str(tmp_path / "stratum")])
+    assert not any((tmp_path / name).exists() for name in ("other_plan", "lacking", "stratum"))
+
+
 def _own_samples(tmp_path: Path) -> tuple[Path, Path]:
     """Two prompts' answers (the sampling stage's pool.jsonl) and their teacher labels: the longer, finished answers
     labelled higher."""
