@@ -1,5 +1,6 @@
 """The pre-registered policy-improvement test (evals/preregistration/policy_improvement.yaml): its test set, the
-rejection-sampling arms' candidates and the length-and-finished baseline.
+rejection-sampling arms' candidates and the length-and-finished baseline. evals/policy_improvement.sh runs every
+stage below in the plan's order, resumably, from `selfj data prepare` output (`DRY_RUN=1` prints its commands).
 
     python -m evals.policy_improvement draw --exclude $SELFJ_DATA_DIR/rl_prompts/prompts_judge_train.jsonl \
         $SELFJ_DATA_DIR/rl_prompts/prompts_train.jsonl $SELFJ_DATA_DIR/rl_prompts/prompts_heldout.jsonl \

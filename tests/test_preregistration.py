@@ -387,3 +387,46 @@ def test_the_budget_check_measures_how_far_arm_d_moved_the_development_reference
     assert record["retrain_with_6_epochs"] is True and record["minimum_nats"] == BUDGET_MIN_NATS
     assert record["mean_log_prob_per_token"]["base"] < 0
     assert record["preregistration_sha256"] == hashlib.sha256(PLAN.read_bytes()).hexdigest()
+
+
+def test_the_chain_script_runs_every_arm_with_commands_its_parsers_accept(tmp_path):
+    """evals/policy_improvement.sh, dry: each printed command parses strictly with its recipe's or step's parser,
+    the budget check comes before every 6-epoch arm and every evaluation, and the arms evaluated are the report's."""
+    import importlib.util
+    import os
+    import shlex
+    import subprocess
+
+    from evals.policy_improvement import make_parser as steps_parser
+    from evals.policy_improvement_report import PRIMARY, SECONDARY
+    from evals.policy_improvement_report import make_parser as report_parser
+    from selfj_rlhf.cli.dry_run import allow_gpu_config_on_cpu
+
+    script = REPO / "evals" / "policy_improvement.sh"
+    done = subprocess.run(["bash", str(script)], capture_output=True, text=True, check=True,
+                          env={**os.environ, "DRY_RUN": "1", "SELFJ_DATA_DIR": str(tmp_path)})
+    commands = [shlex.split(line[2:]) for line in done.stderr.splitlines() if line.startswith("+ ")]
+    evaluated = set()
+    for position, argv in enumerate(commands):
+        if argv[:2] == ["python", "-m"]:
+            parser = steps_parser() if argv[2] == "evals.policy_improvement" else report_parser()
+            args = parser.parse_args(argv[3:])
+            if getattr(args, "step", None) == "evaluate":
+                evaluated = {item.split("=", 1)[0] for item in args.policy}
+                checks = [i for i, c in enumerate(commands) if "budget-check" in c]
+                assert checks and max(checks) < position
+            continue
+        recipe = next(arg for arg in argv if arg.startswith("recipes/"))
+        spec = importlib.util.spec_from_file_location(f"chain_{Path(recipe).stem}", REPO / recipe)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        recipe_argv = argv[argv.index(recipe) + 1:]
+        parser = module.make_parser()
+        allow_gpu_config_on_cpu(parser, recipe_argv)
+        parsed = parser.parse_args_and_config([a.replace("recipes/configs", str(REPO / "recipes/configs"))
+                                               for a in recipe_argv])
+        epochs = next((group.num_train_epochs for group in parsed if hasattr(group, "num_train_epochs")), None)
+        if epochs == 6:  # the budget check's branch: after the check, never before
+            assert any("budget-check" in c for c in commands[:position]), argv
+    arms = {arm for _, *pair in PRIMARY + SECONDARY for arm in pair if not arm.startswith("bon")}
+    assert evaluated == arms and any("best-of-n" in c for c in commands)
