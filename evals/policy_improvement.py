@@ -252,13 +252,19 @@ def draw_test_set(test_set: dict, root: Path, excluded: list[dict], skipped: Cou
     return picked
 
 
-def draw(args) -> None:
+def test_set_folders(args, refusal: str) -> tuple[Path, Path]:
+    """The output folder, which must not hold a test set yet (``refusal`` says why), and the data folder."""
     out = Path(args.output_dir)
     if (out / "draw.json").exists():
-        raise SystemExit(f"{out / 'draw.json'} exists: the plan allows one draw")
+        raise SystemExit(f"{out / 'draw.json'} exists: {refusal}")
     root = Path(args.data_dir) if args.data_dir else data_dir()
     if root is None:
         raise SystemExit("set SELFJ_DATA_DIR or pass --data_dir")
+    return out, root
+
+
+def draw(args) -> None:
+    out, root = test_set_folders(args, "the plan allows one draw")
     plan_bytes = Path(args.plan).read_bytes()
     test_set = yaml.safe_load(plan_bytes)["test_set"]
     excluded = [row for path in args.exclude for _, row in iter_records(path)]
@@ -285,12 +291,7 @@ def restore(args) -> None:
     """The drawn test set rebuilt from its committed record (the drawn ids, in order) and the data files: the same
     prompts in a new checkout, without a second draw. The record must follow this plan, and every id must be in
     the data with the stratum the draw gave it."""
-    out = Path(args.output_dir)
-    if (out / "draw.json").exists():
-        raise SystemExit(f"{out / 'draw.json'} exists: the test set is already there")
-    root = Path(args.data_dir) if args.data_dir else data_dir()
-    if root is None:
-        raise SystemExit("set SELFJ_DATA_DIR or pass --data_dir")
+    out, root = test_set_folders(args, "the test set is already there")
     plan_bytes = Path(args.plan).read_bytes()
     record = json.loads(Path(args.record).read_text())
     if record["preregistration_sha256"] != hashlib.sha256(plan_bytes).hexdigest():
@@ -304,7 +305,8 @@ def restore(args) -> None:
         raise ConfigError(f"{args.record}: {len(missing)} drawn ids are not in the data under {root} "
                           f"(first: {missing[0]})")
     prompts = [rows[prompt_id] for prompt_id in record["ids"]]
-    changed = [p["id"] for p in prompts if p["long_reference"] != (p["id"] in set(record["long_reference_ids"]))]
+    drawn_long = set(record["long_reference_ids"])
+    changed = [p["id"] for p in prompts if p["long_reference"] != (p["id"] in drawn_long)]
     if changed:
         raise ConfigError(f"{args.record}: {len(changed)} references changed length stratum since the draw "
                           f"(first: {changed[0]})")
